@@ -1,0 +1,424 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"golang.org/x/sys/unix"
+)
+
+// Config says how the agent isolates and bounds what it runs.
+type Config struct {
+	// Root is the directory commands are chrooted into; empty means no chroot.
+	Root string
+	// UID and GID commands run as; negative means the agent's own.
+	UID, GID int
+	// CgroupParent is a cgroup v2 directory under which each exec gets its
+	// own cgroup (memory and pids limits, peak memory, kill of the whole
+	// tree); empty means no cgroups.
+	CgroupParent string
+	// Defaults fill zero fields of a request's limits; Max clamps them.
+	Defaults, Max agentproto.Limits
+	// Version and Kernel are reported in Hello.
+	Version, Kernel string
+	// Shutdown is called on a Shutdown request (the guest powers off).
+	Shutdown func()
+	// Resync applies a ResyncRequest (clock, entropy, identity).
+	Resync func(agentproto.ResyncRequest) error
+	// BootTime is when the guest started, for Hello's uptime.
+	BootTime time.Time
+}
+
+// DefaultLimits are used for fields a request leaves zero.
+var DefaultLimits = agentproto.Limits{
+	WallMillis:  15_000,
+	OutputBytes: 1 << 20,
+	Procs:       64,
+	MemoryBytes: 256 << 20,
+}
+
+// MaxLimits are the most a request may ask for.
+var MaxLimits = agentproto.Limits{
+	WallMillis:  3_600_000,
+	OutputBytes: 64 << 20,
+	Procs:       4096,
+	MemoryBytes: 64 << 30,
+}
+
+// defaultPath is the PATH commands get unless the request sets one.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// drainGrace is how long output pipes may stay open after the process tree
+// was killed, e.g. by a process that escaped it; then they are closed.
+const drainGrace = 2 * time.Second
+
+func effectiveLimits(req, def, max agentproto.Limits) agentproto.Limits {
+	pick := func(v, d, m int64) int64 {
+		if v == 0 {
+			v = d
+		}
+		if m > 0 && v > m {
+			v = m
+		}
+		return v
+	}
+	return agentproto.Limits{
+		WallMillis:  pick(req.WallMillis, def.WallMillis, max.WallMillis),
+		OutputBytes: pick(req.OutputBytes, def.OutputBytes, max.OutputBytes),
+		Procs:       pick(req.Procs, def.Procs, max.Procs),
+		MemoryBytes: pick(req.MemoryBytes, def.MemoryBytes, max.MemoryBytes),
+	}
+}
+
+// outputSink receives a running command's output.
+type outputSink func(s agentproto.Stream, data []byte) error
+
+// run executes one request to completion (or until ctx is cancelled, which
+// kills it) and reports how it ended. An error means the command could not
+// be started at all.
+func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outputSink) (*agentproto.ExitResult, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	lim := effectiveLimits(req.Limits, orDefault(c.Defaults, DefaultLimits), orDefault(c.Max, MaxLimits))
+
+	dir := req.Dir
+	if dir == "" {
+		d, err := c.makeRunDir(req.ID)
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(c.hostPath(d))
+		dir = d
+	}
+	if err := c.writeFiles(dir, req.Files); err != nil {
+		return nil, err
+	}
+
+	argv0, err := c.lookPath(req.Argv[0], req.Env)
+	if err != nil {
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path: argv0,
+		Args: req.Argv,
+		Env:  c.environ(req.Env, dir),
+		Dir:  dir,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if c.Root != "" {
+		cmd.SysProcAttr.Chroot = c.Root
+	}
+	if c.UID >= 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
+	}
+
+	var cg *cgroup
+	if c.CgroupParent != "" {
+		cg, err = newCgroup(filepath.Join(c.CgroupParent, fmt.Sprintf("exec-%d-%d", req.ID, time.Now().UnixNano())), lim)
+		if err != nil {
+			return nil, err
+		}
+		defer cg.remove()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = cg.fd()
+	}
+
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		stdinR.Close()
+		stdinW.Close()
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		for _, f := range []*os.File{stdinR, stdinW, outR, outW} {
+			f.Close()
+		}
+		return nil, err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+
+	start := time.Now()
+	err = cmd.Start()
+	stdinR.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		stdinW.Close()
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("start %s: %w", req.Argv[0], err)
+	}
+
+	// One kill for every reason; the first reason wins.
+	var (
+		killOnce sync.Once
+		reason   agentproto.Status
+		message  string
+	)
+	kill := func(st agentproto.Status, msg string) {
+		killOnce.Do(func() {
+			reason, message = st, msg
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			if cg != nil {
+				cg.kill()
+			}
+		})
+	}
+
+	go func() {
+		defer stdinW.Close()
+		_, _ = stdinW.Write(req.Stdin) // EPIPE if the program never reads: fine
+	}()
+
+	var readers sync.WaitGroup
+	for _, p := range []struct {
+		f      *os.File
+		s      agentproto.Stream
+		status agentproto.Status
+	}{{outR, agentproto.Stdout, agentproto.StatusStdoutLimit}, {errR, agentproto.Stderr, agentproto.StatusStderrLimit}} {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			err := pump(p.f, p.s, lim.OutputBytes, sink)
+			if errors.Is(err, errOutputLimit) {
+				kill(p.status, fmt.Sprintf("%s passed its limit of %d bytes", p.s, lim.OutputBytes))
+			} else if err != nil {
+				kill(agentproto.StatusInternal, fmt.Sprintf("forward %s: %v", p.s, err))
+			}
+		}()
+	}
+
+	timer := time.AfterFunc(time.Duration(lim.WallMillis)*time.Millisecond, func() {
+		kill(agentproto.StatusTimeout, fmt.Sprintf("wall-clock limit of %s reached", time.Duration(lim.WallMillis)*time.Millisecond))
+	})
+	stopWatch := context.AfterFunc(ctx, func() { kill(agentproto.StatusSignal, "cancelled by the host") })
+
+	state, waitErr := cmd.Process.Wait()
+	wall := time.Since(start)
+	timer.Stop()
+	stopWatch()
+
+	// The main process is gone: nothing it started may outlive it.
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	if cg != nil {
+		cg.kill()
+	}
+	drained := make(chan struct{})
+	go func() { readers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(drainGrace):
+		outR.Close() // a straggler holds the pipe; stop listening to it
+		errR.Close()
+		<-drained
+	}
+	outR.Close()
+	errR.Close()
+
+	res := &agentproto.ExitResult{ID: req.ID, WallMillis: wall.Milliseconds()}
+	if waitErr != nil {
+		return nil, fmt.Errorf("wait: %w", waitErr)
+	}
+	ws := state.Sys().(syscall.WaitStatus)
+	res.Code = ws.ExitStatus()
+	if ws.Signaled() {
+		res.Signal = unix.SignalName(ws.Signal())
+		res.Code = -1
+	}
+	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
+		res.CPUMillis = (time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Milliseconds()
+		res.MemoryBytes = ru.Maxrss * 1024
+	}
+	oom := false
+	if cg != nil {
+		st := cg.stats()
+		if st.cpu > 0 {
+			res.CPUMillis = st.cpu.Milliseconds()
+		}
+		if st.peak > 0 {
+			res.MemoryBytes = st.peak
+		}
+		oom = st.oomKills > 0
+	}
+
+	switch {
+	case reason != "":
+		res.Status, res.Message = reason, message
+	case ws.Signaled():
+		res.Status = agentproto.StatusSignal
+		if oom {
+			res.Message = fmt.Sprintf("killed: memory limit of %d bytes exceeded", lim.MemoryBytes)
+		}
+	case res.Code != 0:
+		res.Status = agentproto.StatusRuntimeError
+	}
+	return res, nil
+}
+
+func orDefault(l, d agentproto.Limits) agentproto.Limits {
+	if l == (agentproto.Limits{}) {
+		return d
+	}
+	return l
+}
+
+var errOutputLimit = errors.New("output limit")
+
+// pump forwards r to sink in chunks until EOF, passing at most limit bytes.
+// Past the limit it returns errOutputLimit after forwarding what fits.
+func pump(r io.Reader, s agentproto.Stream, limit int64, sink outputSink) error {
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		if k > 0 {
+			chunk := buf[:k]
+			over := n+int64(k) > limit
+			if over {
+				chunk = chunk[:limit-n]
+			}
+			n += int64(len(chunk))
+			if len(chunk) > 0 {
+				if serr := sink(s, chunk); serr != nil {
+					return serr
+				}
+			}
+			if over {
+				return errOutputLimit
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// hostPath maps a path inside the command's root to the agent's view.
+func (c *Config) hostPath(p string) string {
+	if c.Root == "" {
+		return p
+	}
+	return filepath.Join(c.Root, p)
+}
+
+// makeRunDir creates a fresh, private working directory for one exec.
+func (c *Config) makeRunDir(id uint32) (string, error) {
+	base := c.hostPath("/tmp")
+	if err := os.MkdirAll(base, 0o1777); err != nil {
+		return "", err
+	}
+	host, err := os.MkdirTemp(base, fmt.Sprintf("run-%d-", id))
+	if err != nil {
+		return "", fmt.Errorf("make working directory: %w", err)
+	}
+	if c.UID >= 0 {
+		if err := os.Chown(host, c.UID, c.GID); err != nil {
+			os.RemoveAll(host)
+			return "", err
+		}
+	}
+	return path.Join("/tmp", filepath.Base(host)), nil
+}
+
+// writeFiles writes request files under dir without following any symlink
+// out of it (os.Root refuses to escape).
+func (c *Config) writeFiles(dir string, files []agentproto.File) error {
+	if len(files) == 0 {
+		return nil
+	}
+	root, err := os.OpenRoot(c.hostPath(dir))
+	if err != nil {
+		return fmt.Errorf("open working directory: %w", err)
+	}
+	defer root.Close()
+	for _, f := range files {
+		if d := path.Dir(f.Path); d != "." {
+			if err := root.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("write %s: %w", f.Path, err)
+			}
+			if c.UID >= 0 {
+				for p := d; p != "."; p = path.Dir(p) {
+					_ = root.Lchown(p, c.UID, c.GID)
+				}
+			}
+		}
+		mode := os.FileMode(f.Mode & 0o777)
+		if mode == 0 {
+			mode = 0o644
+		}
+		if err := root.WriteFile(f.Path, f.Content, mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.Path, err)
+		}
+		if err := root.Chmod(f.Path, mode); err != nil { // WriteFile's mode is masked by umask
+			return fmt.Errorf("write %s: %w", f.Path, err)
+		}
+		if c.UID >= 0 {
+			if err := root.Lchown(f.Path, c.UID, c.GID); err != nil {
+				return fmt.Errorf("write %s: %w", f.Path, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Config) environ(env []string, dir string) []string {
+	out := []string{"PATH=" + defaultPath, "HOME=" + dir, "LANG=C.UTF-8", "TMPDIR=/tmp"}
+	seen := map[string]int{"PATH": 0, "HOME": 1, "LANG": 2, "TMPDIR": 3}
+	for _, e := range env {
+		k, _, _ := strings.Cut(e, "=")
+		if i, ok := seen[k]; ok {
+			out[i] = e
+			continue
+		}
+		seen[k] = len(out)
+		out = append(out, e)
+	}
+	return out
+}
+
+// lookPath resolves argv[0] against PATH inside the command's root: the
+// agent's own PATH and filesystem are not the command's.
+func (c *Config) lookPath(name string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	p := defaultPath
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			p = v
+		}
+	}
+	for _, d := range filepath.SplitList(p) {
+		if d == "" || !path.IsAbs(d) {
+			continue
+		}
+		cand := path.Join(d, name)
+		if fi, err := os.Stat(c.hostPath(cand)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return cand, nil
+		}
+	}
+	return "", fmt.Errorf("%s: command not found in the guest (PATH=%s)", name, p)
+}

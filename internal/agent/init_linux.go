@@ -1,0 +1,459 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"golang.org/x/sys/unix"
+)
+
+// Guest paths used by Init. The initramfs is the agent's own root; the
+// commands' root is the overlay at NewRoot.
+const (
+	ModulesList = "/etc/firesandbox/modules" // one .ko path per line, in load order
+	NewRoot     = "/newroot"
+	lowerDir    = "/run/lower"
+	upperDir    = "/run/upper"
+)
+
+// Kernel command-line keys the host sets for the agent.
+const (
+	ArgChannel = "fs.channel" // "virtio-port:NAME" or "vsock:PORT"
+	ArgRoot    = "fs.root"    // disk serial or /dev path of the image
+	ArgRootFS  = "fs.rootfs"  // squashfs (default), erofs or ext4
+	ArgUID     = "fs.uid"     // uid (and gid) that commands run as; default 1000
+	ArgModules = "fs.modules" // extra module names to load, comma-separated
+)
+
+// GuestConfig is what Init learned from the kernel command line.
+type GuestConfig struct {
+	Channel string
+	Root    string
+	RootFS  string
+	UID     int
+	Extra   []string
+}
+
+// ParseCmdline reads the agent's settings from a kernel command line.
+func ParseCmdline(cmdline string) (GuestConfig, error) {
+	gc := GuestConfig{RootFS: "squashfs", UID: 1000}
+	for _, f := range strings.Fields(cmdline) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case ArgChannel:
+			gc.Channel = v
+		case ArgRoot:
+			gc.Root = v
+		case ArgRootFS:
+			gc.RootFS = v
+		case ArgUID:
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return gc, fmt.Errorf("%s=%q: want a positive uid", ArgUID, v)
+			}
+			gc.UID = n
+		case ArgModules:
+			gc.Extra = strings.Split(v, ",")
+		}
+	}
+	if gc.Channel == "" {
+		return gc, fmt.Errorf("no %s= on the kernel command line", ArgChannel)
+	}
+	if gc.Root == "" {
+		return gc, fmt.Errorf("no %s= on the kernel command line", ArgRoot)
+	}
+	switch gc.RootFS {
+	case "squashfs", "erofs", "ext4":
+	default:
+		return gc, fmt.Errorf("%s=%q: want squashfs, erofs or ext4", ArgRootFS, gc.RootFS)
+	}
+	return gc, nil
+}
+
+// Init prepares the guest as PID 1 and serves the host forever. It only
+// returns on a fatal error; the caller then powers off.
+func Init(version string, log *slog.Logger) error {
+	boot := time.Now()
+	if err := mountEarly(); err != nil {
+		return err
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	gc, err := ParseCmdline(string(cmdline))
+	if err != nil {
+		return err
+	}
+	if err := loadModules(ModulesList, log); err != nil {
+		return err
+	}
+	if gc.RootFS == "erofs" {
+		gc.Extra = append(gc.Extra, "erofs")
+	}
+	for _, g := range gc.Extra {
+		if err := loadGroup(g, log); err != nil {
+			return err
+		}
+	}
+	dev, err := findDisk(gc.Root, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := mountRoot(dev, gc.RootFS); err != nil {
+		return err
+	}
+	if err := unix.Sethostname([]byte("sandbox")); err != nil {
+		log.Warn("set hostname", "err", err)
+	}
+	if err := loopbackUp(); err != nil {
+		log.Warn("bring up lo", "err", err)
+	}
+	cgParent := ""
+	if err := EnableControllers("/sys/fs/cgroup"); err != nil {
+		log.Warn("cgroups unavailable: memory and process limits off", "err", err)
+	} else {
+		cgParent = "/sys/fs/cgroup"
+	}
+	var uname unix.Utsname
+	_ = unix.Uname(&uname)
+	srv := NewServer(Config{
+		Root:         NewRoot,
+		UID:          gc.UID,
+		GID:          gc.UID,
+		CgroupParent: cgParent,
+		Version:      version,
+		Kernel:       unix.ByteSliceToString(uname.Release[:]),
+		BootTime:     boot.Add(-uptime()),
+		Shutdown:     powerOff,
+		Resync:       resync,
+	}, log)
+	return serveChannel(gc.Channel, srv, log)
+}
+
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+func mount(src, dst, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s (%s): %w", src, dst, fstype, err)
+	}
+	return nil
+}
+
+func mountEarly() error {
+	for _, m := range []struct{ src, dst, fs string }{
+		{"devtmpfs", "/dev", "devtmpfs"},
+		{"proc", "/proc", "proc"},
+		{"sysfs", "/sys", "sysfs"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2"},
+		{"tmpfs", "/run", "tmpfs"},
+	} {
+		if err := mount(m.src, m.dst, m.fs, unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadModules loads each listed module, xz-compressed as shipped: the
+// kernel decompresses it (MODULE_INIT_COMPRESSED_FILE).
+func loadModules(list string, log *slog.Logger) error {
+	f, err := os.Open(list)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		p := strings.TrimSpace(sc.Text())
+		if p == "" || strings.HasPrefix(p, "#") {
+			continue
+		}
+		if err := loadModule(p); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// loadGroup loads a named module group (/etc/firesandbox/modules.NAME, in
+// dependency order) or, failing that, the single module /lib/modules/NAME.ko*.
+func loadGroup(name string, log *slog.Logger) error {
+	if name == "" || strings.ContainsAny(name, "/.") {
+		return fmt.Errorf("%s: bad module name %q", ArgModules, name)
+	}
+	list := ModulesList + "." + name
+	if _, err := os.Stat(list); err == nil {
+		return loadModules(list, log)
+	}
+	ms, _ := filepath.Glob("/lib/modules/" + name + ".ko*")
+	if len(ms) == 0 {
+		return fmt.Errorf("%s: no module or module group %q in the initramfs", ArgModules, name)
+	}
+	return loadModule(ms[0])
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("load module: %w", err)
+	}
+	defer f.Close()
+	flags := 0
+	if strings.HasSuffix(path, ".xz") || strings.HasSuffix(path, ".zst") || strings.HasSuffix(path, ".gz") {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	if err := unix.FinitModule(int(f.Fd()), "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("load module %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// findDisk waits for the block device whose serial is id (QEMU sets
+// serials) or, if id is a /dev path, for that device (Firecracker has no
+// serials; its drives appear in the order they were attached).
+func findDisk(id string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if strings.HasPrefix(id, "/dev/") {
+			if _, err := os.Stat(id); err == nil {
+				return id, nil
+			}
+		} else {
+			blocks, _ := filepath.Glob("/sys/block/*/serial")
+			for _, s := range blocks {
+				b, err := os.ReadFile(s)
+				if err == nil && strings.TrimSpace(string(b)) == id {
+					return "/dev/" + filepath.Base(filepath.Dir(s)), nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("disk %q did not appear within %s", id, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mountRoot stacks a tmpfs upper over the read-only image and prepares the
+// commands' root: a minimal /dev, /proc, /tmp.
+func mountRoot(dev, fstype string) error {
+	if err := mount(dev, lowerDir, fstype, unix.MS_RDONLY, ""); err != nil {
+		return err
+	}
+	if err := mount("tmpfs", upperDir, "tmpfs", 0, "mode=0755"); err != nil {
+		return err
+	}
+	for _, d := range []string{upperDir + "/data", upperDir + "/work"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/data,workdir=%s/work", lowerDir, upperDir, upperDir)
+	if err := mount("overlay", NewRoot, "overlay", 0, opts); err != nil {
+		return err
+	}
+	if err := mount("proc", NewRoot+"/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	if err := mount("sysfs", NewRoot+"/sys", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	if err := mount("tmpfs", NewRoot+"/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return err
+	}
+	return makeDev(NewRoot + "/dev")
+}
+
+// makeDev builds a /dev with only the harmless devices: no disks, no
+// console, no memory.
+func makeDev(dir string) error {
+	if err := mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755"); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
+		p := filepath.Join(dir, d.name)
+		if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
+			return fmt.Errorf("mknod %s: %w", p, err)
+		}
+		if err := os.Chmod(p, 0o666); err != nil {
+			return err
+		}
+	}
+	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	if err := mount("devpts", dir+"/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return err
+	}
+	if err := os.Symlink("pts/ptmx", dir+"/ptmx"); err != nil {
+		return err
+	}
+	return mount("tmpfs", dir+"/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func powerOff() {
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// serveChannel opens the host channel and serves it, again and again: a
+// virtio-serial port reads EOF while no host is attached (for example
+// between a snapshot and its restore), and a new host may attach later.
+func serveChannel(spec string, srv *Server, log *slog.Logger) error {
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "virtio-port":
+		dev, err := findPort(arg, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		for {
+			f, err := os.OpenFile(dev, os.O_RDWR, 0)
+			if err != nil {
+				return fmt.Errorf("open channel %s: %w", dev, err)
+			}
+			err = srv.Serve(context.Background(), f)
+			f.Close()
+			if !errors.Is(err, io.EOF) {
+				log.Warn("channel", "err", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	case "vsock":
+		port, err := strconv.ParseUint(arg, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%s=%s: bad vsock port", ArgChannel, spec)
+		}
+		return serveVsock(uint32(port), srv, log)
+	}
+	return fmt.Errorf("%s=%s: want virtio-port:NAME or vsock:PORT", ArgChannel, spec)
+}
+
+func findPort(name string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+		for _, n := range names {
+			b, err := os.ReadFile(n)
+			if err == nil && strings.TrimSpace(string(b)) == name {
+				return "/dev/" + filepath.Base(filepath.Dir(n)), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("virtio port %q did not appear within %s", name, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func serveVsock(port uint32, srv *Server, log *slog.Logger) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("vsock socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		return fmt.Errorf("vsock bind %d: %w", port, err)
+	}
+	if err := unix.Listen(fd, 4); err != nil {
+		return fmt.Errorf("vsock listen: %w", err)
+	}
+	for {
+		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("vsock accept: %w", err)
+		}
+		f := os.NewFile(uintptr(nfd), "vsock")
+		err = srv.Serve(context.Background(), f)
+		f.Close()
+		if !errors.Is(err, io.EOF) {
+			log.Warn("channel", "err", err)
+		}
+	}
+}
+
+// resync sets the clock and mixes host entropy into the kernel's pool, so
+// clones restored from one snapshot diverge.
+func resync(r agentproto.ResyncRequest) error {
+	if r.UnixNanos > 0 {
+		tv := unix.NsecToTimeval(r.UnixNanos)
+		if err := unix.Settimeofday(&tv); err != nil {
+			return fmt.Errorf("set clock: %w", err)
+		}
+	}
+	if len(r.Entropy) > 0 {
+		if err := addEntropy(r.Entropy); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addEntropy credits data to the kernel's entropy pool and forces the CRNG
+// to reseed, so a restored clone stops producing its template's stream.
+func addEntropy(data []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(data)+3)
+	*(*int32)(unsafe.Pointer(&buf[0])) = int32(len(data) * 8)
+	*(*int32)(unsafe.Pointer(&buf[4])) = int32(len(data))
+	copy(buf[8:], data)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+		return fmt.Errorf("add entropy: %w", e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); e != 0 {
+		return fmt.Errorf("reseed crng: %w", e)
+	}
+	return nil
+}

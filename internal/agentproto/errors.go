@@ -1,0 +1,18 @@
+package agentproto
+
+import (
+	"bytes"
+	"errors"
+	"io"
+)
+
+// Sentinel errors of the protocol.
+var (
+	ErrBadMagic  = errors.New("agentproto: not a firesandbox frame")
+	ErrVersion   = errors.New("agentproto: protocol version mismatch")
+	ErrTooLarge  = errors.New("agentproto: frame too large")
+	ErrMalformed = errors.New("agentproto: malformed message")
+	ErrClosed    = errors.New("agentproto: channel closed")
+)
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -1,0 +1,206 @@
+package agentproto
+
+import (
+	"fmt"
+	"path"
+	"strings"
+	"time"
+)
+
+// Stream numbers an output stream.
+type Stream uint8
+
+// Output streams.
+const (
+	Stdout Stream = 1
+	Stderr Stream = 2
+)
+
+func (s Stream) String() string {
+	switch s {
+	case Stdout:
+		return "stdout"
+	case Stderr:
+		return "stderr"
+	}
+	return fmt.Sprintf("stream(%d)", uint8(s))
+}
+
+// Hello is the guest's greeting, sent when the channel opens and in answer
+// to every Ping and Resync.
+type Hello struct {
+	Protocol     int    `json:"protocol"`
+	AgentVersion string `json:"agent_version"`
+	Kernel       string `json:"kernel,omitempty"`
+	// BootMillis is the guest's uptime when the agent became ready.
+	BootMillis int64 `json:"boot_ms,omitempty"`
+	// Identity is the VM identity last set by Resync, empty before.
+	Identity string `json:"identity,omitempty"`
+}
+
+// Limits bound one exec. Zero values mean "the agent's default"; the agent
+// also enforces its own maxima, so a host cannot lift them by accident.
+type Limits struct {
+	// WallMillis is the wall-clock limit; the process tree is killed at it.
+	WallMillis int64 `json:"wall_ms,omitempty"`
+	// OutputBytes caps each of stdout and stderr.
+	OutputBytes int64 `json:"output_bytes,omitempty"`
+	// Procs caps the number of tasks (processes and threads) alive at once.
+	Procs int64 `json:"procs,omitempty"`
+	// MemoryBytes caps the memory of the process tree.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+}
+
+// File is a file written before the command starts. Path is relative to the
+// exec's working directory.
+type File struct {
+	Path    string `json:"path"`
+	Content []byte `json:"content"`
+	Mode    uint32 `json:"mode,omitempty"`
+}
+
+// ExecRequest asks the agent to run a command.
+type ExecRequest struct {
+	ID   uint32   `json:"id"`
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+	// Dir is the working directory inside the guest root. Empty means a
+	// fresh private directory under /tmp.
+	Dir    string `json:"dir,omitempty"`
+	Stdin  []byte `json:"stdin,omitempty"`
+	Files  []File `json:"files,omitempty"`
+	Limits Limits `json:"limits"`
+}
+
+// Maximum sizes of an ExecRequest's parts; the payload bound also applies.
+const (
+	MaxArgs      = 4096
+	MaxArgBytes  = 256 << 10
+	MaxFiles     = 256
+	MaxPathBytes = 4096
+)
+
+// Validate checks a request for things the agent must never act on.
+func (r *ExecRequest) Validate() error {
+	if len(r.Argv) == 0 || r.Argv[0] == "" {
+		return fmt.Errorf("%w: empty argv", ErrMalformed)
+	}
+	if len(r.Argv)+len(r.Env) > MaxArgs {
+		return fmt.Errorf("%w: %d arguments and environment entries, at most %d", ErrMalformed, len(r.Argv)+len(r.Env), MaxArgs)
+	}
+	n := 0
+	for _, a := range r.Argv {
+		n += len(a)
+		if strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("%w: NUL byte in argument", ErrMalformed)
+		}
+	}
+	for _, e := range r.Env {
+		n += len(e)
+		if strings.IndexByte(e, 0) >= 0 || !strings.Contains(e, "=") {
+			return fmt.Errorf("%w: environment entry %q is not KEY=VALUE", ErrMalformed, truncate(e, 40))
+		}
+	}
+	if n > MaxArgBytes {
+		return fmt.Errorf("%w: arguments and environment total %d bytes, at most %d", ErrMalformed, n, MaxArgBytes)
+	}
+	if r.Dir != "" && (!path.IsAbs(r.Dir) || strings.IndexByte(r.Dir, 0) >= 0) {
+		return fmt.Errorf("%w: working directory %q is not an absolute path", ErrMalformed, truncate(r.Dir, 80))
+	}
+	if len(r.Files) > MaxFiles {
+		return fmt.Errorf("%w: %d files, at most %d", ErrMalformed, len(r.Files), MaxFiles)
+	}
+	for _, f := range r.Files {
+		if err := ValidateRelPath(f.Path); err != nil {
+			return err
+		}
+	}
+	if r.Limits.WallMillis < 0 || r.Limits.OutputBytes < 0 || r.Limits.Procs < 0 || r.Limits.MemoryBytes < 0 {
+		return fmt.Errorf("%w: negative limit", ErrMalformed)
+	}
+	return nil
+}
+
+// ValidateRelPath accepts a relative, clean path that stays below its base
+// directory: no "..", no absolute path, no NUL, not empty.
+func ValidateRelPath(p string) error {
+	switch {
+	case p == "":
+		return fmt.Errorf("%w: empty file name", ErrMalformed)
+	case len(p) > MaxPathBytes:
+		return fmt.Errorf("%w: file name of %d bytes", ErrMalformed, len(p))
+	case strings.IndexByte(p, 0) >= 0:
+		return fmt.Errorf("%w: NUL byte in file name", ErrMalformed)
+	case path.IsAbs(p):
+		return fmt.Errorf("%w: file name %q is absolute", ErrMalformed, truncate(p, 80))
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." {
+			return fmt.Errorf("%w: file name %q leaves its directory", ErrMalformed, truncate(p, 80))
+		}
+	}
+	if c := path.Clean(p); c == "." || c != p {
+		return fmt.Errorf("%w: file name %q is not clean (want %q)", ErrMalformed, truncate(p, 80), c)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// Status says why a program ended, in Piston's vocabulary.
+type Status string
+
+// Statuses. StatusOK is the empty string: the program exited by itself with
+// code 0.
+const (
+	StatusOK           Status = ""
+	StatusRuntimeError Status = "RE" // exited with a non-zero code
+	StatusSignal       Status = "SG" // killed by a signal (its own or an OOM kill)
+	StatusTimeout      Status = "TO" // killed at the wall-clock limit
+	StatusStdoutLimit  Status = "OL" // killed when stdout passed its cap
+	StatusStderrLimit  Status = "EL" // killed when stderr passed its cap
+	StatusInternal     Status = "XX" // the agent could not run it
+)
+
+// ExitResult reports how an exec ended.
+type ExitResult struct {
+	ID     uint32 `json:"id"`
+	Code   int    `json:"code"`
+	Signal string `json:"signal,omitempty"`
+	Status Status `json:"status,omitempty"`
+	// Message explains a non-OK status in words.
+	Message    string `json:"message,omitempty"`
+	WallMillis int64  `json:"wall_ms"`
+	CPUMillis  int64  `json:"cpu_ms"`
+	// MemoryBytes is the peak memory of the process tree.
+	MemoryBytes int64 `json:"memory_bytes"`
+}
+
+// Wall returns the wall time as a duration.
+func (r *ExitResult) Wall() time.Duration { return time.Duration(r.WallMillis) * time.Millisecond }
+
+// ErrorMsg reports a failure that is not a program's result: a request the
+// agent refused or could not start. ID is the exec it concerns, 0 if none.
+type ErrorMsg struct {
+	ID      uint32 `json:"id,omitempty"`
+	Message string `json:"message"`
+}
+
+// CancelRequest asks the agent to kill a running exec; it still answers
+// with an Exit.
+type CancelRequest struct {
+	ID uint32 `json:"id"`
+}
+
+// ResyncRequest is sent after a snapshot restore so clones do not share
+// the snapshot's clock, randomness or identity.
+type ResyncRequest struct {
+	UnixNanos int64  `json:"unix_nanos"`
+	Entropy   []byte `json:"entropy"`
+	Identity  string `json:"identity"`
+}

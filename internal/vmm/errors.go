@@ -1,0 +1,13 @@
+package vmm
+
+import "errors"
+
+// Sentinel errors shared by all drivers.
+var (
+	ErrInvalidState  = errors.New("vmm: operation not allowed in this state")
+	ErrUnsupported   = errors.New("vmm: not supported by this driver")
+	ErrInvalidConfig = errors.New("vmm: invalid configuration")
+	ErrExited        = errors.New("vmm: the VMM process exited")
+	ErrUnavailable   = errors.New("vmm: driver not usable on this host")
+	ErrIncompatible  = errors.New("vmm: snapshot does not match this driver or host")
+)

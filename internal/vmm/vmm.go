@@ -1,0 +1,173 @@
+package vmm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// State is a machine's lifecycle state.
+type State int
+
+// Machine states.
+const (
+	StateNew State = iota
+	StateRunning
+	StatePaused
+	StateStopped
+)
+
+func (s State) String() string {
+	switch s {
+	case StateNew:
+		return "new"
+	case StateRunning:
+		return "running"
+	case StatePaused:
+		return "paused"
+	case StateStopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// RequireState returns ErrInvalidState unless cur is one of allowed.
+func RequireState(op string, cur State, allowed ...State) error {
+	for _, a := range allowed {
+		if cur == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: machine is %s: %w", op, cur, ErrInvalidState)
+}
+
+// Disk is a block device attached to the guest.
+type Disk struct {
+	// ID names the disk. QEMU passes it as the virtio serial, which the
+	// agent looks up; Firecracker uses it as the drive id.
+	ID       string `json:"id"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// Config describes one machine. It is plain data: it can be logged,
+// stored, and recorded in a snapshot manifest.
+type Config struct {
+	// ID is unique among running machines; [a-z0-9-], at most 40 bytes.
+	ID string `json:"id"`
+	// Kernel is an uncompressed ELF vmlinux; Initrd a cpio archive.
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd"`
+	// Cmdline holds extra kernel arguments (the agent's fs.* settings).
+	// Drivers add their own base arguments and the agent's fs.channel.
+	Cmdline   []string `json:"cmdline,omitempty"`
+	VCPUs     int      `json:"vcpus"`
+	MemoryMiB int      `json:"memory_mib"`
+	Disks     []Disk   `json:"disks"`
+	// RunDir is a directory the driver creates for this machine's sockets
+	// and logs and removes in Stop. Keep it short: unix socket paths are
+	// limited to 107 bytes.
+	RunDir string `json:"run_dir"`
+}
+
+var idRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+
+// Validate checks a config before any process is started.
+func (c *Config) Validate() error {
+	var errs []string
+	if !idRe.MatchString(c.ID) {
+		errs = append(errs, fmt.Sprintf("id %q: want 1-40 of [a-z0-9-]", c.ID))
+	}
+	for _, f := range []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}} {
+		if f.path == "" {
+			errs = append(errs, f.what+" not set")
+		} else if _, err := os.Stat(f.path); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", f.what, err))
+		}
+	}
+	if c.VCPUs < 1 || c.VCPUs > 32 {
+		errs = append(errs, fmt.Sprintf("vcpus %d: want 1-32", c.VCPUs))
+	}
+	if c.MemoryMiB < 64 || c.MemoryMiB > 64<<10 {
+		errs = append(errs, fmt.Sprintf("memory %d MiB: want 64-65536", c.MemoryMiB))
+	}
+	seen := map[string]bool{}
+	for _, d := range c.Disks {
+		if !idRe.MatchString(d.ID) || seen[d.ID] {
+			errs = append(errs, fmt.Sprintf("disk id %q: want a unique id of [a-z0-9-]", d.ID))
+		}
+		seen[d.ID] = true
+		if _, err := os.Stat(d.Path); err != nil {
+			errs = append(errs, fmt.Sprintf("disk %s: %v", d.ID, err))
+		}
+	}
+	if c.RunDir == "" {
+		errs = append(errs, "run dir not set")
+	} else if len(c.RunDir) > 80 {
+		errs = append(errs, fmt.Sprintf("run dir %q is too long for unix sockets", c.RunDir))
+	}
+	for _, a := range c.Cmdline {
+		if a == "" || strings.ContainsAny(a, " \t\n") {
+			errs = append(errs, fmt.Sprintf("kernel argument %q is empty or has blanks", a))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Capabilities says what a driver can do on this host.
+type Capabilities struct {
+	Snapshot      bool // Pause + Snapshot + Restore
+	MemorySharing bool // restores map the snapshot's memory copy-on-write
+	Vsock         bool // the agent channel is vsock (else virtio-serial)
+}
+
+// Files a driver writes into a snapshot directory.
+const (
+	SnapshotMemoryFile = "memory"
+	SnapshotStateFile  = "vmstate"
+)
+
+// Driver starts machines with one VMM.
+type Driver interface {
+	// Name is the driver's name in configuration: "qemu", "firecracker".
+	Name() string
+	// Version is the VMM's version, recorded in snapshots.
+	Version(ctx context.Context) (string, error)
+	Capabilities() Capabilities
+	// Boot starts a machine from cfg and returns once the VMM runs it;
+	// the guest may still be booting.
+	Boot(ctx context.Context, cfg Config) (Machine, error)
+	// Restore starts a machine from a snapshot directory written by
+	// Machine.Snapshot of the same driver. cfg gives the new machine's
+	// ID, RunDir and disks (the paths may differ from the snapshot's;
+	// the disks' contents must match). The machine runs when it returns.
+	Restore(ctx context.Context, snapshotDir string, cfg Config) (Machine, error)
+}
+
+// Machine is one running (or stopped) VM.
+type Machine interface {
+	ID() string
+	State() State
+	// DialAgent connects to the guest agent's channel. One connection at
+	// a time; the caller closes it.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Snapshot writes a full snapshot (memory and device state) of a
+	// paused machine into dir, which must exist and be empty.
+	Snapshot(ctx context.Context, dir string) error
+	// Stop ends the VM (SIGTERM, then SIGKILL) and removes its RunDir.
+	Stop(ctx context.Context) error
+	// Wait blocks until the VMM process exits or ctx ends.
+	Wait(ctx context.Context) error
+	// Console returns the last n bytes the guest wrote to its console.
+	Console(n int) string
+	// PID is the VMM process id, 0 once stopped.
+	PID() int
+}
