@@ -102,7 +102,13 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 		defer os.RemoveAll(c.hostPath(d))
 		dir = d
 	}
-	if err := c.writeFiles(dir, req.Files); err != nil {
+	wd, err := c.openDir(dir, req.Dir != "")
+	if err != nil {
+		return nil, err
+	}
+	err = c.writeFiles(wd, req.Files)
+	wd.Close()
+	if err != nil {
 		return nil, err
 	}
 
@@ -343,17 +349,45 @@ func (c *Config) makeRunDir(id uint32) (string, error) {
 	return path.Join("/tmp", filepath.Base(host)), nil
 }
 
-// writeFiles writes request files under dir without following any symlink
-// out of it (os.Root refuses to escape).
-func (c *Config) writeFiles(dir string, files []agentproto.File) error {
-	if len(files) == 0 {
-		return nil
+// openDir opens dir, a path inside the command's root, confined to that
+// root: a symlink planted by an earlier command cannot redirect the agent
+// (which runs as root, outside the chroot) anywhere else. With create, a
+// missing dir is made and given to the command's user.
+func (c *Config) openDir(dir string, create bool) (*os.Root, error) {
+	top := c.Root
+	if top == "" {
+		top = "/"
 	}
-	root, err := os.OpenRoot(c.hostPath(dir))
+	root, err := os.OpenRoot(top)
 	if err != nil {
-		return fmt.Errorf("open working directory: %w", err)
+		return nil, err
 	}
 	defer root.Close()
+	rel := strings.TrimPrefix(path.Clean("/"+dir), "/")
+	if rel == "" {
+		rel = "."
+	}
+	if create {
+		if _, err := root.Lstat(rel); errors.Is(err, os.ErrNotExist) {
+			if err := root.MkdirAll(rel, 0o755); err != nil {
+				return nil, fmt.Errorf("create working directory %s: %w", dir, err)
+			}
+			if c.UID >= 0 {
+				if err := root.Lchown(rel, c.UID, c.GID); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	d, err := root.OpenRoot(rel)
+	if err != nil {
+		return nil, fmt.Errorf("open working directory %s: %w", dir, err)
+	}
+	return d, nil
+}
+
+// writeFiles writes request files under dir, never outside it.
+func (c *Config) writeFiles(root *os.Root, files []agentproto.File) error {
 	for _, f := range files {
 		if d := path.Dir(f.Path); d != "." {
 			if err := root.MkdirAll(d, 0o755); err != nil {

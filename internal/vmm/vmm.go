@@ -125,6 +125,20 @@ type Capabilities struct {
 	Snapshot      bool // Pause + Snapshot + Restore
 	MemorySharing bool // restores map the snapshot's memory copy-on-write
 	Vsock         bool // the agent channel is vsock (else virtio-serial)
+	// DiskSerials: the guest sees each Disk.ID as its virtio serial, so the
+	// agent finds disks by id; otherwise disks appear as /dev/vda, vdb, ...
+	// in the order of Config.Disks.
+	DiskSerials bool
+}
+
+// GuestDiskRef is how the agent should find disk i of cfg on the kernel
+// command line (fs.root=...): by serial where the driver sets serials,
+// else by its /dev path.
+func GuestDiskRef(c Capabilities, i int, id string) string {
+	if c.DiskSerials {
+		return id
+	}
+	return "/dev/vd" + string(rune('a'+i))
 }
 
 // Files a driver writes into a snapshot directory.

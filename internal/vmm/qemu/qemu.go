@@ -139,7 +139,7 @@ func (d *Driver) Version(ctx context.Context) (string, error) {
 
 // Capabilities implements vmm.Driver.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Snapshot: true, MemorySharing: true}
+	return vmm.Capabilities{Snapshot: true, MemorySharing: true, DiskSerials: true}
 }
 
 // BaseCmdline is the kernel command line every QEMU guest gets, tuned for

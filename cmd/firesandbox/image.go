@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/spf13/cobra"
+)
+
+func newImageCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Build and list language images",
+	}
+	var format, mirror string
+	build := &cobra.Command{
+		Use:   "build LANGUAGE...",
+		Short: "Build the root filesystem image of one or more languages",
+		Long: `Build a language's image: debootstrap a Debian minbase with the language's
+packages, add the unprivileged sandbox user, and pack it read-only
+(SquashFS with zstd by default). Needs root and network access to a Debian
+mirror. An image is identified by a digest of its inputs: building one
+that exists does nothing.`,
+		Example: `  firesandbox image build python
+  firesandbox image build --format erofs python`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mgr, err := g.manager()
+			if err != nil {
+				return err
+			}
+			base := image.DefaultBase
+			if mirror != "" {
+				base.Mirror = mirror
+			}
+			for _, name := range args {
+				e, err := mgr.Catalog().Lookup(name, "")
+				if err != nil {
+					return err
+				}
+				if _, err := mgr.Images().Build(cmd.Context(), e, image.BuildOptions{Format: format, Base: base, Progress: os.Stderr}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	build.Flags().StringVar(&format, "format", image.FormatSquashFS, "image format: squashfs, erofs or ext4")
+	build.Flags().StringVar(&mirror, "mirror", os.Getenv("FIRESANDBOX_MIRROR"), "Debian mirror ($FIRESANDBOX_MIRROR; default "+image.DefaultBase.Mirror+")")
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List built images",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ims, err := image.NewStore(g.dataDir).List()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tLANGUAGE\tFORMAT\tPACKED\tUNPACKED\tBUILD TIME\tCREATED")
+			for _, im := range ims {
+				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\t%s\t%s\n", im.ID, im.Language, im.Version, im.Format,
+					mib(im.PackedBytes), mib(im.UnpackedBytes), (time.Duration(im.BuildSeconds * 1e9)).Round(100*time.Millisecond),
+					im.Created.Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.AddCommand(build, ls)
+	return cmd
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func newLanguagesCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "languages",
+		Short: "List the languages of the catalog and whether their images are built",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mgr, err := g.manager()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LANGUAGE\tVERSION\tALIASES\tIMAGE")
+			for _, e := range mgr.Catalog().Entries() {
+				state := "not built (firesandbox image build " + e.Name + ")"
+				if e.Unavailable != "" {
+					state = "unavailable: " + e.Unavailable
+				} else if im, err := mgr.Images().ForEntry(e, mgr.Config().ImageFormat); err == nil {
+					state = im.ID
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name, e.Version, strings.Join(e.Aliases, ","), state)
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,124 @@
+// Command firesandbox runs untrusted code in microVMs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/firesandbox/firesandbox/internal/buildinfo"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a specific exit code out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// Exit codes of firesandbox itself, chosen like docker run's so that they
+// do not collide with common program exit codes.
+const (
+	exitInternal = 125 // firesandbox failed; the program did not run
+	exitUsage    = 2
+)
+
+type globalFlags struct {
+	dataDir   string
+	driver    string
+	accel     string
+	memoryMiB int
+	vcpus     int
+	verbose   bool
+}
+
+func (g *globalFlags) config() sandbox.Config {
+	return sandbox.Config{DataDir: g.dataDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus}
+}
+
+func (g *globalFlags) logger() *slog.Logger {
+	lvl := slog.LevelWarn
+	if g.verbose {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func (g *globalFlags) manager() (*sandbox.Manager, error) {
+	return sandbox.New(g.config(), sandbox.WithLogger(g.logger()))
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func newRoot() *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:   "firesandbox",
+		Short: "Run untrusted code in microVMs, in many languages, fast",
+		Long: `firesandbox runs code (often written by an LLM agent) inside microVMs.
+
+Each run gets its own VM: a real kernel, a read-only language image with a
+private writable layer, and a guest agent that runs the program as an
+unprivileged user with time, output, memory and process limits.
+
+First time on a host:
+  make setup                                  # packages, kernel, python image
+  firesandbox run python -c 'print(6*7)'
+
+Everything lives under the data directory (--data-dir, $FIRESANDBOX_DATA,
+default /var/lib/firesandbox).`,
+		Version:       buildinfo.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.dataDir, "data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory: kernels, images, snapshots, state ($FIRESANDBOX_DATA)")
+	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "qemu"), "VMM driver: qemu or firecracker ($FIRESANDBOX_DRIVER)")
+	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
+	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
+	pf.IntVar(&g.vcpus, "vcpus", 1, "guest vCPUs")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
+
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g))
+	return root
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	root := newRoot()
+	err := root.ExecuteContext(ctx)
+	stop()
+	var ee exitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		os.Exit(ee.code)
+	default:
+		fmt.Fprintf(os.Stderr, "firesandbox: %v\n", err)
+		if isUsage(err) {
+			os.Exit(exitUsage)
+		}
+		os.Exit(exitInternal)
+	}
+}
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func isUsage(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}
+
+func usagef(f string, a ...any) error { return usageError{fmt.Errorf(f, a...)} }

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+type runFlags struct {
+	stdin     string
+	stdinFile string
+	timeout   time.Duration
+	outLimit  int64
+	memMiB    int64
+	procs     int64
+	jsonOut   bool
+}
+
+func newRunCmd(g *globalFlags) *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] LANGUAGE (-c CODE | FILE | -) [ARG...]",
+		Short: "Run a program once in a fresh microVM",
+		Long: `Run a program once in a fresh microVM and print its output.
+
+The program is CODE given with -c, a FILE, or - for code on standard input.
+ARGs after it are passed to the program. stdout and stderr stay separate,
+and the program's exit code becomes firesandbox's exit code.
+
+Exit codes: the program's own; 128+N if it died of signal N; 124 if it
+was killed at its time limit; 125 if firesandbox itself failed.`,
+		Example: `  firesandbox run python -c 'print(6*7)'
+  firesandbox run python script.py arg1 arg2
+  echo 'print(1)' | firesandbox run python -
+  firesandbox run --stdin 'hello' python -c 'print(input().upper())'
+  firesandbox run --timeout 2s python -c 'while True: pass'`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRun(cmd, g, &f, args)
+		},
+	}
+	// Flags stop at LANGUAGE, so the program's own flags pass through;
+	// run flags may also sit between LANGUAGE and the program.
+	cmd.Flags().SetInterspersed(false)
+	fl := cmd.Flags()
+	fl.StringVar(&f.stdin, "stdin", "", "data for the program's standard input")
+	fl.StringVar(&f.stdinFile, "stdin-file", "", "file whose content is the program's standard input")
+	fl.DurationVar(&f.timeout, "timeout", 0, "wall-clock limit for the program (default 15s)")
+	fl.Int64Var(&f.outLimit, "output-limit", 0, "bytes each of stdout and stderr may carry (default 1 MiB)")
+	fl.Int64Var(&f.memMiB, "memory-limit", 0, "memory limit for the program in MiB (default 256)")
+	fl.Int64Var(&f.procs, "procs", 0, "limit on processes and threads alive at once (default 64)")
+	fl.BoolVar(&f.jsonOut, "json", false, "print the result (status, exit code, timings) as JSON on stderr at the end")
+	return cmd
+}
+
+// splitRunArgs separates LANGUAGE, run flags placed after it, the program
+// (-c CODE, FILE or -) and the program's arguments.
+func splitRunArgs(cmd *cobra.Command, args []string) (lang, code, file string, progArgs []string, err error) {
+	if len(args) == 0 {
+		return "", "", "", nil, usagef("missing LANGUAGE; see `firesandbox languages` and `firesandbox run --help`")
+	}
+	lang, rest := args[0], args[1:]
+	var flagArgs []string
+	for len(rest) > 0 && strings.HasPrefix(rest[0], "--") && rest[0] != "--" {
+		name, _, hasVal := strings.Cut(strings.TrimPrefix(rest[0], "--"), "=")
+		fl := cmd.Flags().Lookup(name)
+		if fl == nil {
+			break // not ours: a file name starting with -- is unlikely; the program spec check reports it
+		}
+		flagArgs = append(flagArgs, rest[0])
+		rest = rest[1:]
+		if !hasVal && fl.Value.Type() != "bool" && len(rest) > 0 {
+			flagArgs = append(flagArgs, rest[0])
+			rest = rest[1:]
+		}
+	}
+	if len(flagArgs) > 0 {
+		if err := cmd.Flags().Parse(flagArgs); err != nil {
+			return "", "", "", nil, usageError{err}
+		}
+	}
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	switch {
+	case len(rest) == 0:
+		return "", "", "", nil, usagef("missing program: give -c CODE, a FILE, or - for standard input")
+	case rest[0] == "-c":
+		if len(rest) < 2 {
+			return "", "", "", nil, usagef("-c needs the code as its argument")
+		}
+		return lang, rest[1], "", rest[2:], nil
+	case rest[0] != "-" && strings.HasPrefix(rest[0], "-"):
+		return "", "", "", nil, usagef("unknown flag %q after %s (run flags go before the program; see --help)", rest[0], lang)
+	}
+	return lang, "", rest[0], rest[1:], nil
+}
+
+func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) error {
+	lang, code, file, progArgs, err := splitRunArgs(cmd, args)
+	if err != nil {
+		return err
+	}
+	var src []byte
+	name := ""
+	switch {
+	case file == "-":
+		if src, err = io.ReadAll(io.LimitReader(os.Stdin, sandbox.MaxRunBytes+1)); err != nil {
+			return fmt.Errorf("read program from stdin: %w", err)
+		}
+	case file != "":
+		if src, err = os.ReadFile(file); err != nil {
+			return usageError{fmt.Errorf("read program: %w", err)}
+		}
+	default:
+		src = []byte(code)
+	}
+	if f.stdin != "" && f.stdinFile != "" {
+		return usagef("give --stdin or --stdin-file, not both")
+	}
+	stdin := []byte(f.stdin)
+	if f.stdinFile != "" {
+		if stdin, err = os.ReadFile(f.stdinFile); err != nil {
+			return usageError{fmt.Errorf("read --stdin-file: %w", err)}
+		}
+	}
+	if f.timeout < 0 || f.outLimit < 0 || f.memMiB < 0 || f.procs < 0 {
+		return usagef("limits must not be negative")
+	}
+
+	mgr, err := g.manager()
+	if err != nil {
+		return err
+	}
+	req := sandbox.RunRequest{
+		Language: lang,
+		Files:    []agentproto.File{{Path: name, Content: src}},
+		Stdin:    stdin,
+		Args:     progArgs,
+		RunLimits: agentproto.Limits{
+			WallMillis:  f.timeout.Milliseconds(),
+			OutputBytes: f.outLimit,
+			MemoryBytes: f.memMiB << 20,
+			Procs:       f.procs,
+		},
+	}
+	res, err := mgr.Run(cmd.Context(), req, sandbox.Streams{
+		Stdout: os.Stdout, Stderr: os.Stderr, CompileStdout: os.Stderr, CompileStderr: os.Stderr,
+	})
+	if err != nil {
+		return err
+	}
+	if f.jsonOut {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		fmt.Fprintln(os.Stderr, string(b))
+	}
+	if g.verbose {
+		fmt.Fprintf(os.Stderr, "firesandbox: %s %s: VM ready in %s, total %s\n", res.Language, res.Version, res.Ready.Round(time.Millisecond), res.Total.Round(time.Millisecond))
+	}
+	r := res.Run
+	if r == nil { // compilation failed
+		r = res.Compile
+		fmt.Fprintf(os.Stderr, "firesandbox: compilation failed%s\n", describe(r))
+	} else if r.Status != agentproto.StatusOK && r.Status != agentproto.StatusRuntimeError {
+		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", strings.TrimPrefix(describe(r), ": "))
+	}
+	return exitError{code: exitCode(r)}
+}
+
+func describe(r *agentproto.ExitResult) string {
+	if r.Message != "" {
+		return fmt.Sprintf(": %s (%s)", r.Message, r.Status)
+	}
+	if r.Signal != "" {
+		return fmt.Sprintf(": killed by %s (%s)", r.Signal, r.Status)
+	}
+	return fmt.Sprintf(": exit code %d", r.Code)
+}
+
+// exitCode maps a result to the CLI's exit code, shell-style.
+func exitCode(r *agentproto.ExitResult) int {
+	switch {
+	case r.Status == agentproto.StatusTimeout:
+		return 124
+	case r.Signal != "":
+		if s := unix.SignalNum(r.Signal); s != 0 {
+			return 128 + int(s)
+		}
+		return 128 + 9
+	case r.Code == 0 && r.Status != agentproto.StatusOK:
+		return 1 // killed at an output limit after a clean exit code: still a failure
+	}
+	return r.Code
+}

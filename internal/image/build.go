@@ -1,0 +1,318 @@
+package image
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Image formats.
+const (
+	FormatSquashFS = "squashfs"
+	FormatEROFS    = "erofs"
+	FormatExt4     = "ext4"
+)
+
+// SandboxUID is the uid (and gid) commands run as in the guest.
+const SandboxUID = 1000
+
+// BuildOptions controls a build.
+type BuildOptions struct {
+	Format string // default squashfs
+	Base   Base   // default DefaultBase
+	// Progress receives one line per step and the tools' output.
+	Progress io.Writer
+}
+
+// Build builds the image for e unless it exists, and returns it.
+func (s *Store) Build(ctx context.Context, e *Entry, o BuildOptions) (*Image, error) {
+	if e.Unavailable != "" {
+		return nil, fmt.Errorf("build %s: not available: %s", e.Name, e.Unavailable)
+	}
+	if o.Format == "" {
+		o.Format = FormatSquashFS
+	}
+	if o.Base.Suite == "" {
+		o.Base = DefaultBase
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	id := e.ID(o.Base, o.Format)
+	if im, err := s.Get(id); err == nil {
+		fmt.Fprintf(o.Progress, "image %s: already built\n", id)
+		return im, nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	unlock, err := lockDir(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if im, err := s.Get(id); err == nil { // built while we waited
+		return im, nil
+	}
+	s.sweep()
+
+	start := time.Now()
+	tmp, err := os.MkdirTemp(s.Dir, ".build-"+id+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer removeTree(tmp)
+	rootfs := filepath.Join(tmp, "rootfs")
+	step := func(f string, a ...any) {
+		fmt.Fprintf(o.Progress, "[%5.1fs] %s: %s\n", time.Since(start).Seconds(), e.Name, fmt.Sprintf(f, a...))
+	}
+
+	step("debootstrap %s %s with %s", o.Base.Suite, o.Base.Variant, strings.Join(e.Packages, " "))
+	pkgs := append(append([]string{}, o.Base.Extra...), e.Packages...)
+	args := []string{"--variant=" + o.Base.Variant, "--include=" + strings.Join(pkgs, ","), o.Base.Suite, rootfs, o.Base.Mirror}
+	if err := runTool(ctx, o.Progress, "debootstrap", args...); err != nil {
+		return nil, fmt.Errorf("build %s: %w", e.Name, err)
+	}
+	step("configure")
+	if err := customize(rootfs); err != nil {
+		return nil, fmt.Errorf("build %s: %w", e.Name, err)
+	}
+	unpacked, err := treeSize(rootfs)
+	if err != nil {
+		return nil, err
+	}
+	step("pack %s (%d MiB unpacked)", o.Format, unpacked>>20)
+	file := "rootfs." + o.Format
+	if err := Pack(ctx, o.Format, rootfs, filepath.Join(tmp, file), o.Progress); err != nil {
+		return nil, fmt.Errorf("build %s: %w", e.Name, err)
+	}
+	if err := removeTree(rootfs); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(filepath.Join(tmp, file))
+	if err != nil {
+		return nil, err
+	}
+	sum, err := fileSHA256(filepath.Join(tmp, file))
+	if err != nil {
+		return nil, err
+	}
+	m := Manifest{
+		ID: id, Language: e.Name, Version: e.Version, Format: o.Format, File: file,
+		Base: o.Base, Packages: e.Packages, PackedBytes: fi.Size(), UnpackedBytes: unpacked,
+		BuildSeconds: time.Since(start).Seconds(), Created: time.Now().UTC(), SHA256: sum,
+	}
+	mb, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, "manifest.json"), mb, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, filepath.Join(s.Dir, id)); err != nil {
+		return nil, err
+	}
+	step("done: %s, %d MiB packed (%d MiB unpacked)", id, fi.Size()>>20, unpacked>>20)
+	return s.Get(id)
+}
+
+// Pack packs a directory tree into a read-only filesystem image.
+func Pack(ctx context.Context, format, dir, out string, progress io.Writer) error {
+	switch format {
+	case FormatSquashFS:
+		return runTool(ctx, progress, "mksquashfs", dir, out, "-comp", "zstd", "-noappend", "-quiet", "-no-progress",
+			"-mkfs-time", "0", "-all-time", "0")
+	case FormatEROFS:
+		return runTool(ctx, progress, "mkfs.erofs", "-zlz4hc", "-T0", "--all-root=false", out, dir)
+	case FormatExt4:
+		size, err := treeSize(dir)
+		if err != nil {
+			return err
+		}
+		// Room for metadata and the journal-less slack ext4 needs.
+		mib := size>>20 + size>>22 + 64
+		f, err := os.Create(out)
+		if err != nil {
+			return err
+		}
+		err = f.Truncate(mib << 20)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		return runTool(ctx, progress, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0", "-d", dir, out)
+	}
+	return fmt.Errorf("pack: unknown format %q (want squashfs, erofs or ext4)", format)
+}
+
+// runTool runs an external command, forwarding its output line by line
+// and keeping the tail for the error.
+func runTool(ctx context.Context, progress io.Writer, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	// No SOURCE_DATE_EPOCH: mksquashfs refuses it together with the
+	// explicit -all-time/-mkfs-time that make its output reproducible.
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("run %s: %w", name, err)
+	}
+	var last []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			fmt.Fprintf(progress, "  %s: %s\n", name, sc.Text())
+			last = append(last, sc.Text())
+			if len(last) > 10 {
+				last = last[1:]
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Wait()
+	pw.Close()
+	<-done
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", name, ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("%s failed: %v: %s", name, err, strings.Join(last, " | "))
+	}
+	return nil
+}
+
+// customize makes a debootstrapped tree an image: the sandbox user, no
+// caches, logs or per-machine ids.
+func customize(root string) error {
+	appendFile := func(rel, line string) error {
+		f, err := os.OpenFile(filepath.Join(root, rel), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteString(line)
+		return err
+	}
+	if err := appendFile("etc/passwd", fmt.Sprintf("sandbox:x:%d:%d:sandbox:/home/sandbox:/bin/sh\n", SandboxUID, SandboxUID)); err != nil {
+		return err
+	}
+	if err := appendFile("etc/group", fmt.Sprintf("sandbox:x:%d:\n", SandboxUID)); err != nil {
+		return err
+	}
+	if err := appendFile("etc/shadow", "sandbox:!:0:0:99999:7:::\n"); err != nil {
+		return err
+	}
+	home := filepath.Join(root, "home/sandbox")
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chown(home, SandboxUID, SandboxUID); err != nil {
+		return err
+	}
+	for _, g := range []string{"var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "var/log/*", "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old"} {
+		ms, _ := filepath.Glob(filepath.Join(root, g))
+		for _, m := range ms {
+			if err := os.RemoveAll(m); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/machine-id"), nil, 0o444); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("sandbox\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(root, "etc/hosts"), []byte("127.0.0.1 localhost sandbox\n::1 localhost\n"), 0o644)
+}
+
+// treeSize is the apparent size of the files under dir.
+func treeSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n, err
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// removeTree unmounts anything still mounted below dir (debootstrap mounts
+// /proc and /sys in the target and a killed run leaves them), then
+// removes it.
+func removeTree(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var mounts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == abs || strings.HasPrefix(f[4], abs+"/")) {
+			mounts = append(mounts, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts))) // deepest first
+	for _, m := range mounts {
+		_ = unix.Unmount(m, unix.MNT_DETACH)
+	}
+	return os.RemoveAll(dir)
+}
+
+// sweep removes builds that were interrupted (we hold the lock, so no
+// build is running).
+func (s *Store) sweep() {
+	ms, _ := filepath.Glob(filepath.Join(s.Dir, ".build-*"))
+	for _, m := range ms {
+		_ = removeTree(m)
+	}
+}
+
+// lockDir takes an exclusive lock on dir/.lock, waiting for other builders.
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}

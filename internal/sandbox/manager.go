@@ -1,0 +1,293 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/guestkernel"
+	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/languages"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// DataDir holds kernels, images, snapshots and state.
+	DataDir string `json:"data_dir"`
+	// RunDir holds per-VM sockets and logs; default /run/firesandbox.
+	RunDir string `json:"run_dir"`
+	// Driver is "qemu" (default) or "firecracker".
+	Driver string `json:"driver"`
+	// Accel is "auto" (default: probe by booting), "kvm" or "tcg"; QEMU only.
+	Accel string `json:"accel"`
+	// VCPUs and MemoryMiB shape every VM; defaults 1 and 512.
+	VCPUs     int `json:"vcpus"`
+	MemoryMiB int `json:"memory_mib"`
+	// BootTimeout bounds a cold boot up to the agent's Hello; default 60s
+	// (TCG boots take 3-4 s, loaded hosts much longer).
+	BootTimeout time.Duration `json:"boot_timeout"`
+	// ImageFormat is the root filesystem format; default squashfs.
+	ImageFormat string `json:"image_format"`
+}
+
+// DefaultDataDir is where firesandbox keeps its data unless told otherwise.
+const DefaultDataDir = "/var/lib/firesandbox"
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.RunDir == "" {
+		c.RunDir = "/run/firesandbox"
+	}
+	if c.Driver == "" {
+		c.Driver = "qemu"
+	}
+	if c.Accel == "" {
+		c.Accel = "auto"
+	}
+	if c.VCPUs == 0 {
+		c.VCPUs = 1
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 512
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = 60 * time.Second
+	}
+	if c.ImageFormat == "" {
+		c.ImageFormat = image.FormatSquashFS
+	}
+}
+
+// Validate checks a Config.
+func (c *Config) Validate() error {
+	switch c.Driver {
+	case "", "qemu", "firecracker":
+	default:
+		return fmt.Errorf("%w: driver %q: want qemu or firecracker", ErrBadRequest, c.Driver)
+	}
+	switch c.Accel {
+	case "", "auto", "kvm", "tcg":
+	default:
+		return fmt.Errorf("%w: accel %q: want auto, kvm or tcg", ErrBadRequest, c.Accel)
+	}
+	if c.VCPUs < 0 || c.VCPUs > 32 || c.MemoryMiB < 0 || c.MemoryMiB > 64<<10 {
+		return fmt.Errorf("%w: vcpus %d / memory %d MiB out of range", ErrBadRequest, c.VCPUs, c.MemoryMiB)
+	}
+	return nil
+}
+
+// Manager runs code in VMs.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	catalog *image.Catalog
+	images  *image.Store
+	driver  vmm.Driver // created on first use: choosing may boot a probe VM
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
+
+// WithDriver injects a VMM driver instead of choosing one from Config.
+func WithDriver(d vmm.Driver) Option { return func(m *Manager) { m.driver = d } }
+
+// New returns a Manager and sweeps what killed processes left behind.
+func New(cfg Config, opts ...Option) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	cat, err := image.LoadCatalog(languages.FS)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: slog.New(slog.DiscardHandler), catalog: cat, images: image.NewStore(cfg.DataDir)}
+	for _, o := range opts {
+		o(m)
+	}
+	m.sweep()
+	return m, nil
+}
+
+// Catalog returns the language catalog.
+func (m *Manager) Catalog() *image.Catalog { return m.catalog }
+
+// Images returns the image store.
+func (m *Manager) Images() *image.Store { return m.images }
+
+// Config returns the effective configuration.
+func (m *Manager) Config() Config { return m.cfg }
+
+// VM is a booted machine with a connected agent.
+type VM struct {
+	Machine vmm.Machine
+	Agent   *agentproto.Client
+	// Ready is the time from asking for the VM to the agent's Hello.
+	Ready time.Duration
+	owner string
+}
+
+// Close stops the VM and frees everything it held.
+func (v *VM) Close() error {
+	if v.Agent != nil {
+		v.Agent.Close()
+	}
+	err := v.Machine.Stop(context.Background())
+	if v.owner != "" {
+		os.RemoveAll(v.owner)
+	}
+	return err
+}
+
+// Boot cold-boots a VM for a language and waits for its agent.
+func (m *Manager) Boot(ctx context.Context, e *image.Entry) (*VM, error) {
+	k, err := guestkernel.Load(m.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
+	if err != nil {
+		return nil, err
+	}
+	d, err := m.Driver(ctx, k, img)
+	if err != nil {
+		return nil, err
+	}
+	return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, id string) vmm.Config {
+	return vmm.Config{
+		ID:        id,
+		Kernel:    k.Vmlinux,
+		Initrd:    k.Initramfs,
+		VCPUs:     m.cfg.VCPUs,
+		MemoryMiB: m.cfg.MemoryMiB,
+		Disks:     []vmm.Disk{{ID: "root", Path: img.Path(), ReadOnly: true}},
+		Cmdline: []string{
+			"fs.root=" + vmm.GuestDiskRef(d.Capabilities(), 0, "root"),
+			"fs.rootfs=" + img.Format,
+		},
+		RunDir: filepath.Join(m.cfg.RunDir, id),
+	}
+}
+
+func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, timeout time.Duration) (*VM, error) {
+	start := time.Now()
+	id := newID("vm-")
+	owner, err := m.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	cfg := m.vmConfig(d, k, img, id)
+	log := m.log.With("vm", id, "image", img.ID)
+	mach, err := d.Boot(ctx, cfg)
+	if err != nil {
+		os.RemoveAll(owner)
+		return nil, fmt.Errorf("boot %s: %w", img.Language, err)
+	}
+	vm := &VM{Machine: mach, owner: owner}
+	if err := m.connect(ctx, vm, timeout); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	vm.Ready = time.Since(start)
+	log.Debug("vm ready", "ready", vm.Ready)
+	return vm, nil
+}
+
+// connect dials the agent and waits for its Hello, giving up early if the
+// VMM exits; on failure the error carries the guest console's tail.
+func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		if vm.Machine.Wait(ctx) == nil {
+			cancel() // the VMM exited: stop waiting for a Hello
+		}
+	}()
+	conn, err := vm.Machine.DialAgent(ctx)
+	if err == nil {
+		vm.Agent = agentproto.NewClient(conn)
+		_, err = vm.Agent.WaitHello(ctx)
+	}
+	if err == nil {
+		return nil
+	}
+	why := err.Error()
+	if vm.Machine.State() == vmm.StateStopped {
+		why = "the VM exited"
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		why = fmt.Sprintf("no answer within %s", timeout)
+	}
+	return fmt.Errorf("%w (%s); guest console:\n%s", ErrNotReady, why, indent(vm.Machine.Console(2048)))
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return "  (empty)"
+	}
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+// claim records that this process owns VM id, so a later Manager can tell
+// a live VM's run directory from one a killed process left.
+func (m *Manager) claim(id string) (string, error) {
+	dir := filepath.Join(m.cfg.RunDir, "owners")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, id)
+	return p, os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0o600)
+}
+
+// sweep removes run directories and RAM files of VMs whose owner died.
+// Their QEMU processes died with the owner (parent-death signal).
+func (m *Manager) sweep() {
+	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
+	for _, o := range owners {
+		b, err := os.ReadFile(o)
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			continue // owner alive
+		}
+		id := filepath.Base(o)
+		m.log.Info("sweeping leftovers of dead VM", "vm", id)
+		os.RemoveAll(filepath.Join(m.cfg.RunDir, id))
+		os.Remove(filepath.Join("/dev/shm", "firesandbox-"+id+".ram"))
+		os.Remove(o)
+	}
+}
+
+// Streams receive a run's output as it is produced. Nil writers discard.
+type Streams struct {
+	Stdout, Stderr               io.Writer
+	CompileStdout, CompileStderr io.Writer
+}

@@ -1,0 +1,151 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agent"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+)
+
+// RunRequest is a one-shot run: files in, program output and result out.
+type RunRequest struct {
+	Language string
+	Version  string // "" or "*" for any
+	// Files are written to the working directory. The first is the
+	// program; an empty Path gives it the language's file name.
+	Files []agentproto.File
+	Stdin []byte
+	Args  []string
+	// CompileLimits and RunLimits override the language's defaults.
+	CompileLimits, RunLimits agentproto.Limits
+}
+
+// RunResult is how a run ended. Compile is nil for interpreted languages;
+// Run is nil when compilation failed.
+type RunResult struct {
+	Language string                 `json:"language"`
+	Version  string                 `json:"version"`
+	Compile  *agentproto.ExitResult `json:"compile,omitempty"`
+	Run      *agentproto.ExitResult `json:"run,omitempty"`
+	Ready    time.Duration          `json:"ready_ns"`
+	Total    time.Duration          `json:"total_ns"`
+}
+
+// workDir is where a run's files live in the guest; compile and run share it.
+const workDir = "/tmp/box"
+
+// MaxRunFiles and MaxRunBytes bound what a run may upload.
+const (
+	MaxRunFiles = 64
+	MaxRunBytes = 16 << 20
+)
+
+func (r *RunRequest) validate() error {
+	if len(r.Files) == 0 {
+		return fmt.Errorf("%w: no program: give code or at least one file", ErrBadRequest)
+	}
+	if len(r.Files) > MaxRunFiles {
+		return fmt.Errorf("%w: %d files, at most %d", ErrBadRequest, len(r.Files), MaxRunFiles)
+	}
+	n := len(r.Stdin)
+	for i, f := range r.Files {
+		n += len(f.Content)
+		if f.Path == "" && i == 0 {
+			continue
+		}
+		if err := agentproto.ValidateRelPath(f.Path); err != nil {
+			return fmt.Errorf("%w: file %d: %v", ErrBadRequest, i, err)
+		}
+	}
+	if n > MaxRunBytes {
+		return fmt.Errorf("%w: files and stdin total %d bytes, at most %d", ErrBadRequest, n, MaxRunBytes)
+	}
+	return nil
+}
+
+// Run runs a program once in a fresh VM and destroys the VM.
+func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunResult, error) {
+	start := time.Now()
+	e, err := m.catalog.Lookup(req.Language, req.Version)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.validate(); err != nil {
+		return nil, err
+	}
+	files := append([]agentproto.File(nil), req.Files...)
+	if files[0].Path == "" {
+		files[0].Path = e.File
+	}
+
+	vm, err := m.Boot(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	defer vm.Close()
+
+	res := &RunResult{Language: e.Name, Version: e.Version, Ready: vm.Ready}
+	if len(e.Compile) > 0 {
+		res.Compile, err = execBounded(ctx, vm, agentproto.ExecRequest{
+			Argv: e.Compile, Env: e.Env, Dir: workDir, Files: files,
+			Limits: merge(req.CompileLimits, e.Limits),
+		}, orDiscard(out.CompileStdout), orDiscard(out.CompileStderr))
+		if err != nil {
+			return nil, fmt.Errorf("compile %s: %w", e.Name, err)
+		}
+		files = nil // already in place
+		if res.Compile.Status != agentproto.StatusOK {
+			res.Total = time.Since(start)
+			return res, nil
+		}
+	}
+	res.Run, err = execBounded(ctx, vm, agentproto.ExecRequest{
+		Argv: append(append([]string{}, e.Run...), req.Args...), Env: e.Env, Dir: workDir,
+		Files: files, Stdin: req.Stdin, Limits: merge(req.RunLimits, e.Limits),
+	}, orDiscard(out.Stdout), orDiscard(out.Stderr))
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", e.Name, err)
+	}
+	res.Total = time.Since(start)
+	return res, nil
+}
+
+// execMargin is how long past its wall-clock limit the host waits for an
+// exec's result before it gives up on the agent.
+const execMargin = 30 * time.Second
+
+// execBounded runs one exec with a host-side deadline, so an agent that
+// stops answering cannot hang the caller.
+func execBounded(ctx context.Context, vm *VM, req agentproto.ExecRequest, stdout, stderr io.Writer) (*agentproto.ExitResult, error) {
+	wall := time.Duration(max(req.Limits.WallMillis, agent.DefaultLimits.WallMillis)) * time.Millisecond
+	ctx, cancel := context.WithTimeout(ctx, wall+execMargin)
+	defer cancel()
+	return vm.Agent.Exec(ctx, req, stdout, stderr)
+}
+
+// merge fills zero fields of a request's limits from the language's.
+func merge(req, lang agentproto.Limits) agentproto.Limits {
+	if req.WallMillis == 0 {
+		req.WallMillis = lang.WallMillis
+	}
+	if req.OutputBytes == 0 {
+		req.OutputBytes = lang.OutputBytes
+	}
+	if req.Procs == 0 {
+		req.Procs = lang.Procs
+	}
+	if req.MemoryBytes == 0 {
+		req.MemoryBytes = lang.MemoryBytes
+	}
+	return req
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
