@@ -1,0 +1,62 @@
+# firesandbox: run untrusted code in microVMs.
+#
+#   make setup   install host packages, build, install, prepare kernel + python image (root)
+#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable)
+#   make bench   cold-boot timings and image format comparison
+
+PREFIX    ?= /usr/local
+DATA      ?= $(or $(FIRESANDBOX_DATA),/var/lib/firesandbox)
+GO        ?= $(shell command -v go || echo /usr/local/go/bin/go)
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/firesandbox/firesandbox/internal/buildinfo.Version=$(VERSION)
+FS        := $(CURDIR)/bin/firesandbox --data-dir $(DATA)
+GOFILES   := $(shell find . -name '*.go' -not -path './.cache/*') go.mod go.sum $(wildcard languages/*.toml)
+TEST_TIMEOUT ?= 40m
+
+export PATH := $(dir $(GO)):$(PATH)
+
+.PHONY: all setup deps build install kernel image test test-unit test-vm bench clean
+
+all: build
+
+setup: deps build install kernel image
+	@echo
+	@echo "setup done. Try: firesandbox run python -c 'print(6*7)'"
+
+deps:
+	scripts/install-deps.sh
+
+build: bin/firesandbox bin/firesandbox-agent
+
+bin/firesandbox: $(GOFILES)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/firesandbox
+
+# The agent is PID 1 in an initramfs with no libc: it must be static.
+bin/firesandbox-agent: $(GOFILES)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/firesandbox-agent
+
+install: build
+	install -m 0755 bin/firesandbox bin/firesandbox-agent $(PREFIX)/bin/
+
+# Rebuilt whenever the agent changes: the initramfs carries it.
+kernel: $(DATA)/kernels/.agent-stamp
+$(DATA)/kernels/.agent-stamp: bin/firesandbox-agent bin/firesandbox
+	$(FS) kernel prepare --deb "$$(scripts/fetch-kernel.sh)" --agent bin/firesandbox-agent
+	touch $@
+
+image: build
+	$(FS) image build python
+
+# VM tests boot real VMs from $(DATA); they need `make kernel image` first.
+test: build kernel image
+	$(GO) vet ./...
+	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+test-unit:
+	$(GO) test -count=1 ./...
+
+bench: build kernel image
+	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-bench
+
+clean:
+	rm -rf bin
