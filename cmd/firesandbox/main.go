@@ -82,13 +82,13 @@ default /var/lib/firesandbox).`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory: kernels, images, snapshots, state ($FIRESANDBOX_DATA)")
-	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "qemu"), "VMM driver: qemu or firecracker ($FIRESANDBOX_DRIVER)")
+	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "auto"), "VMM driver: auto (firecracker where usable, else qemu), qemu or firecracker ($FIRESANDBOX_DRIVER)")
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
 	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
 	pf.IntVar(&g.vcpus, "vcpus", 1, "guest vCPUs")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g))
 	return root
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/firecracker"
 	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +24,11 @@ func (m *Manager) Driver(ctx context.Context, k *guestkernel.Kernel, img *image.
 	if m.driver != nil {
 		return m.driver, nil
 	}
-	switch m.cfg.Driver {
+	name := m.cfg.Driver
+	if name == "auto" {
+		name = m.PickDriver(ctx)
+	}
+	switch name {
 	case "qemu":
 		accel, why, err := m.chooseAccel(ctx, k, img)
 		if err != nil {
@@ -36,9 +41,21 @@ func (m *Manager) Driver(ctx context.Context, k *guestkernel.Kernel, img *image.
 		}
 		m.driver = d
 	case "firecracker":
-		return nil, fmt.Errorf("%w: the firecracker driver is not wired in yet; use --driver qemu", vmm.ErrUnavailable)
+		if dg := firecracker.Diagnose(ctx, firecracker.Config{}); !dg.Usable {
+			return nil, fmt.Errorf("%w: firecracker: %s (see `firesandbox doctor`)", vmm.ErrUnavailable, strings.Join(dg.Problems, "; "))
+		}
+		m.driver = firecracker.New(firecracker.Config{}, firecracker.WithLogger(m.log))
 	}
 	return m.driver, nil
+}
+
+// PickDriver is what --driver auto chooses: Firecracker, the production
+// VMM, where it can run; QEMU everywhere else.
+func (m *Manager) PickDriver(ctx context.Context) string {
+	if firecracker.Diagnose(ctx, firecracker.Config{}).Usable {
+		return "firecracker"
+	}
+	return "qemu"
 }
 
 // AccelChoice is a cached answer to "does KVM really run our guest here?".

@@ -28,7 +28,8 @@ type Config struct {
 	DataDir string `json:"data_dir"`
 	// RunDir holds per-VM sockets and logs; default /run/firesandbox.
 	RunDir string `json:"run_dir"`
-	// Driver is "qemu" (default) or "firecracker".
+	// Driver is "auto" (default: firecracker where usable, else qemu),
+	// "qemu" or "firecracker".
 	Driver string `json:"driver"`
 	// Accel is "auto" (default: probe by booting), "kvm" or "tcg"; QEMU only.
 	Accel string `json:"accel"`
@@ -53,7 +54,7 @@ func (c *Config) setDefaults() {
 		c.RunDir = "/run/firesandbox"
 	}
 	if c.Driver == "" {
-		c.Driver = "qemu"
+		c.Driver = "auto"
 	}
 	if c.Accel == "" {
 		c.Accel = "auto"
@@ -75,9 +76,9 @@ func (c *Config) setDefaults() {
 // Validate checks a Config.
 func (c *Config) Validate() error {
 	switch c.Driver {
-	case "", "qemu", "firecracker":
+	case "", "auto", "qemu", "firecracker":
 	default:
-		return fmt.Errorf("%w: driver %q: want qemu or firecracker", ErrBadRequest, c.Driver)
+		return fmt.Errorf("%w: driver %q: want auto, qemu or firecracker", ErrBadRequest, c.Driver)
 	}
 	switch c.Accel {
 	case "", "auto", "kvm", "tcg":

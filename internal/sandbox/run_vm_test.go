@@ -21,12 +21,13 @@ import (
 func newTestManager(t *testing.T) (*Manager, *testutil.VMFixtures) {
 	t.Helper()
 	fx := testutil.RequireVMs(t)
+	testutil.RequireQEMU(t)
 	run, err := os.MkdirTemp("/tmp", "fsrun-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(run) })
-	m, err := New(Config{DataDir: fx.DataDir, RunDir: run, Accel: fx.Accel})
+	m, err := New(Config{DataDir: fx.DataDir, RunDir: run, Driver: "qemu", Accel: fx.Accel})
 	if err != nil {
 		t.Fatal(err)
 	}

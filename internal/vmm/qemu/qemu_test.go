@@ -16,6 +16,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	fx := vmmtest.FixturesFromEnv(t)
+	testutil.RequireQEMU(t)
 	d, err := qemu.New(qemu.Config{Accel: testutil.RequireVMs(t).Accel})
 	if err != nil {
 		t.Fatal(err)

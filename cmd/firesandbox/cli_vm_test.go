@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/firesandbox/firesandbox/internal/testutil"
+)
+
+// buildCLI builds the real binary, so these tests see what a user sees:
+// stdout, stderr and the exit code.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "firesandbox")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+func runCLI(t *testing.T, bin, dataDir, stdin string, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--data-dir", dataDir}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return cliResult{out.String(), errb.String(), code}
+}
+
+func TestCLIRun(t *testing.T) {
+	fx := testutil.RequireVMs(t)
+	bin := buildCLI(t)
+	t.Setenv("FIRESANDBOX_ACCEL", fx.Accel)
+
+	t.Run("inline code", func(t *testing.T) {
+		r := runCLI(t, bin, fx.DataDir, "", "run", "python", "-c", "print(6*7)")
+		if r.stdout != "42\n" || r.code != 0 {
+			t.Fatalf("stdout %q code %d stderr %q", r.stdout, r.code, r.stderr)
+		}
+	})
+	t.Run("file, args, stdin data, exit code, stderr", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "prog.py")
+		os.WriteFile(f, []byte("import sys\nprint(sys.argv[1:], input())\nprint('oops', file=sys.stderr)\nsys.exit(3)\n"), 0o644)
+		r := runCLI(t, bin, fx.DataDir, "", "run", "--stdin", "from-stdin", "python", f, "a", "--flag")
+		if r.stdout != "['a', '--flag'] from-stdin\n" || r.stderr != "oops\n" || r.code != 3 {
+			t.Fatalf("stdout %q stderr %q code %d", r.stdout, r.stderr, r.code)
+		}
+	})
+	t.Run("code on stdin, timeout", func(t *testing.T) {
+		r := runCLI(t, bin, fx.DataDir, "while True: pass\n", "run", "--timeout", "1s", "python", "-")
+		if r.code != 124 || !strings.Contains(r.stderr, "(TO)") {
+			t.Fatalf("code %d stderr %q; want 124 and a TO message", r.code, r.stderr)
+		}
+	})
+}
+
+func TestCLIErrors(t *testing.T) {
+	bin := buildCLI(t)
+	empty := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown language", []string{"run", "cobolx", "-c", "x"}, exitInternal, "known languages: "},
+		{"no kernel", []string{"run", "python", "-c", "print(1)"}, exitInternal, "firesandbox kernel prepare"},
+		{"no program", []string{"run", "python"}, exitUsage, "missing program"},
+		{"missing file", []string{"run", "python", "/nonexistent.py"}, exitUsage, "no such file"},
+		{"negative timeout", []string{"run", "--timeout", "-1s", "python", "-c", "1"}, exitUsage, "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runCLI(t, bin, empty, "", tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("code %d stderr %q; want code %d and %q", r.code, r.stderr, tc.code, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,203 @@
+package firecracker
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+
+	"github.com/firesandbox/firesandbox/internal/vmm"
+)
+
+func TestJailerArgs(t *testing.T) {
+	cfg := Config{
+		Binary: "/usr/local/bin/firecracker", UseJailer: true, UID: 123, GID: 100,
+		ChrootBase: "/srv/jailer", CgroupVersion: "2", ParentCgroup: "firesandbox",
+		Cgroups: map[string]string{"memory.max": "1100M", "cpu.max": "200000 100000"},
+		NetNS:   "/var/run/netns/fs0", NewPIDNS: true,
+	}.withDefaults()
+	got := JailerArgs(cfg, "vm1", []string{"--api-sock", "/api.sock", "--level", "Debug"})
+	want := []string{
+		"--id", "vm1",
+		"--exec-file", "/usr/local/bin/firecracker",
+		"--uid", "123", "--gid", "100",
+		"--chroot-base-dir", "/srv/jailer",
+		"--cgroup-version", "2",
+		"--parent-cgroup", "firesandbox",
+		"--cgroup", "cpu.max=200000 100000",
+		"--cgroup", "memory.max=1100M",
+		"--netns", "/var/run/netns/fs0",
+		"--new-pid-ns",
+		"--", "--api-sock", "/api.sock", "--level", "Debug",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("JailerArgs:\n got %q\nwant %q", got, want)
+	}
+	minimal := JailerArgs(Config{Binary: "firecracker", UseJailer: true}.withDefaults(), "x", nil)
+	if want := []string{"--id", "x", "--exec-file", "firecracker", "--uid", "0", "--gid", "0", "--chroot-base-dir", "/srv/jailer", "--cgroup-version", "2", "--"}; !slices.Equal(minimal, want) {
+		t.Fatalf("minimal JailerArgs: %q", minimal)
+	}
+}
+
+func TestJailLayout(t *testing.T) {
+	base := t.TempDir()
+	src := t.TempDir() // same filesystem as base: hard links work
+	cfg := Config{Binary: "/opt/fc/firecracker-v1.10", UseJailer: true, UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults()
+	lay := newLayout(cfg, "vm7", "/run/fs/vm7")
+	root := filepath.Join(base, "firecracker-v1.10", "vm7", "root")
+	if lay.root != root || !lay.jailed {
+		t.Fatalf("jail root = %s, want %s", lay.root, root)
+	}
+	if lay.apiSock() != "/api.sock" || lay.host(apiSockName) != filepath.Join(root, "api.sock") {
+		t.Fatalf("api socket: %s (host %s)", lay.apiSock(), lay.host(apiSockName))
+	}
+	if jailDir(cfg, "vm7") != filepath.Dir(root) {
+		t.Fatalf("jailDir = %s", jailDir(cfg, "vm7"))
+	}
+
+	image := filepath.Join(src, "image.sqfs")
+	scratch := filepath.Join(src, "scratch.ext4")
+	for _, p := range []string{image, scratch} {
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if copied, err := lay.place(image, driveName("image"), placeShared); err != nil || copied {
+		t.Fatalf("place image: copied=%v, %v", copied, err)
+	}
+	if _, err := lay.place(scratch, driveName("scratch-1"), placeWritable); err != nil {
+		t.Fatalf("place scratch: %v", err)
+	}
+	for name, orig := range map[string]string{"drives/image": image, "drives/scratch_1": scratch} {
+		a, err := os.Stat(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.Stat(orig)
+		if !os.SameFile(a, b) {
+			t.Errorf("%s is not a hard link of %s", name, orig)
+		}
+		if a.Mode()&os.ModeSymlink != 0 {
+			t.Errorf("%s is a symlink: it would dangle inside the chroot", name)
+		}
+	}
+	if err := lay.writable(vmmLogName, false); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without the jailer: symlinks in RunDir.
+	run := t.TempDir()
+	plain := newLayout(Config{}.withDefaults(), "vm8", run)
+	if plain.jailed || plain.root != run || plain.apiSock() != filepath.Join(run, "api.sock") {
+		t.Fatalf("plain layout: %+v", plain)
+	}
+	if _, err := plain.place(scratch, driveName("scratch"), placeWritable); err != nil {
+		t.Fatal(err)
+	}
+	if target, _ := os.Readlink(filepath.Join(run, "drives", "scratch")); target != scratch {
+		t.Fatalf("plain drive link -> %q, want %s", target, scratch)
+	}
+}
+
+func TestJailCrossFilesystem(t *testing.T) {
+	other, err := os.MkdirTemp("/dev/shm", "fctest")
+	if err != nil {
+		t.Skipf("no /dev/shm for a second filesystem: %v", err)
+	}
+	defer os.RemoveAll(other)
+	base := t.TempDir()
+	if sameFS(t, other, base) {
+		t.Skip("/dev/shm and the temp dir share a filesystem")
+	}
+	lay := newLayout(Config{UseJailer: true, UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults(), "x", t.TempDir())
+	ro := filepath.Join(other, "kernel")
+	if err := os.WriteFile(ro, []byte("k"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if copied, err := lay.place(ro, kernelName, placeShared); err != nil || !copied {
+		t.Fatalf("read-only file across filesystems: copied=%v, %v; want a copy", copied, err)
+	}
+	if _, err := lay.place(ro, driveName("rw"), placeWritable); err == nil {
+		t.Fatal("a writable disk across filesystems was placed; its writes would be lost in a copy")
+	}
+}
+
+func sameFS(t *testing.T, a, b string) bool {
+	t.Helper()
+	var sa, sb syscall.Stat_t
+	if err := syscall.Stat(a, &sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(b, &sb); err != nil {
+		t.Fatal(err)
+	}
+	return sa.Dev == sb.Dev
+}
+
+// TestJailedLifecycle runs the driver through the fake jailer (which
+// builds the jail but, not being root, neither chroots nor drops
+// privileges): files are hard-linked into the jail, the snapshot is moved
+// out of it, a restore gets its own jail, and with --new-pid-ns the driver
+// follows a VMM that is not its child.
+func TestJailedLifecycle(t *testing.T) {
+	for _, pidns := range []bool{false, true} {
+		t.Run(map[bool]string{false: "exec", true: "new-pid-ns"}[pidns], func(t *testing.T) {
+			ctx := ctxT(t)
+			base, err := os.MkdirTemp("", "fcj") // short: socket paths live under it
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(base)
+			d := fakeDriver(t, Config{UseJailer: true, JailerBinary: self(t), UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base, NewPIDNS: pidns})
+			cfg := fixture(t, "jailed", "image", "scratch")
+			m, err := d.Boot(ctx, cfg)
+			if err != nil {
+				t.Fatalf("Boot: %v", err)
+			}
+			defer m.Stop(ctx)
+			root := filepath.Join(base, filepath.Base(d.cfg.Binary), "jailed", "root")
+			for _, f := range []string{"vmlinux", "initrd", "drives/image", "drives/scratch", "v.sock", "api.sock"} {
+				if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+					t.Errorf("jail lacks %s: %v", f, err)
+				}
+			}
+			echo(t, ctx, m)
+			if err := m.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			snap := t.TempDir()
+			if err := m.Snapshot(ctx, snap); err != nil {
+				t.Fatalf("Snapshot: %v", err)
+			}
+			for _, f := range []string{vmm.SnapshotStateFile, vmm.SnapshotMemoryFile} {
+				if _, err := os.Stat(filepath.Join(snap, f)); err != nil {
+					t.Errorf("snapshot lacks %s: %v", f, err)
+				}
+			}
+			pid := m.PID()
+			if err := m.Stop(ctx); err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			requireGone(t, 0, cfg.RunDir)
+			if _, err := os.Stat(filepath.Dir(root)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("jail %s survived Stop", filepath.Dir(root))
+			}
+			if !pidns {
+				requireGone(t, pid, "")
+			}
+
+			rc := fixture(t, "jailed-clone", "image", "scratch")
+			rm, err := d.Restore(ctx, snap, rc)
+			if err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			defer rm.Stop(ctx)
+			echo(t, ctx, rm)
+			if err := rm.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
