@@ -22,6 +22,7 @@ type runFlags struct {
 	memMiB    int64
 	procs     int64
 	jsonOut   bool
+	cold      bool
 }
 
 func newRunCmd(g *globalFlags) *cobra.Command {
@@ -57,6 +58,7 @@ was killed at its time limit; 125 if firesandbox itself failed.`,
 	fl.Int64Var(&f.outLimit, "output-limit", 0, "bytes each of stdout and stderr may carry (default 1 MiB)")
 	fl.Int64Var(&f.memMiB, "memory-limit", 0, "memory limit for the program in MiB (default 256)")
 	fl.Int64Var(&f.procs, "procs", 0, "limit on processes and threads alive at once (default 64)")
+	fl.BoolVar(&f.cold, "cold", false, "boot a fresh VM instead of restoring the language's snapshot")
 	fl.BoolVar(&f.jsonOut, "json", false, "print the result (status, exit code, timings) as JSON on stderr at the end")
 	return cmd
 }
@@ -145,6 +147,7 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		Files:    []agentproto.File{{Path: name, Content: src}},
 		Stdin:    stdin,
 		Args:     progArgs,
+		Cold:     f.cold,
 		RunLimits: agentproto.Limits{
 			WallMillis:  f.timeout.Milliseconds(),
 			OutputBytes: f.outLimit,
@@ -163,7 +166,11 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		fmt.Fprintln(os.Stderr, string(b))
 	}
 	if g.verbose {
-		fmt.Fprintf(os.Stderr, "firesandbox: %s %s: VM ready in %s, total %s\n", res.Language, res.Version, res.Ready.Round(time.Millisecond), res.Total.Round(time.Millisecond))
+		how := "cold boot"
+		if res.Restored {
+			how = "restored from snapshot"
+		}
+		fmt.Fprintf(os.Stderr, "firesandbox: %s %s: VM ready in %s (%s), total %s\n", res.Language, res.Version, res.Ready.Round(time.Millisecond), how, res.Total.Round(time.Millisecond))
 	}
 	r := res.Run
 	if r == nil { // compilation failed
@@ -190,6 +197,8 @@ func exitCode(r *agentproto.ExitResult) int {
 	switch {
 	case r.Status == agentproto.StatusTimeout:
 		return 124
+	case r.Status == agentproto.StatusInternal:
+		return exitInternal // the sandbox failed, not the program
 	case r.Signal != "":
 		if s := unix.SignalNum(r.Signal); s != 0 {
 			return 128 + int(s)

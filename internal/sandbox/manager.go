@@ -18,6 +18,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 	"github.com/firesandbox/firesandbox/languages"
 )
@@ -41,6 +42,8 @@ type Config struct {
 	BootTimeout time.Duration `json:"boot_timeout"`
 	// ImageFormat is the root filesystem format; default squashfs.
 	ImageFormat string `json:"image_format"`
+	// SnapshotCacheBytes bounds the local snapshot cache; default 8 GiB.
+	SnapshotCacheBytes int64 `json:"snapshot_cache_bytes"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
@@ -71,6 +74,9 @@ func (c *Config) setDefaults() {
 	if c.ImageFormat == "" {
 		c.ImageFormat = image.FormatSquashFS
 	}
+	if c.SnapshotCacheBytes == 0 {
+		c.SnapshotCacheBytes = 8 << 30
+	}
 }
 
 // Validate checks a Config.
@@ -93,11 +99,12 @@ func (c *Config) Validate() error {
 
 // Manager runs code in VMs.
 type Manager struct {
-	cfg     Config
-	log     *slog.Logger
-	catalog *image.Catalog
-	images  *image.Store
-	driver  vmm.Driver // created on first use: choosing may boot a probe VM
+	cfg       Config
+	log       *slog.Logger
+	catalog   *image.Catalog
+	images    *image.Store
+	snapshots *snapshot.Store
+	driver    vmm.Driver // created on first use: choosing may boot a probe VM
 }
 
 // Option configures a Manager.
@@ -119,7 +126,11 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: slog.New(slog.DiscardHandler), catalog: cat, images: image.NewStore(cfg.DataDir)}
+	m := &Manager{
+		cfg: cfg, log: slog.New(slog.DiscardHandler), catalog: cat,
+		images:    image.NewStore(cfg.DataDir),
+		snapshots: snapshot.NewStore(filepath.Join(cfg.DataDir, "snapshots"), cfg.SnapshotCacheBytes),
+	}
 	for _, o := range opts {
 		o(m)
 	}
@@ -140,9 +151,12 @@ func (m *Manager) Config() Config { return m.cfg }
 type VM struct {
 	Machine vmm.Machine
 	Agent   *agentproto.Client
-	// Ready is the time from asking for the VM to the agent's Hello.
+	// Ready is the time from asking for the VM to the agent's Hello
+	// (after a restore: and its resync).
 	Ready time.Duration
-	owner string
+	// Restored says the VM came from a snapshot rather than a cold boot.
+	Restored bool
+	owner    string
 }
 
 // Close stops the VM and frees everything it held.
@@ -152,7 +166,7 @@ func (v *VM) Close() error {
 	}
 	err := v.Machine.Stop(context.Background())
 	if v.owner != "" {
-		os.RemoveAll(v.owner)
+		os.Remove(v.owner)
 	}
 	return err
 }
@@ -207,7 +221,7 @@ func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel,
 	log := m.log.With("vm", id, "image", img.ID)
 	mach, err := d.Boot(ctx, cfg)
 	if err != nil {
-		os.RemoveAll(owner)
+		os.Remove(owner)
 		return nil, fmt.Errorf("boot %s: %w", img.Language, err)
 	}
 	vm := &VM{Machine: mach, owner: owner}

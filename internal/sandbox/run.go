@@ -21,6 +21,8 @@ type RunRequest struct {
 	Args  []string
 	// CompileLimits and RunLimits override the language's defaults.
 	CompileLimits, RunLimits agentproto.Limits
+	// Cold boots a fresh VM instead of restoring the language's snapshot.
+	Cold bool
 }
 
 // RunResult is how a run ended. Compile is nil for interpreted languages;
@@ -31,6 +33,7 @@ type RunResult struct {
 	Compile  *agentproto.ExitResult `json:"compile,omitempty"`
 	Run      *agentproto.ExitResult `json:"run,omitempty"`
 	Ready    time.Duration          `json:"ready_ns"`
+	Restored bool                   `json:"restored"`
 	Total    time.Duration          `json:"total_ns"`
 }
 
@@ -81,13 +84,13 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 		files[0].Path = e.File
 	}
 
-	vm, err := m.Boot(ctx, e)
+	vm, err := m.Acquire(ctx, e, req.Cold)
 	if err != nil {
 		return nil, err
 	}
 	defer vm.Close()
 
-	res := &RunResult{Language: e.Name, Version: e.Version, Ready: vm.Ready}
+	res := &RunResult{Language: e.Name, Version: e.Version, Ready: vm.Ready, Restored: vm.Restored}
 	if len(e.Compile) > 0 {
 		res.Compile, err = execBounded(ctx, vm, agentproto.ExecRequest{
 			Argv: e.Compile, Env: e.Env, Dir: workDir, Files: files,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/testutil"
 )
@@ -177,4 +178,23 @@ func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
 		t.Fatalf("giving up took %s", time.Since(start))
 	}
 	noLeftovers(t, m)
+}
+
+func mustKernel(t *testing.T, m *Manager) *guestkernel.Kernel {
+	t.Helper()
+	k, err := guestkernel.Load(m.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func mustImage(t *testing.T, m *Manager) *image.Image {
+	t.Helper()
+	e, _ := m.catalog.Lookup("python", "")
+	im, err := m.images.ForEntry(e, m.cfg.ImageFormat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im
 }

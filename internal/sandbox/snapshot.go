@@ -1,0 +1,174 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/guestkernel"
+	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/snapshot"
+	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
+)
+
+// restoreTimeout bounds a restore up to the agent's answer. Restores take
+// a few hundred milliseconds even under TCG; a stuck one falls back to a
+// cold boot rather than keeping the caller waiting.
+const restoreTimeout = 20 * time.Second
+
+// Snapshots returns the local snapshot store.
+func (m *Manager) Snapshots() *snapshot.Store { return m.snapshots }
+
+// Acquire returns a ready VM for a language: restored from its snapshot
+// when the driver can (creating the snapshot on first use), else, or with
+// cold, booted.
+func (m *Manager) Acquire(ctx context.Context, e *image.Entry, cold bool) (*VM, error) {
+	k, err := guestkernel.Load(m.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
+	if err != nil {
+		return nil, err
+	}
+	d, err := m.Driver(ctx, k, img)
+	if err != nil {
+		return nil, err
+	}
+	if cold || !d.Capabilities().Snapshot {
+		return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+	}
+	snap, err := m.snapshotFor(ctx, d, k, img)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := m.restore(ctx, d, k, img, snap)
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("restore failed; booting cold", "snapshot", snap.Key, "err", err)
+		return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+	}
+	return vm, err
+}
+
+// SnapshotSpec is what a snapshot of img must match on this host.
+func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image) (snapshot.Spec, error) {
+	ver, err := d.Version(ctx)
+	if err != nil {
+		return snapshot.Spec{}, err
+	}
+	spec := snapshot.Spec{
+		Language: img.Language, Driver: d.Name(), DriverVersion: ver,
+		KernelID: k.ID(), ImageID: img.ID,
+		VCPUs: m.cfg.VCPUs, MemoryMiB: m.cfg.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
+	}
+	if q, ok := d.(*qemu.Driver); ok {
+		spec.Machine = q.Accel()
+	}
+	return spec, nil
+}
+
+// snapshotFor returns a verified snapshot, creating it if there is none
+// and rebuilding it if the one there is corrupt or does not fit.
+func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image) (*snapshot.Snapshot, error) {
+	spec, err := m.SnapshotSpec(ctx, d, k, img)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := m.snapshots.Get(spec)
+	if err == nil {
+		return snap, nil
+	}
+	if !errors.Is(err, snapshot.ErrNotFound) {
+		m.log.Warn("snapshot unusable; rebuilding it", "snapshot", spec.Key(), "err", err)
+		if rerr := m.snapshots.Remove(spec.Key()); rerr != nil {
+			return nil, fmt.Errorf("remove bad snapshot: %w", rerr)
+		}
+	}
+	return m.createSnapshot(ctx, d, k, img, spec)
+}
+
+// CreateSnapshot boots img, waits for the agent, pauses and saves a full
+// snapshot, replacing any existing one.
+func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot.Snapshot, error) {
+	k, err := guestkernel.Load(m.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
+	if err != nil {
+		return nil, err
+	}
+	d, err := m.Driver(ctx, k, img)
+	if err != nil {
+		return nil, err
+	}
+	if !d.Capabilities().Snapshot {
+		return nil, fmt.Errorf("driver %s: %w", d.Name(), vmm.ErrUnsupported)
+	}
+	spec, err := m.SnapshotSpec(ctx, d, k, img)
+	if err != nil {
+		return nil, err
+	}
+	return m.createSnapshot(ctx, d, k, img, spec)
+}
+
+func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, spec snapshot.Spec) (*snapshot.Snapshot, error) {
+	start := time.Now()
+	vm, err := m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+	}
+	defer vm.Close()
+	// Close our end first: the guest sees the host leave and waits for
+	// the next one, which is where every restore picks it up.
+	vm.Agent.Close()
+	vm.Agent = nil
+	if err := vm.Machine.Pause(ctx); err != nil {
+		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+	}
+	snap, err := m.snapshots.Create(spec, func(dir string) error { return vm.Machine.Snapshot(ctx, dir) })
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+	}
+	m.log.Info("snapshot created", "snapshot", snap.Key, "took", time.Since(start))
+	return snap, nil
+}
+
+// restore starts a VM from snap and gives the guest its own clock,
+// randomness and identity.
+func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, snap *snapshot.Snapshot) (*VM, error) {
+	start := time.Now()
+	id := newID("vm-")
+	owner, err := m.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	cfg := m.vmConfig(d, k, img, id)
+	mach, err := d.Restore(ctx, snap.Dir, cfg)
+	if err != nil {
+		os.Remove(owner)
+		return nil, err
+	}
+	vm := &VM{Machine: mach, owner: owner, Restored: true}
+	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	entropy := make([]byte, 64)
+	_, _ = rand.Read(entropy)
+	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
+	if _, err := vm.Agent.Resync(rctx, agentproto.ResyncRequest{
+		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
+	}); err != nil {
+		vm.Close()
+		return nil, fmt.Errorf("resync restored VM: %w", err)
+	}
+	vm.Ready = time.Since(start)
+	return vm, nil
+}

@@ -1,0 +1,133 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/snapshot"
+)
+
+// snapshotManager is a test Manager with its own snapshot store, so these
+// tests neither depend on nor disturb the shared data directory's.
+func snapshotManager(t *testing.T) *Manager {
+	m, _ := newTestManager(t)
+	m.snapshots = snapshot.NewStore(t.TempDir(), 0)
+	return m
+}
+
+func runRestored(t *testing.T, m *Manager, code string) captured {
+	t.Helper()
+	c := runCode(t, m, code, agentproto.Limits{})
+	if !c.res.Restored {
+		t.Fatalf("run was not restored from a snapshot")
+	}
+	return c
+}
+
+func TestSnapshotRestoredRuns(t *testing.T) {
+	m := snapshotManager(t)
+	defer noLeftovers(t, m)
+	e, _ := m.catalog.Lookup("python", "")
+
+	// First use creates the snapshot, then restores from it.
+	c := runRestored(t, m, "print(6*7)")
+	if c.stdout != "42\n" {
+		t.Fatalf("stdout %q stderr %q", c.stdout, c.stderr)
+	}
+	list, _ := m.snapshots.List()
+	if len(list) != 1 {
+		t.Fatalf("%d snapshots after first use, want 1", len(list))
+	}
+	created := list[0].Created
+
+	t.Run("clones diverge and keep time", func(t *testing.T) {
+		// Two VMs from one snapshot at once: each must work, with its own
+		// randomness and the host's time, not the snapshot's.
+		code := "import os, time\nprint(os.urandom(16).hex(), time.time())"
+		var wg sync.WaitGroup
+		outs := make([]captured, 2)
+		for i := range outs {
+			wg.Add(1)
+			go func() { defer wg.Done(); outs[i] = runRestored(t, m, code) }()
+		}
+		wg.Wait()
+		var rnd []string
+		for _, o := range outs {
+			f := strings.Fields(o.stdout)
+			if len(f) != 2 {
+				t.Fatalf("stdout %q stderr %q", o.stdout, o.stderr)
+			}
+			rnd = append(rnd, f[0])
+			ts, _ := strconv.ParseFloat(f[1], 64)
+			if skew := time.Since(time.Unix(0, int64(ts*1e9))); skew < -5*time.Second || skew > 60*time.Second {
+				t.Errorf("guest clock off by %s: not resynced after restore", skew)
+			}
+		}
+		if rnd[0] == rnd[1] {
+			t.Fatalf("two clones produced the same random bytes %s", rnd[0])
+		}
+	})
+
+	t.Run("corrupt memory is refused and rebuilt", func(t *testing.T) {
+		f, err := os.OpenFile(filepath.Join(list[0].Dir, "memory"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte("corrupted!"), 1<<20)
+		f.Close()
+		c := runRestored(t, m, "print('still right')")
+		if c.stdout != "still right\n" {
+			t.Fatalf("stdout %q stderr %q", c.stdout, c.stderr)
+		}
+		list, _ := m.snapshots.List()
+		if len(list) != 1 || !list[0].Created.After(created) {
+			t.Fatalf("corrupt snapshot was not rebuilt: %+v", list)
+		}
+		created = list[0].Created
+	})
+
+	t.Run("manifest from another kernel is refused and rebuilt", func(t *testing.T) {
+		list, _ := m.snapshots.List()
+		mf := filepath.Join(list[0].Dir, "manifest.json")
+		var raw map[string]any
+		b, _ := os.ReadFile(mf)
+		json.Unmarshal(b, &raw)
+		raw["spec"].(map[string]any)["kernel_id"] = "some-other-kernel"
+		b, _ = json.Marshal(raw)
+		os.WriteFile(mf, b, 0o644)
+
+		spec, err := m.SnapshotSpec(context.Background(), m.driver, mustKernel(t, m), mustImage(t, m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.snapshots.Get(spec); err == nil {
+			t.Fatal("a manifest for another kernel was accepted")
+		}
+		c := runRestored(t, m, "print('rebuilt')")
+		if c.stdout != "rebuilt\n" {
+			t.Fatalf("stdout %q", c.stdout)
+		}
+		got, err := m.snapshots.Get(spec)
+		if err != nil || got.Spec.KernelID != spec.KernelID || !got.Created.After(created) {
+			t.Fatalf("snapshot not rebuilt for this kernel: %v %+v", err, got)
+		}
+	})
+
+	t.Run("cold still boots", func(t *testing.T) {
+		var out bytes.Buffer
+		res, err := m.Run(context.Background(), RunRequest{Language: e.Name, Cold: true,
+			Files: []agentproto.File{{Content: []byte("print('cold')")}}}, Streams{Stdout: &out})
+		if err != nil || res.Restored || out.String() != "cold\n" {
+			t.Fatalf("cold run: %v restored=%v stdout %q", err, res != nil && res.Restored, out.String())
+		}
+	})
+}
