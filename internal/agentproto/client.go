@@ -174,6 +174,11 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		select { // a gone channel says why, not "write on closed pipe"
+		case <-c.done:
+			return Hello{}, c.Err()
+		default:
+		}
 		if err := c.w.WriteJSON(t, v); err != nil {
 			return Hello{}, fmt.Errorf("send %s: %w", t, err)
 		}

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotPrepared means the data directory has no guest kernel yet.
@@ -68,7 +70,7 @@ func Prepare(o PrepareOptions) (*Kernel, error) {
 		return nil, fmt.Errorf("prepare kernel: want one boot/vmlinuz-* in %s, found %d", o.PackageRoot, len(vmlinuzes))
 	}
 	release := strings.TrimPrefix(filepath.Base(vmlinuzes[0]), "vmlinuz-")
-	if release == "" || strings.ContainsAny(release, "/ ") {
+	if release == "" || release == "." || release == ".." || strings.ContainsAny(release, "/ ") {
 		return nil, fmt.Errorf("prepare kernel: bad release name %q", release)
 	}
 	agent, err := os.ReadFile(o.Agent)
@@ -173,18 +175,26 @@ func Prepare(o PrepareOptions) (*Kernel, error) {
 		return nil, err
 	}
 	final := filepath.Join(kdir, release)
-	old := ""
+	old, swapped := "", false
 	if _, err := os.Stat(final); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(final, old); err != nil {
-			return nil, err
+		// Swap the directories in one step, so the kernel is never
+		// missing, neither to a concurrent Load nor after a crash; tmp
+		// then holds the old kernel and the deferred RemoveAll deletes it.
+		swapped = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE) == nil
+		if !swapped { // the filesystem cannot exchange: two renames
+			old = tmp + ".old"
+			if err := os.Rename(final, old); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		if old != "" {
-			_ = os.Rename(old, final)
+	if !swapped {
+		if err := os.Rename(tmp, final); err != nil {
+			if old != "" {
+				_ = os.Rename(old, final)
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	if old != "" {
 		os.RemoveAll(old)

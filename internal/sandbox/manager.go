@@ -105,6 +105,7 @@ type Manager struct {
 	images    *image.Store
 	snapshots *snapshot.Store
 	driver    vmm.Driver // created on first use: choosing may boot a probe VM
+	pools
 }
 
 // Option configures a Manager.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/agent"
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/image"
 )
 
 // RunRequest is a one-shot run: files in, program output and result out.
@@ -34,6 +35,7 @@ type RunResult struct {
 	Run      *agentproto.ExitResult `json:"run,omitempty"`
 	Ready    time.Duration          `json:"ready_ns"`
 	Restored bool                   `json:"restored"`
+	Pooled   bool                   `json:"pooled"`
 	Total    time.Duration          `json:"total_ns"`
 }
 
@@ -84,35 +86,46 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 		files[0].Path = e.File
 	}
 
-	vm, err := m.Acquire(ctx, e, req.Cold)
+	vm, pooled, err := m.take(ctx, e, req.Cold)
 	if err != nil {
 		return nil, err
 	}
 	defer vm.Close()
+	res, err := m.execProgram(ctx, vm, e, workDir, files, req.Args, req.Stdin, req.CompileLimits, req.RunLimits, out)
+	if err != nil {
+		return nil, err
+	}
+	res.Ready, res.Restored, res.Pooled = vm.Ready, vm.Restored, pooled
+	res.Total = time.Since(start)
+	return res, nil
+}
 
-	res := &RunResult{Language: e.Name, Version: e.Version, Ready: vm.Ready, Restored: vm.Restored}
+// execProgram compiles (if the language needs it) and runs a program in
+// dir of vm.
+func (m *Manager) execProgram(ctx context.Context, vm *VM, e *image.Entry, dir string, files []agentproto.File,
+	args []string, stdin []byte, compileLim, runLim agentproto.Limits, out Streams) (*RunResult, error) {
+	res := &RunResult{Language: e.Name, Version: e.Version}
+	var err error
 	if len(e.Compile) > 0 {
 		res.Compile, err = execBounded(ctx, vm, agentproto.ExecRequest{
-			Argv: e.Compile, Env: e.Env, Dir: workDir, Files: files,
-			Limits: merge(req.CompileLimits, e.Limits),
+			Argv: e.Compile, Env: e.Env, Dir: dir, Files: files,
+			Limits: merge(compileLim, e.Limits),
 		}, orDiscard(out.CompileStdout), orDiscard(out.CompileStderr))
 		if err != nil {
 			return nil, fmt.Errorf("compile %s: %w", e.Name, err)
 		}
 		files = nil // already in place
 		if res.Compile.Status != agentproto.StatusOK {
-			res.Total = time.Since(start)
 			return res, nil
 		}
 	}
 	res.Run, err = execBounded(ctx, vm, agentproto.ExecRequest{
-		Argv: append(append([]string{}, e.Run...), req.Args...), Env: e.Env, Dir: workDir,
-		Files: files, Stdin: req.Stdin, Limits: merge(req.RunLimits, e.Limits),
+		Argv: append(append([]string{}, e.Run...), args...), Env: e.Env, Dir: dir,
+		Files: files, Stdin: stdin, Limits: merge(runLim, e.Limits),
 	}, orDiscard(out.Stdout), orDiscard(out.Stderr))
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", e.Name, err)
 	}
-	res.Total = time.Since(start)
 	return res, nil
 }
 

@@ -131,3 +131,35 @@ func TestSnapshotRestoredRuns(t *testing.T) {
 		}
 	})
 }
+
+func TestPoolHandsOutFreshVMs(t *testing.T) {
+	m := snapshotManager(t)
+	ctx := context.Background()
+	if err := m.StartPool(ctx, "python", 2, true /* warm */); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Close(); noLeftovers(t, m) }()
+	p := m.Pool("python")
+	wait := func() {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+		if err := p.WaitFull(wctx); err != nil {
+			t.Fatalf("pool did not fill: %v %+v", err, p.Stats())
+		}
+	}
+	wait()
+	// Each run leaves a mark; the next run must not see it: a used VM is
+	// never handed out again.
+	code := "import os\nprint(os.path.exists('/tmp/mark'))\nopen('/tmp/mark', 'w').write('x')"
+	for i := range 3 {
+		c := runCode(t, m, code, agentproto.Limits{})
+		if !c.res.Pooled || c.stdout != "False\n" {
+			t.Fatalf("run %d: pooled=%v stdout %q stderr %q", i, c.res.Pooled, c.stdout, c.stderr)
+		}
+		wait() // refilled in the background
+	}
+	if st := p.Stats(); st.Hits != 3 || st.Misses != 0 || st.Ready != 2 {
+		t.Fatalf("stats %+v, want 3 hits, 0 misses, 2 ready", st)
+	}
+}

@@ -1,0 +1,145 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type item struct {
+	id     int64
+	closed atomic.Bool
+}
+
+func (i *item) Close() error {
+	if i.closed.Swap(true) {
+		return errors.New("closed twice")
+	}
+	return nil
+}
+
+type factory struct {
+	next  atomic.Int64
+	mu    sync.Mutex
+	all   []*item
+	fails atomic.Int64 // fail this many creates first
+}
+
+func (f *factory) create(ctx context.Context) (*item, error) {
+	if f.fails.Add(-1) >= 0 {
+		return nil, errors.New("boot failed")
+	}
+	it := &item{id: f.next.Add(1)}
+	f.mu.Lock()
+	f.all = append(f.all, it)
+	f.mu.Unlock()
+	return it, nil
+}
+
+func waitFull(t *testing.T, p *Pool[*item]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.WaitFull(ctx); err != nil {
+		t.Fatalf("pool did not fill: %v (%+v)", err, p.Stats())
+	}
+}
+
+func TestFillsAndRefills(t *testing.T) {
+	f := &factory{}
+	p := New(3, f.create, Options{})
+	go p.Populate(context.Background())
+	defer p.Close()
+	waitFull(t, p)
+	seen := map[int64]bool{}
+	for range 5 {
+		it, hit, err := p.Get(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[it.id] {
+			t.Fatalf("item %d handed out twice", it.id)
+		}
+		seen[it.id] = true
+		_ = hit
+		it.Close()
+		waitFull(t, p) // refilled after each use
+	}
+	st := p.Stats()
+	if st.Hits != 5 || st.Misses != 0 || st.Ready != 3 {
+		t.Fatalf("stats %+v, want 5 hits, 0 misses, 3 ready", st)
+	}
+}
+
+func TestMissCreatesDirectly(t *testing.T) {
+	f := &factory{}
+	p := New(2, f.create, Options{}) // never populated
+	it, hit, err := p.Get(context.Background())
+	if err != nil || hit || it == nil {
+		t.Fatalf("Get on an empty pool: %v hit=%v", err, hit)
+	}
+	if p.Stats().Misses != 1 {
+		t.Fatalf("stats %+v", p.Stats())
+	}
+}
+
+func TestRetriesFailedCreates(t *testing.T) {
+	f := &factory{}
+	f.fails.Store(2)
+	p := New(1, f.create, Options{MaxBackoff: 200 * time.Millisecond})
+	go p.Populate(context.Background())
+	defer p.Close()
+	waitFull(t, p)
+	if st := p.Stats(); st.Failures != 2 {
+		t.Fatalf("stats %+v, want 2 failures before success", st)
+	}
+}
+
+func TestWarmFailureDiscardsItem(t *testing.T) {
+	f := &factory{}
+	var warmed atomic.Int64
+	p := New(1, f.create, Options{MaxBackoff: 50 * time.Millisecond, Warm: func(ctx context.Context, it Item) error {
+		if warmed.Add(1) == 1 {
+			return errors.New("warm-up failed")
+		}
+		return nil
+	}})
+	go p.Populate(context.Background())
+	defer p.Close()
+	waitFull(t, p)
+	f.mu.Lock()
+	first := f.all[0]
+	f.mu.Unlock()
+	if !first.closed.Load() {
+		t.Fatal("an item whose warm-up failed was not closed")
+	}
+}
+
+func TestCloseClosesWaitingAndStopsPopulate(t *testing.T) {
+	f := &factory{}
+	p := New(4, f.create, Options{})
+	done := make(chan struct{})
+	go func() { p.Populate(context.Background()); close(done) }()
+	waitFull(t, p)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Populate did not stop on Close")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, it := range f.all {
+		if !it.closed.Load() {
+			t.Fatalf("item %d leaked by Close", it.id)
+		}
+	}
+	if _, _, err := p.Get(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Get after Close: %v", err)
+	}
+}

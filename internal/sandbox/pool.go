@@ -1,0 +1,104 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/pool"
+)
+
+// pools are the warm pools, by language; guarded by poolsMu.
+type pools struct {
+	poolsMu sync.Mutex
+	byLang  map[string]*pool.Pool[*VM]
+}
+
+// StartPool keeps size restored VMs of a language waiting, refilled in the
+// background until Close. warm runs the language's test program once in
+// each VM before it waits (not in the user's directory), so the first
+// real run does not pay for the interpreter's first start.
+func (m *Manager) StartPool(ctx context.Context, language string, size int, warm bool) error {
+	e, err := m.catalog.Lookup(language, "")
+	if err != nil {
+		return err
+	}
+	if size < 0 || size > 64 {
+		return fmt.Errorf("%w: pool size %d: want 0-64", ErrBadRequest, size)
+	}
+	m.poolsMu.Lock()
+	defer m.poolsMu.Unlock()
+	if m.byLang == nil {
+		m.byLang = map[string]*pool.Pool[*VM]{}
+	}
+	if old := m.byLang[e.Name]; old != nil {
+		old.Close()
+		delete(m.byLang, e.Name)
+	}
+	if size == 0 {
+		return nil
+	}
+	opts := pool.Options{Log: m.log.With("pool", e.Name)}
+	if warm {
+		opts.Warm = func(ctx context.Context, it pool.Item) error { return m.warm(ctx, it.(*VM), e) }
+	}
+	p := pool.New(size, func(ctx context.Context) (*VM, error) { return m.Acquire(ctx, e, false) }, opts)
+	m.byLang[e.Name] = p
+	go p.Populate(context.WithoutCancel(ctx))
+	return nil
+}
+
+// Pool returns a language's pool, or nil.
+func (m *Manager) Pool(language string) *pool.Pool[*VM] {
+	m.poolsMu.Lock()
+	defer m.poolsMu.Unlock()
+	return m.byLang[language]
+}
+
+// PoolStats reports every pool.
+func (m *Manager) PoolStats() map[string]pool.Stats {
+	m.poolsMu.Lock()
+	defer m.poolsMu.Unlock()
+	out := map[string]pool.Stats{}
+	for k, p := range m.byLang {
+		out[k] = p.Stats()
+	}
+	return out
+}
+
+// Close stops the pools and destroys the VMs waiting in them.
+func (m *Manager) Close() error {
+	m.poolsMu.Lock()
+	defer m.poolsMu.Unlock()
+	for k, p := range m.byLang {
+		p.Close()
+		delete(m.byLang, k)
+	}
+	return nil
+}
+
+// take returns a VM for one run: from the pool when one waits, else a
+// fresh restore (or boot).
+func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool) (*VM, bool, error) {
+	if p := m.Pool(e.Name); p != nil && !cold {
+		return p.Get(ctx)
+	}
+	vm, err := m.Acquire(ctx, e, cold)
+	return vm, false, err
+}
+
+func (m *Manager) warm(ctx context.Context, vm *VM, e *image.Entry) error {
+	const dir = "/tmp/.warm"
+	res, err := m.execProgram(ctx, vm, e, dir, []agentproto.File{{Path: e.File, Content: []byte(e.Test.Code)}},
+		e.Test.Args, []byte(e.Test.Stdin), agentproto.Limits{}, agentproto.Limits{}, Streams{})
+	if err != nil {
+		return err
+	}
+	if r := res.Run; r == nil || r.Status != agentproto.StatusOK {
+		return fmt.Errorf("warm-up of %s failed: %+v", e.Name, res)
+	}
+	_, err = execBounded(ctx, vm, agentproto.ExecRequest{Argv: []string{"rm", "-rf", dir}}, nil, nil)
+	return err
+}
