@@ -4,25 +4,30 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 )
 
 func main() {
 	n := flag.Int("n", 7, "runs per measurement")
+	clones := flag.Int("clones", 3, "VMs restored at once for the memory table")
 	dataDir := flag.String("data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory")
 	lang := flag.String("language", "python", "language to measure")
 	flag.Parse()
-	if err := run(*dataDir, *lang, *n); err != nil {
+	if err := run(*dataDir, *lang, *n, *clones); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -42,72 +47,184 @@ type series struct {
 
 func (s *series) add(d time.Duration) { s.d = append(s.d, d) }
 
-func (s *series) quantile(q float64) time.Duration {
+func (s *series) q(q float64) time.Duration {
 	if len(s.d) == 0 {
 		return 0
 	}
 	c := append([]time.Duration(nil), s.d...)
 	sort.Slice(c, func(i, j int) bool { return c[i] < c[j] })
-	i := int(q*float64(len(c)-1) + 0.5)
-	return c[i]
+	return c[int(q*float64(len(c)-1)+0.5)]
 }
 
-func run(dataDir, lang string, n int) error {
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
+
+func run(dataDir, lang string, n, clones int) error {
+	ctx := context.Background()
 	mgr, err := sandbox.New(sandbox.Config{DataDir: dataDir})
 	if err != nil {
 		return err
 	}
+	defer mgr.Close()
 	e, err := mgr.Catalog().Lookup(lang, "")
 	if err != nil {
 		return err
 	}
-	code := []byte(e.Test.Code)
-	ctx := context.Background()
-	fmt.Printf("firesandbox bench: %s, %d runs each, data %s\n", lang, n, dataDir)
+	req := func(cold bool) sandbox.RunRequest {
+		return sandbox.RunRequest{Language: lang, Cold: cold, Args: e.Test.Args, Stdin: []byte(e.Test.Stdin),
+			Files: []agentproto.File{{Content: []byte(e.Test.Code)}}}
+	}
+	once := func(cold bool) (*sandbox.RunResult, error) {
+		var out bytes.Buffer
+		res, err := mgr.Run(ctx, req(cold), sandbox.Streams{Stdout: &out})
+		if err == nil && out.String() != e.Test.Stdout {
+			err = fmt.Errorf("unexpected output %q", out.String())
+		}
+		return res, err
+	}
+	fmt.Printf("firesandbox bench: %s, %d runs per row, data %s\n", lang, n, dataDir)
 
-	// Warm the host page cache and the accelerator choice, unmeasured.
-	if _, err := mgr.Run(ctx, sandbox.RunRequest{Language: lang, Files: []agentproto.File{{Content: code}}, Args: e.Test.Args}, sandbox.Streams{}); err != nil {
+	// Unmeasured: settle the accelerator choice and make the snapshot.
+	if _, err := once(true); err != nil {
 		return err
 	}
-	ready := &series{name: "cold boot -> agent ready"}
-	first := &series{name: "cold boot -> first result"}
-	exec1 := &series{name: "first exec in a fresh VM"}
-	exec2 := &series{name: "second exec, same VM"}
-	for i := 0; i < n; i++ {
-		start := time.Now()
-		vm, err := mgr.Boot(ctx, e)
-		if err != nil {
-			return err
-		}
-		ready.add(time.Since(start))
-		req := agentproto.ExecRequest{Argv: append(append([]string{}, e.Run...), e.Test.Args...), Dir: "/tmp/box",
-			Files: []agentproto.File{{Path: e.File, Content: code}}}
-		var out bytes.Buffer
-		t1 := time.Now()
-		res, err := vm.Agent.Exec(ctx, req, &out, nil)
-		if err == nil && out.String() != e.Test.Stdout {
-			err = fmt.Errorf("unexpected output %q (result %+v)", out.String(), res)
-		}
-		if err != nil {
-			vm.Close()
-			return err
-		}
-		first.add(time.Since(start))
-		exec1.add(time.Since(t1))
-		t2 := time.Now()
-		if _, err := vm.Agent.Exec(ctx, req, nil, nil); err != nil {
-			vm.Close()
-			return err
-		}
-		exec2.add(time.Since(t2))
-		vm.Close()
+	if _, err := once(false); err != nil {
+		return err
 	}
+
+	coldReady, coldFirst := &series{name: "cold boot"}, &series{name: "cold boot"}
+	restReady, restFirst := &series{name: "snapshot restore"}, &series{name: "snapshot restore"}
+	poolFirst := &series{name: "warm pool hit"}
+	for i := 0; i < n; i++ { // interleaved, so drift hits both alike
+		r, err := once(true)
+		if err != nil {
+			return err
+		}
+		coldReady.add(r.Ready)
+		coldFirst.add(r.Total)
+		r, err = once(false)
+		if err != nil {
+			return err
+		}
+		restReady.add(r.Ready)
+		restFirst.add(r.Total)
+	}
+	if err := mgr.StartPool(ctx, lang, 1, true /* warm */); err != nil {
+		return err
+	}
+	p := mgr.Pool(e.Name)
+	for i := 0; i < n; i++ {
+		if err := p.WaitFull(ctx); err != nil {
+			return err
+		}
+		r, err := once(false)
+		if err != nil {
+			return err
+		}
+		if !r.Pooled {
+			return fmt.Errorf("pool miss while the pool was full")
+		}
+		poolFirst.add(r.Total)
+	}
+	mgr.StartPool(ctx, lang, 0, false)
+
+	fmt.Println("\nTime to the program's result (includes starting the VM and running the test program):")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tmedian\tp95\tmin\tmax\t")
-	for _, s := range []*series{ready, first, exec1, exec2} {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", s.name, ms(s.quantile(0.5)), ms(s.quantile(0.95)), ms(s.quantile(0)), ms(s.quantile(1)))
+	fmt.Fprintln(tw, "path\tready median\tready p95\tresult median\tresult p95\tspeedup vs cold\t")
+	base := coldFirst.q(0.5)
+	for _, row := range []struct{ ready, first *series }{{coldReady, coldFirst}, {restReady, restFirst}, {nil, poolFirst}} {
+		rm, rp := "-", "-"
+		if row.ready != nil {
+			rm, rp = ms(row.ready.q(0.5)), ms(row.ready.q(0.95))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fx\t\n", row.first.name, rm, rp, ms(row.first.q(0.5)), ms(row.first.q(0.95)),
+			float64(base)/float64(row.first.q(0.5)))
+	}
+	tw.Flush()
+
+	if err := snapshotTable(mgr); err != nil {
+		return err
+	}
+	return memoryTable(ctx, mgr, e, clones)
+}
+
+func snapshotTable(mgr *sandbox.Manager) error {
+	list, err := mgr.Snapshots().List()
+	if err != nil {
+		return err
+	}
+	fmt.Println("\nSnapshots on disk (memory files are sparse):")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "snapshot\tapparent\ton disk\t")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%.1f MiB\t%.1f MiB\t\n", s.Key, float64(s.Size())/(1<<20), float64(s.DiskBytes)/(1<<20))
 	}
 	return tw.Flush()
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
+// memoryTable boots one VM cold and restores several, all alive at once,
+// runs the test program in each, then reads each QEMU's smaps_rollup: PSS
+// shows what restores share (the snapshot's RAM in the page cache).
+func memoryTable(ctx context.Context, mgr *sandbox.Manager, e *image.Entry, clones int) error {
+	type row struct {
+		name string
+		vm   *sandbox.VM
+	}
+	var rows []row
+	defer func() {
+		for _, r := range rows {
+			r.vm.Close()
+		}
+	}()
+	for i := 0; i <= clones; i++ {
+		name := fmt.Sprintf("restored %d of %d", i, clones)
+		if i == 0 {
+			name = "cold boot"
+		}
+		vm, err := mgr.Acquire(ctx, e, i == 0)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, row{name, vm})
+		if _, err := vm.Agent.Exec(ctx, agentproto.ExecRequest{Argv: append(append([]string{}, e.Run...), e.Test.Args...), Dir: "/tmp/box",
+			Files: []agentproto.File{{Path: e.File, Content: []byte(e.Test.Code)}}}, nil, nil); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\nMemory per VM, all alive together (QEMU process, %d MiB guest; private includes TCG's translation cache):\n", mgr.Config().MemoryMiB)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "VM\tRSS\tPSS\tprivate\tshared\t")
+	for _, r := range rows {
+		m := smaps(r.vm.Machine.PID())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", r.name, kib(m["Rss"]), kib(m["Pss"]),
+			kib(m["Private_Clean"]+m["Private_Dirty"]), kib(m["Shared_Clean"]+m["Shared_Dirty"]))
+	}
+	return tw.Flush()
+}
+
+func kib(k int64) string { return fmt.Sprintf("%.0f MiB", float64(k)/1024) }
+
+// smaps reads /proc/PID/smaps_rollup (values in KiB).
+func smaps(pid int) map[string]int64 {
+	out := map[string]int64{}
+	if pid <= 0 {
+		return out
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(v)
+		if len(fs) > 0 {
+			n, _ := strconv.ParseInt(fs[0], 10, 64)
+			out[k] = n
+		}
+	}
+	return out
+}
