@@ -418,6 +418,54 @@ func (c *Config) writeFiles(root *os.Root, files []agentproto.File) error {
 	return nil
 }
 
+func (c *Config) writeFilesRequest(r *agentproto.WriteFilesRequest) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	d, err := c.openDir(r.Dir, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return c.writeFiles(d, r.Files)
+}
+
+// readFile reads a regular file inside the command's root, never through
+// a symlink that leads out of it.
+func (c *Config) readFile(r *agentproto.ReadFileRequest) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	d, err := c.openDir(path.Dir(r.Path), false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	f, err := d.Open(path.Base(r.Path))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.Path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file", r.Path)
+	}
+	if fi.Size() > r.MaxBytes {
+		return nil, fmt.Errorf("read %s: %d bytes, more than the %d allowed", r.Path, fi.Size(), r.MaxBytes)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, r.MaxBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > r.MaxBytes {
+		return nil, fmt.Errorf("read %s: grew past the %d allowed", r.Path, r.MaxBytes)
+	}
+	return b, nil
+}
+
 func (c *Config) environ(env []string, dir string) []string {
 	out := []string{"PATH=" + defaultPath, "HOME=" + dir, "LANG=C.UTF-8", "TMPDIR=/tmp"}
 	seen := map[string]int{"PATH": 0, "HOME": 1, "LANG": 2, "TMPDIR": 3}

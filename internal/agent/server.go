@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -115,6 +116,17 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 				}()
 				s.exec(ectx, w, &req)
 			}()
+		case agentproto.MsgWriteFiles:
+			var r agentproto.WriteFilesRequest
+			if err = agentproto.DecodeJSON(f, &r); err == nil {
+				err = s.answer(w, r.ID, nil, s.cfg.writeFilesRequest(&r))
+			}
+		case agentproto.MsgReadFile:
+			var r agentproto.ReadFileRequest
+			if err = agentproto.DecodeJSON(f, &r); err == nil {
+				data, rerr := s.cfg.readFile(&r)
+				err = s.answer(w, r.ID, data, rerr)
+			}
 		case agentproto.MsgCancel:
 			var r agentproto.CancelRequest
 			if err = agentproto.DecodeJSON(f, &r); err == nil {
@@ -131,12 +143,28 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 				s.cfg.Shutdown()
 			}
 		default:
-			err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{Message: fmt.Sprintf("unexpected %s frame", f.Type)})
+			// A newer host may send requests this agent predates: answer
+			// with the request's own id, so the host's call fails rather
+			// than waits.
+			var req struct {
+				ID uint32 `json:"id"`
+			}
+			_ = json.Unmarshal(f.Payload, &req)
+			err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID,
+				Message: fmt.Sprintf("unsupported %s request (agent %s)", f.Type, s.cfg.Version)})
 		}
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// answer replies to a file request: FileData on success, Error otherwise.
+func (s *Server) answer(w *agentproto.Writer, id uint32, data []byte, err error) error {
+	if err != nil {
+		return w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: err.Error()})
+	}
+	return w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: id, Content: data})
 }
 
 func (s *Server) exec(ctx context.Context, w *agentproto.Writer, req *agentproto.ExecRequest) {

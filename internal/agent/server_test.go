@@ -302,3 +302,75 @@ func TestParseCmdline(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteAndReadFiles(t *testing.T) {
+	c := startAgent(t, Config{})
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "box")
+	if err := c.WriteFiles(ctx, dir, []agentproto.File{{Path: "a/b.txt", Content: []byte("hello")}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.ReadFile(ctx, dir+"/a/b.txt", 100)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+	if _, err := c.ReadFile(ctx, dir+"/a/b.txt", 3); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("read over the limit: %v", err)
+	}
+	if _, err := c.ReadFile(ctx, dir+"/missing", 100); err == nil {
+		t.Fatal("reading a missing file succeeded")
+	}
+	if _, err := c.ReadFile(ctx, dir+"/a", 100); err == nil {
+		t.Fatal("reading a directory succeeded")
+	}
+	if err := c.WriteFiles(ctx, dir, []agentproto.File{{Path: "../x", Content: []byte("x")}}); err == nil {
+		t.Fatal("write with .. succeeded")
+	}
+}
+
+// File requests resolve paths inside the commands' root: a symlink a
+// program planted there cannot make the agent read or write outside it.
+func TestFileRequestsStayInRoot(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o600)
+	os.MkdirAll(filepath.Join(root, "tmp"), 0o755)
+	os.Symlink(outside, filepath.Join(root, "tmp", "link"))
+	c := startAgent(t, Config{Root: root})
+	ctx := context.Background()
+	if b, err := c.ReadFile(ctx, "/tmp/link/secret", 100); err == nil {
+		t.Fatalf("read through an escaping symlink: %q", b)
+	}
+	if err := c.WriteFiles(ctx, "/tmp/link", []agentproto.File{{Path: "planted", Content: []byte("x")}}); err == nil {
+		t.Fatal("wrote through an escaping symlink")
+	}
+	if _, err := os.Stat(filepath.Join(outside, "planted")); err == nil {
+		t.Fatal("a file appeared outside the root")
+	}
+	if err := c.WriteFiles(ctx, "/tmp/box", []agentproto.File{{Path: "ok.txt", Content: []byte("fine")}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "tmp", "box", "ok.txt")); err != nil || string(b) != "fine" {
+		t.Fatalf("file inside the root: %q %v", b, err)
+	}
+}
+
+// A request type the agent does not know fails the host's call at once.
+func TestUnknownRequestFailsFast(t *testing.T) {
+	host, guest := net.Pipe()
+	srv := NewServer(Config{UID: -1, GID: -1, Version: "old"}, nil)
+	go srv.Serve(context.Background(), guest)
+	defer guest.Close()
+	w := agentproto.NewWriter(host)
+	if _, err := agentproto.ReadFrame(host); err != nil { // Hello
+		t.Fatal(err)
+	}
+	go w.WriteFrame(agentproto.MsgType(200), []byte(`{"id":77}`))
+	f, err := agentproto.ReadFrame(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m agentproto.ErrorMsg
+	if f.Type != agentproto.MsgError || agentproto.DecodeJSON(f, &m) != nil || m.ID != 77 || !strings.Contains(m.Message, "unsupported") {
+		t.Fatalf("got %s %+v", f.Type, m)
+	}
+}

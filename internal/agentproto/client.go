@@ -31,8 +31,9 @@ type pendingExec struct {
 }
 
 type execOutcome struct {
-	res *ExitResult
-	err error
+	res  *ExitResult
+	data *FileData
+	err  error
 }
 
 // NewClient starts reading frames from conn. Close the client to stop.
@@ -125,6 +126,12 @@ func (c *Client) readLoop() {
 				return
 			}
 			c.finish(r.ID, execOutcome{res: &r})
+		case MsgFileData:
+			var d FileData
+			if err = DecodeJSON(f, &d); err != nil {
+				return
+			}
+			c.finish(d.ID, execOutcome{data: &d})
 		case MsgError:
 			var m ErrorMsg
 			if err = DecodeJSON(f, &m); err != nil {
@@ -231,6 +238,60 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 		c.finish(req.ID, execOutcome{})
 		return nil, ctx.Err()
 	}
+}
+
+// request sends one id-carrying request and waits for its answer.
+func (c *Client) request(ctx context.Context, t MsgType, build func(id uint32) any) (execOutcome, error) {
+	p := &pendingExec{result: make(chan execOutcome, 1)}
+	c.mu.Lock()
+	if c.readErr != nil {
+		c.mu.Unlock()
+		return execOutcome{}, c.readErr
+	}
+	c.nextID++
+	if c.nextID == 0 {
+		c.nextID = 1
+	}
+	id := c.nextID
+	c.execs[id] = p
+	c.mu.Unlock()
+	if err := c.w.WriteJSON(t, build(id)); err != nil {
+		c.finish(id, execOutcome{})
+		return execOutcome{}, fmt.Errorf("send %s: %w", t, err)
+	}
+	select {
+	case o := <-p.result:
+		return o, o.err
+	case <-ctx.Done():
+		c.finish(id, execOutcome{})
+		return execOutcome{}, ctx.Err()
+	}
+}
+
+// WriteFiles writes files into dir in the guest, creating dir if needed.
+func (c *Client) WriteFiles(ctx context.Context, dir string, files []File) error {
+	req := WriteFilesRequest{Dir: dir, Files: files}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	_, err := c.request(ctx, MsgWriteFiles, func(id uint32) any { req.ID = id; return req })
+	return err
+}
+
+// ReadFile reads a regular file of at most maxBytes from the guest.
+func (c *Client) ReadFile(ctx context.Context, path string, maxBytes int64) ([]byte, error) {
+	req := ReadFileRequest{Path: path, MaxBytes: maxBytes}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	o, err := c.request(ctx, MsgReadFile, func(id uint32) any { req.ID = id; return req })
+	if err != nil {
+		return nil, err
+	}
+	if o.data == nil {
+		return nil, fmt.Errorf("%w: read %s: no data", ErrMalformed, path)
+	}
+	return o.data.Content, nil
 }
 
 // Shutdown asks the guest to power off. The channel closes when it does.

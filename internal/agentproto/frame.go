@@ -37,6 +37,11 @@ const (
 	MsgCancel   MsgType = 7 // host -> guest: CancelRequest
 	MsgShutdown MsgType = 8 // host -> guest: empty; the guest powers off
 	MsgResync   MsgType = 9 // host -> guest: ResyncRequest; answered with Hello
+	// MsgWriteFiles writes files without running anything; answered with
+	// an empty FileData (or Error) of the same id.
+	MsgWriteFiles MsgType = 10 // host -> guest: WriteFilesRequest
+	MsgReadFile   MsgType = 11 // host -> guest: ReadFileRequest
+	MsgFileData   MsgType = 12 // guest -> host: FileData
 )
 
 func (t MsgType) String() string {
@@ -59,6 +64,12 @@ func (t MsgType) String() string {
 		return "shutdown"
 	case MsgResync:
 		return "resync"
+	case MsgWriteFiles:
+		return "write-files"
+	case MsgReadFile:
+		return "read-file"
+	case MsgFileData:
+		return "file-data"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

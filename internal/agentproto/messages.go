@@ -204,3 +204,60 @@ type ResyncRequest struct {
 	Entropy   []byte `json:"entropy"`
 	Identity  string `json:"identity"`
 }
+
+// MaxFileTransfer bounds one file read or one WriteFiles request: the
+// content travels base64-encoded inside one frame.
+const MaxFileTransfer = 2 << 20
+
+// WriteFilesRequest writes files into Dir (created if missing, owned by
+// the user commands run as).
+type WriteFilesRequest struct {
+	ID    uint32 `json:"id"`
+	Dir   string `json:"dir"`
+	Files []File `json:"files"`
+}
+
+// ReadFileRequest reads one regular file of at most MaxBytes.
+type ReadFileRequest struct {
+	ID       uint32 `json:"id"`
+	Path     string `json:"path"`
+	MaxBytes int64  `json:"max_bytes"`
+}
+
+// FileData answers ReadFile (with the content) and WriteFiles (empty).
+type FileData struct {
+	ID      uint32 `json:"id"`
+	Content []byte `json:"content,omitempty"`
+}
+
+// Validate checks a WriteFilesRequest.
+func (r *WriteFilesRequest) Validate() error {
+	if !path.IsAbs(r.Dir) || strings.IndexByte(r.Dir, 0) >= 0 {
+		return fmt.Errorf("%w: directory %q is not an absolute path", ErrMalformed, truncate(r.Dir, 80))
+	}
+	if len(r.Files) == 0 || len(r.Files) > MaxFiles {
+		return fmt.Errorf("%w: %d files, want 1-%d", ErrMalformed, len(r.Files), MaxFiles)
+	}
+	n := 0
+	for _, f := range r.Files {
+		if err := ValidateRelPath(f.Path); err != nil {
+			return err
+		}
+		n += len(f.Content)
+	}
+	if n > MaxFileTransfer {
+		return fmt.Errorf("%w: %d bytes of files in one request, at most %d", ErrMalformed, n, MaxFileTransfer)
+	}
+	return nil
+}
+
+// Validate checks a ReadFileRequest.
+func (r *ReadFileRequest) Validate() error {
+	if !path.IsAbs(r.Path) || strings.IndexByte(r.Path, 0) >= 0 || path.Clean(r.Path) != r.Path {
+		return fmt.Errorf("%w: path %q is not a clean absolute path", ErrMalformed, truncate(r.Path, 80))
+	}
+	if r.MaxBytes <= 0 || r.MaxBytes > MaxFileTransfer {
+		return fmt.Errorf("%w: max bytes %d, want 1-%d", ErrMalformed, r.MaxBytes, MaxFileTransfer)
+	}
+	return nil
+}

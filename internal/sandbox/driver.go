@@ -106,7 +106,7 @@ func (m *Manager) chooseAccel(ctx context.Context, k *guestkernel.Kernel, img *i
 	}
 
 	c = AccelChoice{Key: key, Accel: qemu.AccelKVM, Reason: "a probe VM booted under KVM", Probed: time.Now().UTC()}
-	vm, err := m.boot(ctx, probe, k, img, kvmProbeTimeout)
+	vm, err := m.boot(ctx, probe, k, img, m.shape(Shape{}), kvmProbeTimeout)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", "", ctx.Err()

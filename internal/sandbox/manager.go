@@ -157,6 +157,7 @@ type VM struct {
 	Ready time.Duration
 	// Restored says the VM came from a snapshot rather than a cold boot.
 	Restored bool
+	Shape    Shape
 	owner    string
 }
 
@@ -186,7 +187,7 @@ func (m *Manager) Boot(ctx context.Context, e *image.Entry) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+	return m.boot(ctx, d, k, img, m.shape(Shape{}), m.cfg.BootTimeout)
 }
 
 func newID(prefix string) string {
@@ -195,13 +196,13 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, id string) vmm.Config {
+func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id string) vmm.Config {
 	return vmm.Config{
 		ID:        id,
 		Kernel:    k.Vmlinux,
 		Initrd:    k.Initramfs,
-		VCPUs:     m.cfg.VCPUs,
-		MemoryMiB: m.cfg.MemoryMiB,
+		VCPUs:     shape.VCPUs,
+		MemoryMiB: shape.MemoryMiB,
 		Disks:     []vmm.Disk{{ID: "root", Path: img.Path(), ReadOnly: true}},
 		Cmdline: []string{
 			"fs.root=" + vmm.GuestDiskRef(d.Capabilities(), 0, "root"),
@@ -211,21 +212,21 @@ func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image
 	}
 }
 
-func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, timeout time.Duration) (*VM, error) {
+func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, timeout time.Duration) (*VM, error) {
 	start := time.Now()
 	id := newID("vm-")
 	owner, err := m.claim(id)
 	if err != nil {
 		return nil, err
 	}
-	cfg := m.vmConfig(d, k, img, id)
+	cfg := m.vmConfig(d, k, img, shape, id)
 	log := m.log.With("vm", id, "image", img.ID)
 	mach, err := d.Boot(ctx, cfg)
 	if err != nil {
 		os.Remove(owner)
 		return nil, fmt.Errorf("boot %s: %w", img.Language, err)
 	}
-	vm := &VM{Machine: mach, owner: owner}
+	vm := &VM{Machine: mach, owner: owner, Shape: shape}
 	if err := m.connect(ctx, vm, timeout); err != nil {
 		vm.Close()
 		return nil, err

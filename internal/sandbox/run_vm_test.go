@@ -164,13 +164,13 @@ func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
 	bad.Dir, bad.File = filepath.Dir(junk), filepath.Base(junk)
 
 	// The agent cannot mount the junk root, says so, and powers off.
-	_, err = m.boot(context.Background(), d, fx.Kernel, &bad, time.Minute)
+	_, err = m.boot(context.Background(), d, fx.Kernel, &bad, m.shape(Shape{}), time.Minute)
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "firesandbox-agent: fatal") {
 		t.Fatalf("boot with a junk root: %v; want ErrNotReady with the agent's console message", err)
 	}
 	// A guest that is too slow is given up on at the deadline.
 	start := time.Now()
-	_, err = m.boot(context.Background(), d, fx.Kernel, fx.Python, 300*time.Millisecond)
+	_, err = m.boot(context.Background(), d, fx.Kernel, fx.Python, m.shape(Shape{}), 300*time.Millisecond)
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "no answer within") {
 		t.Fatalf("boot with a short deadline: %v", err)
 	}

@@ -24,10 +24,44 @@ const restoreTimeout = 20 * time.Second
 // Snapshots returns the local snapshot store.
 func (m *Manager) Snapshots() *snapshot.Store { return m.snapshots }
 
+// Shape is a VM's size. Zero fields take the Manager's defaults.
+type Shape struct {
+	VCPUs     int `json:"vcpus"`
+	MemoryMiB int `json:"memory_mib"`
+}
+
+// Validate checks a requested shape.
+func (s Shape) Validate() error {
+	if s.VCPUs < 0 || s.VCPUs > 32 || s.MemoryMiB < 0 || (s.MemoryMiB != 0 && (s.MemoryMiB < 128 || s.MemoryMiB > 64<<10)) {
+		return fmt.Errorf("%w: %d vCPUs and %d MiB: want 1-32 vCPUs and 128-65536 MiB", ErrBadRequest, s.VCPUs, s.MemoryMiB)
+	}
+	return nil
+}
+
+func (m *Manager) shape(s Shape) Shape {
+	if s.VCPUs == 0 {
+		s.VCPUs = m.cfg.VCPUs
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = m.cfg.MemoryMiB
+	}
+	return s
+}
+
 // Acquire returns a ready VM for a language: restored from its snapshot
 // when the driver can (creating the snapshot on first use), else, or with
 // cold, booted.
 func (m *Manager) Acquire(ctx context.Context, e *image.Entry, cold bool) (*VM, error) {
+	return m.AcquireShape(ctx, e, cold, Shape{})
+}
+
+// AcquireShape is Acquire for a VM of a given shape; each shape has its
+// own snapshot.
+func (m *Manager) AcquireShape(ctx context.Context, e *image.Entry, cold bool, shape Shape) (*VM, error) {
+	if err := shape.Validate(); err != nil {
+		return nil, err
+	}
+	shape = m.shape(shape)
 	k, err := guestkernel.Load(m.cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -41,22 +75,27 @@ func (m *Manager) Acquire(ctx context.Context, e *image.Entry, cold bool) (*VM, 
 		return nil, err
 	}
 	if cold || !d.Capabilities().Snapshot {
-		return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
 	}
-	snap, err := m.snapshotFor(ctx, d, k, img)
+	snap, err := m.snapshotFor(ctx, d, k, img, shape)
 	if err != nil {
 		return nil, err
 	}
-	vm, err := m.restore(ctx, d, k, img, snap)
+	vm, err := m.restore(ctx, d, k, img, shape, snap.Dir)
 	if err != nil && ctx.Err() == nil {
 		m.log.Warn("restore failed; booting cold", "snapshot", snap.Key, "err", err)
-		return m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
 	}
 	return vm, err
 }
 
-// SnapshotSpec is what a snapshot of img must match on this host.
+// SnapshotSpec is what a snapshot of img, in the default shape, must match
+// on this host.
 func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image) (snapshot.Spec, error) {
+	return m.snapshotSpec(ctx, d, k, img, m.shape(Shape{}))
+}
+
+func (m *Manager) snapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape) (snapshot.Spec, error) {
 	ver, err := d.Version(ctx)
 	if err != nil {
 		return snapshot.Spec{}, err
@@ -64,7 +103,7 @@ func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel
 	spec := snapshot.Spec{
 		Language: img.Language, Driver: d.Name(), DriverVersion: ver,
 		KernelID: k.ID(), ImageID: img.ID,
-		VCPUs: m.cfg.VCPUs, MemoryMiB: m.cfg.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
+		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
 	}
 	if q, ok := d.(*qemu.Driver); ok {
 		spec.Machine = q.Accel()
@@ -74,8 +113,8 @@ func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel
 
 // snapshotFor returns a verified snapshot, creating it if there is none
 // and rebuilding it if the one there is corrupt or does not fit.
-func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image) (*snapshot.Snapshot, error) {
-	spec, err := m.SnapshotSpec(ctx, d, k, img)
+func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape) (*snapshot.Snapshot, error) {
+	spec, err := m.snapshotSpec(ctx, d, k, img, shape)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +128,7 @@ func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.
 			return nil, fmt.Errorf("remove bad snapshot: %w", rerr)
 		}
 	}
-	return m.createSnapshot(ctx, d, k, img, spec)
+	return m.createSnapshot(ctx, d, k, img, shape, spec)
 }
 
 // CreateSnapshot boots img, waits for the agent, pauses and saves a full
@@ -114,12 +153,12 @@ func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot
 	if err != nil {
 		return nil, err
 	}
-	return m.createSnapshot(ctx, d, k, img, spec)
+	return m.createSnapshot(ctx, d, k, img, m.shape(Shape{}), spec)
 }
 
-func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, spec snapshot.Spec) (*snapshot.Snapshot, error) {
+func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, spec snapshot.Spec) (*snapshot.Snapshot, error) {
 	start := time.Now()
-	vm, err := m.boot(ctx, d, k, img, m.cfg.BootTimeout)
+	vm, err := m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
 	}
@@ -139,22 +178,22 @@ func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkern
 	return snap, nil
 }
 
-// restore starts a VM from snap and gives the guest its own clock,
-// randomness and identity.
-func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, snap *snapshot.Snapshot) (*VM, error) {
+// restore starts a VM from a snapshot directory and gives the guest its
+// own clock, randomness and identity.
+func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, snapDir string) (*VM, error) {
 	start := time.Now()
 	id := newID("vm-")
 	owner, err := m.claim(id)
 	if err != nil {
 		return nil, err
 	}
-	cfg := m.vmConfig(d, k, img, id)
-	mach, err := d.Restore(ctx, snap.Dir, cfg)
+	cfg := m.vmConfig(d, k, img, shape, id)
+	mach, err := d.Restore(ctx, snapDir, cfg)
 	if err != nil {
 		os.Remove(owner)
 		return nil, err
 	}
-	vm := &VM{Machine: mach, owner: owner, Restored: true}
+	vm := &VM{Machine: mach, owner: owner, Restored: true, Shape: shape}
 	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
 		vm.Close()
 		return nil, err
@@ -170,5 +209,53 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 		return nil, fmt.Errorf("resync restored VM: %w", err)
 	}
 	vm.Ready = time.Since(start)
+	return vm, nil
+}
+
+// Hibernate saves a VM whole (memory, which holds its writable layer, and
+// device state) into dir, which must exist and be empty, and stops it.
+// Resume brings it back. On error the VM is left running if it can be.
+func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
+	if vm.Agent != nil {
+		vm.Agent.Close() // the guest waits for the next host, as in a template
+		vm.Agent = nil
+	}
+	if err := vm.Machine.Pause(ctx); err != nil {
+		return fmt.Errorf("hibernate: %w", err)
+	}
+	if err := vm.Machine.Snapshot(ctx, dir); err != nil {
+		if rerr := vm.Machine.Resume(context.WithoutCancel(ctx)); rerr == nil {
+			if conn, derr := vm.Machine.DialAgent(ctx); derr == nil {
+				vm.Agent = agentproto.NewClient(conn)
+			}
+		}
+		return fmt.Errorf("hibernate: %w", err)
+	}
+	return vm.Close()
+}
+
+// Resume restores a VM hibernated into dir by Hibernate. The language and
+// shape must be those it was created with.
+func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir string) (*VM, error) {
+	if err := shape.Validate(); err != nil {
+		return nil, err
+	}
+	shape = m.shape(shape)
+	k, err := guestkernel.Load(m.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
+	if err != nil {
+		return nil, err
+	}
+	d, err := m.Driver(ctx, k, img)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := m.restore(ctx, d, k, img, shape, dir)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
 	return vm, nil
 }

@@ -163,3 +163,40 @@ func TestPoolHandsOutFreshVMs(t *testing.T) {
 		t.Fatalf("stats %+v, want 3 hits, 0 misses, 2 ready", st)
 	}
 }
+
+func TestHibernateResumeKeepsFiles(t *testing.T) {
+	m := snapshotManager(t)
+	defer noLeftovers(t, m)
+	ctx := context.Background()
+	e, _ := m.catalog.Lookup("python", "")
+	vm, err := m.AcquireShape(ctx, e, false, Shape{MemoryMiB: 384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Agent.WriteFiles(ctx, "/home/sandbox/work", []agentproto.File{{Path: "notes.txt", Content: []byte("kept")}}); err != nil {
+		vm.Close()
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := m.Hibernate(ctx, vm, dir); err != nil {
+		vm.Close()
+		t.Fatal(err)
+	}
+	if vm.Machine.State().String() != "stopped" {
+		t.Fatalf("hibernated VM is %s", vm.Machine.State())
+	}
+	back, err := m.Resume(ctx, e, Shape{MemoryMiB: 384}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	got, err := back.Agent.ReadFile(ctx, "/home/sandbox/work/notes.txt", 1024)
+	if err != nil || string(got) != "kept" {
+		t.Fatalf("after resume: %q %v", got, err)
+	}
+	var out bytes.Buffer
+	res, err := back.Agent.Exec(ctx, agentproto.ExecRequest{Argv: []string{"python3", "-c", "print(open('notes.txt').read())"}, Dir: "/home/sandbox/work"}, &out, nil)
+	if err != nil || res.Code != 0 || out.String() != "kept\n" {
+		t.Fatalf("exec after resume: %v %+v %q", err, res, out.String())
+	}
+}

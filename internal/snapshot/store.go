@@ -379,3 +379,46 @@ func syncDir(d string) {
 		f.Close()
 	}
 }
+
+// Adopt moves a complete snapshot directory (for example one just pulled
+// from a Remote into TempDir) into the store, after checking its manifest
+// and every file's digest. The directory is consumed either way.
+func (s *Store) Adopt(dir string) (*Snapshot, error) {
+	defer os.RemoveAll(dir)
+	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
+	if err != nil {
+		return nil, fmt.Errorf("adopt snapshot: %w", err)
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("adopt snapshot: %w", err)
+	}
+	if err := s.verify(&Snapshot{Manifest: *m, Dir: dir}); err != nil {
+		return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
+	}
+	_ = os.WriteFile(filepath.Join(dir, usedFile), nil, 0o644)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	final := filepath.Join(s.dir, m.Key)
+	if err := removeDir(final); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(dir, final); err != nil {
+		return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
+	}
+	syncDir(s.dir)
+	s.evictLocked(m.Key)
+	return &Snapshot{Manifest: *m, Dir: final}, nil
+}
+
+// TempDir makes an empty directory inside the store (same filesystem, so
+// Adopt can rename it into place).
+func (s *Store) TempDir() (string, error) {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(s.dir, ".create-")
+}

@@ -141,7 +141,9 @@ func GuestDiskRef(c Capabilities, i int, id string) string {
 	return "/dev/vd" + string(rune('a'+i))
 }
 
-// Files a driver writes into a snapshot directory.
+// Files a driver writes into a snapshot directory. The memory file may be
+// absent where a driver keeps RAM inside the state file (QEMU does for a
+// snapshot of a machine that was itself restored).
 const (
 	SnapshotMemoryFile = "memory"
 	SnapshotStateFile  = "vmstate"

@@ -184,7 +184,7 @@ func (d *Driver) args(cfg *vmm.Config, memPath string, share bool) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-smp", strconv.Itoa(cfg.VCPUs),
 		"-m", strconv.Itoa(cfg.MemoryMiB) + "M",
-		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s", cfg.MemoryMiB, qemuEscape(memPath), onOff(share)),
+		"-object", memoryBackend(cfg.MemoryMiB, memPath, share),
 		"-kernel", cfg.Kernel,
 		"-initrd", cfg.Initrd,
 		"-append", strings.Join(append(d.BaseCmdline(), cfg.Cmdline...), " "),
@@ -212,6 +212,15 @@ func (d *Driver) args(cfg *vmm.Config, memPath string, share bool) []string {
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, disk.ID))
 	}
 	return a
+}
+
+// memoryBackend holds guest RAM: in a file when memPath is set (shared
+// with the file, or mapped privately from it), else anonymous memory.
+func memoryBackend(mib int, memPath string, share bool) string {
+	if memPath == "" {
+		return fmt.Sprintf("memory-backend-ram,id=mem,size=%dM", mib)
+	}
+	return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s", mib, qemuEscape(memPath), onOff(share))
 }
 
 func onOff(b bool) string {
@@ -314,7 +323,7 @@ type Machine struct {
 	exited  chan struct{}
 	waitErr error
 	qmp     *qmp
-	memPath string // RAM file this machine owns and removes; empty if it maps a snapshot's
+	memPath string // RAM file this machine owns and removes; empty for a restore
 
 	mu      sync.Mutex
 	state   vmm.State
@@ -382,21 +391,24 @@ func (m *Machine) transition(ctx context.Context, op, cmd string, from, to vmm.S
 	return nil
 }
 
-// Snapshot implements vmm.Machine: device state goes through a migration
-// to a file, with x-ignore-shared so RAM (already in its file) is skipped;
-// then the RAM file is copied, sparsely, next to it.
+// Snapshot implements vmm.Machine. A booted machine's RAM already lives in
+// its file: device state goes through a migration to a file with
+// x-ignore-shared (RAM skipped), then the RAM file is copied, sparsely,
+// beside it. A restored machine maps its RAM privately, so there is no
+// file to copy: its RAM goes into the migration stream instead, and the
+// snapshot has no separate memory file.
 func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := vmm.RequireState("snapshot", m.state, vmm.StatePaused); err != nil {
 		return err
 	}
-	if m.memPath == "" {
-		return fmt.Errorf("snapshot %s: a restored machine maps its RAM privately: %w", m.cfg.ID, vmm.ErrUnsupported)
-	}
 	statePath := filepath.Join(dir, vmm.SnapshotStateFile)
 	if err := m.migrate(ctx, "migrate", map[string]any{"uri": "file:" + statePath}); err != nil {
 		return fmt.Errorf("snapshot %s: %w", m.cfg.ID, err)
+	}
+	if m.memPath == "" {
+		return nil
 	}
 	if err := copySparse(m.memPath, filepath.Join(dir, vmm.SnapshotMemoryFile)); err != nil {
 		return fmt.Errorf("snapshot %s: copy memory: %w", m.cfg.ID, err)
@@ -404,8 +416,11 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 	return nil
 }
 
-// migrate sets x-ignore-shared, starts an outgoing or incoming migration
-// and waits for it to complete.
+// migrate starts an outgoing or incoming migration and waits for it to
+// complete. x-ignore-shared is always on: it skips only RAM mapped shared
+// from a named file (a booted machine's), so a privately mapped restore
+// still sends its RAM; and the stream records the capability, so both
+// ends must agree on it.
 func (m *Machine) migrate(ctx context.Context, cmd string, args map[string]any) error {
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
 	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
@@ -449,12 +464,19 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 	}
 	memPath := filepath.Join(snapshotDir, vmm.SnapshotMemoryFile)
 	statePath := filepath.Join(snapshotDir, vmm.SnapshotStateFile)
-	for _, p := range []string{memPath, statePath} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("restore: %w: %v", vmm.ErrIncompatible, err)
-		}
+	if _, err := os.Stat(statePath); err != nil {
+		return nil, fmt.Errorf("restore: snapshot has no device state: %w: %v", vmm.ErrIncompatible, err)
 	}
-	m, err := d.start(ctx, &cfg, memPath, false /* share */, false /* ownMem */, []string{"-incoming", "defer"})
+	// With a memory file, map it privately: restores share its clean
+	// pages and never write to it. Without one, RAM is in the stream.
+	_, err := os.Stat(memPath)
+	separateRAM := err == nil
+	var m *Machine
+	if separateRAM {
+		m, err = d.start(ctx, &cfg, memPath, false /* share */, false /* ownMem */, []string{"-incoming", "defer"})
+	} else {
+		m, err = d.start(ctx, &cfg, "", false, false, []string{"-incoming", "defer"})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -212,11 +212,40 @@ func Run(t *testing.T, d vmm.Driver, fx Fixtures) {
 		if got := sh(t, rc, "cat /tmp/marker"); got != "remembered\n" {
 			t.Fatalf("restored guest memory: %q", got)
 		}
+
+		// A restored machine can be snapshotted and restored again
+		// (hibernating a sandbox that started from a snapshot).
+		sh(t, rc, "echo second > /tmp/marker2")
+		rc.Close()
+		if err := r.Pause(ctx); err != nil {
+			t.Fatalf("Pause restored: %v", err)
+		}
+		snap2 := t.TempDir()
+		if err := r.Snapshot(ctx, snap2); err != nil {
+			t.Fatalf("Snapshot of a restored machine: %v", err)
+		}
 		rpid := r.PID()
 		if err := r.Stop(ctx); err != nil {
 			t.Fatalf("Stop restored: %v", err)
 		}
 		checkGone(t, r, rpid, rcfg.RunDir)
+
+		r2cfg := config(d, fx, "restored2")
+		r2, err := d.Restore(ctx, snap2, r2cfg)
+		if err != nil {
+			t.Fatalf("Restore of a restored machine's snapshot: %v", err)
+		}
+		defer r2.Stop(ctx)
+		r2c := connect(t, r2)
+		defer r2c.Close()
+		if got := sh(t, r2c, "cat /tmp/marker /tmp/marker2"); got != "remembered\nsecond\n" {
+			t.Fatalf("twice-restored guest memory: %q", got)
+		}
+		r2pid := r2.PID()
+		if err := r2.Stop(ctx); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		checkGone(t, r2, r2pid, r2cfg.RunDir)
 	})
 
 	t.Run("RestoreRejectsMissingSnapshot", func(t *testing.T) {
