@@ -69,11 +69,17 @@ func run(dataDir, lang string, n, clones int) error {
 	if err != nil {
 		return err
 	}
+	// The same restores without the prewarmed runtime, for comparison.
+	plain, err := sandbox.New(sandbox.Config{DataDir: dataDir, NoPrewarm: true})
+	if err != nil {
+		return err
+	}
+	defer plain.Close()
 	req := func(cold bool) sandbox.RunRequest {
 		return sandbox.RunRequest{Language: lang, Cold: cold, Args: e.Test.Args, Stdin: []byte(e.Test.Stdin),
 			Files: []agentproto.File{{Content: []byte(e.Test.Code)}}}
 	}
-	once := func(cold bool) (*sandbox.RunResult, error) {
+	onceWith := func(mgr *sandbox.Manager, cold bool) (*sandbox.RunResult, error) {
 		var out bytes.Buffer
 		res, err := mgr.Run(ctx, req(cold), sandbox.Streams{Stdout: &out})
 		if err == nil && out.String() != e.Test.Stdout {
@@ -81,6 +87,7 @@ func run(dataDir, lang string, n, clones int) error {
 		}
 		return res, err
 	}
+	once := func(cold bool) (*sandbox.RunResult, error) { return onceWith(mgr, cold) }
 	fmt.Printf("firesandbox bench: %s, %d runs per row, data %s\n", lang, n, dataDir)
 
 	// Unmeasured: settle the accelerator choice and make the snapshot.
@@ -90,9 +97,13 @@ func run(dataDir, lang string, n, clones int) error {
 	if _, err := once(false); err != nil {
 		return err
 	}
+	if _, err := onceWith(plain, false); err != nil {
+		return err
+	}
 
 	coldReady, coldFirst := &series{name: "cold boot"}, &series{name: "cold boot"}
 	restReady, restFirst := &series{name: "snapshot restore"}, &series{name: "snapshot restore"}
+	plainReady, plainFirst := &series{name: "restore, no prewarm"}, &series{name: "restore, no prewarm"}
 	poolFirst := &series{name: "warm pool hit"}
 	for i := 0; i < n; i++ { // interleaved, so drift hits both alike
 		r, err := once(true)
@@ -107,6 +118,12 @@ func run(dataDir, lang string, n, clones int) error {
 		}
 		restReady.add(r.Ready)
 		restFirst.add(r.Total)
+		r, err = onceWith(plain, false)
+		if err != nil {
+			return err
+		}
+		plainReady.add(r.Ready)
+		plainFirst.add(r.Total)
 	}
 	if err := mgr.StartPool(ctx, lang, 1, true /* warm */); err != nil {
 		return err
@@ -127,11 +144,12 @@ func run(dataDir, lang string, n, clones int) error {
 	}
 	mgr.StartPool(ctx, lang, 0, false)
 
-	fmt.Println("\nTime to the program's result (includes starting the VM and running the test program):")
+	fmt.Println("\nTime to the program's result (includes starting the VM and running the test program).")
+	fmt.Println("\"snapshot restore\" and the pool use the prewarmed runtime where the language has one:")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "path\tready median\tready p95\tresult median\tresult p95\tspeedup vs cold\t")
 	base := coldFirst.q(0.5)
-	for _, row := range []struct{ ready, first *series }{{coldReady, coldFirst}, {restReady, restFirst}, {nil, poolFirst}} {
+	for _, row := range []struct{ ready, first *series }{{coldReady, coldFirst}, {plainReady, plainFirst}, {restReady, restFirst}, {nil, poolFirst}} {
 		rm, rp := "-", "-"
 		if row.ready != nil {
 			rm, rp = ms(row.ready.q(0.5)), ms(row.ready.q(0.95))

@@ -46,6 +46,11 @@ func newCgroup(dir string, lim agentproto.Limits) (*cgroup, error) {
 
 func (cg *cgroup) fd() int { return int(cg.f.Fd()) }
 
+// add moves a running process into the cgroup.
+func (cg *cgroup) add(pid int) error {
+	return os.WriteFile(filepath.Join(cg.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+}
+
 // kill kills every process in the cgroup, including any that left the
 // process group.
 func (cg *cgroup) kill() {

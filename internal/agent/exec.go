@@ -38,6 +38,8 @@ type Config struct {
 	Resync func(agentproto.ResyncRequest) error
 	// BootTime is when the guest started, for Hello's uptime.
 	BootTime time.Time
+
+	prewarm *prewarmer // set by NewServer
 }
 
 // DefaultLimits are used for fields a request leaves zero.
@@ -164,7 +166,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
 
 	start := time.Now()
-	err = cmd.Start()
+	proc, err := c.startProcess(req, cmd, cg, stdinR, outW, errW)
 	stdinR.Close()
 	outW.Close()
 	errW.Close()
@@ -174,6 +176,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 		errR.Close()
 		return nil, fmt.Errorf("start %s: %w", req.Argv[0], err)
 	}
+	defer proc.done()
 
 	// One kill for every reason; the first reason wins.
 	var (
@@ -184,7 +187,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	kill := func(st agentproto.Status, msg string) {
 		killOnce.Do(func() {
 			reason, message = st, msg
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = syscall.Kill(-proc.pid, syscall.SIGKILL)
 			if cg != nil {
 				cg.kill()
 			}
@@ -219,13 +222,13 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	})
 	stopWatch := context.AfterFunc(ctx, func() { kill(agentproto.StatusSignal, "cancelled by the host") })
 
-	state, waitErr := cmd.Process.Wait()
+	ws, cpu, maxRSS, waitErr := proc.wait()
 	wall := time.Since(start)
 	timer.Stop()
 	stopWatch()
 
 	// The main process is gone: nothing it started may outlive it.
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	_ = syscall.Kill(-proc.pid, syscall.SIGKILL)
 	if cg != nil {
 		cg.kill()
 	}
@@ -241,19 +244,15 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	outR.Close()
 	errR.Close()
 
-	res := &agentproto.ExitResult{ID: req.ID, WallMillis: wall.Milliseconds()}
+	res := &agentproto.ExitResult{ID: req.ID, WallMillis: wall.Milliseconds(), Prewarmed: proc.prewarmed,
+		CPUMillis: cpu.Milliseconds(), MemoryBytes: maxRSS}
 	if waitErr != nil {
 		return nil, fmt.Errorf("wait: %w", waitErr)
 	}
-	ws := state.Sys().(syscall.WaitStatus)
 	res.Code = ws.ExitStatus()
 	if ws.Signaled() {
 		res.Signal = unix.SignalName(ws.Signal())
 		res.Code = -1
-	}
-	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
-		res.CPUMillis = (time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Milliseconds()
-		res.MemoryBytes = ru.Maxrss * 1024
 	}
 	oom := false
 	if cg != nil {
@@ -279,6 +278,57 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 		res.Status = agentproto.StatusRuntimeError
 	}
 	return res, nil
+}
+
+// process is a started command, whichever way it was started.
+type process struct {
+	pid       int
+	prewarmed bool
+	wait      func() (syscall.WaitStatus, time.Duration, int64, error)
+	done      func() // releases what starting it held
+}
+
+// startProcess starts a request's command: forked from the prewarmed
+// runtime when asked and possible, else executed.
+func (c *Config) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cgroup, stdin, stdout, stderr *os.File) (*process, error) {
+	if req.Prewarmed && c.prewarm.alive() && c.prewarm.mu.TryLock() {
+		pp, err := c.prewarm.spawn(req.Argv, cmd.Env, cmd.Dir, stdin, stdout, stderr)
+		if err == nil && cg != nil {
+			err = cg.add(pp.pid)
+		}
+		if err == nil {
+			err = pp.release()
+		}
+		if err == nil {
+			return &process{pid: pp.pid, prewarmed: true, wait: pp.wait, done: c.prewarm.mu.Unlock}, nil
+		}
+		if pp != nil { // forked but not released: kill it, collect its exit
+			_ = syscall.Kill(pp.pid, syscall.SIGKILL)
+			pp.gate.Close()
+			_, _, _, _ = pp.wait()
+		}
+		if !errors.Is(err, errPrewarmUnavailable) {
+			c.prewarm.stopLocked() // out of step with us: never use it again
+		}
+		c.prewarm.mu.Unlock()
+		// fall through: run it the ordinary way
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &process{pid: cmd.Process.Pid, done: func() {}, wait: func() (syscall.WaitStatus, time.Duration, int64, error) {
+		state, err := cmd.Process.Wait()
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		var cpu time.Duration
+		var rss int64
+		if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
+			cpu = time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())
+			rss = ru.Maxrss * 1024
+		}
+		return state.Sys().(syscall.WaitStatus), cpu, rss, nil
+	}}, nil
 }
 
 func orDefault(l, d agentproto.Limits) agentproto.Limits {

@@ -27,6 +27,7 @@ func NewServer(cfg Config, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	cfg.prewarm = &prewarmer{}
 	return &Server{cfg: cfg, log: log}
 }
 
@@ -126,6 +127,15 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 			if err = agentproto.DecodeJSON(f, &r); err == nil {
 				data, rerr := s.cfg.readFile(&r)
 				err = s.answer(w, r.ID, data, rerr)
+			}
+		case agentproto.MsgPrewarm:
+			var r agentproto.PrewarmRequest
+			if err = agentproto.DecodeJSON(f, &r); err == nil {
+				wg.Add(1)
+				go func() { // may take seconds: keep serving meanwhile
+					defer wg.Done()
+					_ = s.answer(w, r.ID, nil, s.cfg.startPrewarm(&r))
+				}()
 			}
 		case agentproto.MsgCancel:
 			var r agentproto.CancelRequest

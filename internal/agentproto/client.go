@@ -294,6 +294,15 @@ func (c *Client) ReadFile(ctx context.Context, path string, maxBytes int64) ([]b
 	return o.data.Content, nil
 }
 
+// Prewarm starts the guest's prewarmed runtime and waits until it is ready.
+func (c *Client) Prewarm(ctx context.Context, req PrewarmRequest) error {
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	_, err := c.request(ctx, MsgPrewarm, func(id uint32) any { req.ID = id; return req })
+	return err
+}
+
 // Shutdown asks the guest to power off. The channel closes when it does.
 func (c *Client) Shutdown() error {
 	return c.w.WriteJSON(MsgShutdown, nil)

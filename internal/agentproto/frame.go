@@ -42,6 +42,7 @@ const (
 	MsgWriteFiles MsgType = 10 // host -> guest: WriteFilesRequest
 	MsgReadFile   MsgType = 11 // host -> guest: ReadFileRequest
 	MsgFileData   MsgType = 12 // guest -> host: FileData
+	MsgPrewarm    MsgType = 13 // host -> guest: PrewarmRequest; answered with FileData
 )
 
 func (t MsgType) String() string {
@@ -70,6 +71,8 @@ func (t MsgType) String() string {
 		return "read-file"
 	case MsgFileData:
 		return "file-data"
+	case MsgPrewarm:
+		return "prewarm"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

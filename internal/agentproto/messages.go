@@ -70,6 +70,32 @@ type ExecRequest struct {
 	Stdin  []byte `json:"stdin,omitempty"`
 	Files  []File `json:"files,omitempty"`
 	Limits Limits `json:"limits"`
+	// Prewarmed asks to run through the VM's prewarmed runtime (see
+	// PrewarmRequest) if one is running and idle; otherwise, or if it
+	// cannot take Argv, the command runs the ordinary way.
+	Prewarmed bool `json:"prewarmed,omitempty"`
+}
+
+// PrewarmRequest starts a language runtime that waits, loaded, to fork a
+// fresh process for each prewarmed exec. It is answered with an empty
+// FileData once the runtime reports ready.
+type PrewarmRequest struct {
+	ID    uint32   `json:"id"`
+	Argv  []string `json:"argv"`
+	Env   []string `json:"env,omitempty"`
+	Dir   string   `json:"dir"`
+	Files []File   `json:"files,omitempty"`
+	// ReadyMillis bounds the wait for the runtime's ready message.
+	ReadyMillis int64 `json:"ready_ms,omitempty"`
+}
+
+// Validate checks a PrewarmRequest.
+func (r *PrewarmRequest) Validate() error {
+	e := ExecRequest{Argv: r.Argv, Env: r.Env, Dir: r.Dir, Files: r.Files}
+	if r.Dir == "" {
+		return fmt.Errorf("%w: prewarm needs a directory", ErrMalformed)
+	}
+	return e.Validate()
 }
 
 // Maximum sizes of an ExecRequest's parts; the payload bound also applies.
@@ -179,6 +205,8 @@ type ExitResult struct {
 	CPUMillis  int64  `json:"cpu_ms"`
 	// MemoryBytes is the peak memory of the process tree.
 	MemoryBytes int64 `json:"memory_bytes"`
+	// Prewarmed says the program ran as a fork of the prewarmed runtime.
+	Prewarmed bool `json:"prewarmed,omitempty"`
 }
 
 // Wall returns the wall time as a duration.

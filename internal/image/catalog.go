@@ -43,6 +43,32 @@ type Entry struct {
 	// such an entry is listed but never built.
 	Unavailable string `toml:"unavailable" json:"unavailable,omitempty"`
 	Test        Test   `toml:"test" json:"test"`
+	// Prewarm, if set, is a runtime started in the template VM before its
+	// snapshot that forks a fresh process per run (see agentproto's
+	// PrewarmRequest).
+	Prewarm *Prewarm `toml:"prewarm" json:"prewarm,omitempty"`
+}
+
+// Prewarm is a language's prewarmed runtime: a program (File, with Code as
+// its content) started with Run that serves fork requests on fd 3.
+type Prewarm struct {
+	Run  []string `toml:"run" json:"run"`
+	File string   `toml:"file" json:"file"`
+	Code string   `toml:"code" json:"code"`
+}
+
+// PrewarmDir is where a prewarmed runtime's file lives in the guest.
+const PrewarmDir = "/tmp/.runtime"
+
+// RuntimeID identifies the prewarmed runtime (empty if none), for snapshot
+// compatibility: a changed server means a new snapshot.
+func (e *Entry) RuntimeID() string {
+	if e.Prewarm == nil {
+		return ""
+	}
+	b, _ := json.Marshal(e.Prewarm)
+	h := sha256.Sum256(b)
+	return "prewarm-" + hex.EncodeToString(h[:6])
 }
 
 // Test is a program with its expected output, run by `make test-languages`.
@@ -93,6 +119,11 @@ func (e *Entry) Validate() error {
 		}
 		if e.Test.Code == "" {
 			add("test.code is empty: every language needs a test program")
+		}
+		if p := e.Prewarm; p != nil {
+			if len(p.Run) == 0 || p.Code == "" || strings.Contains(p.File, "/") || agentproto.ValidateRelPath(p.File) != nil {
+				add("prewarm needs run, a plain file name and code")
+			}
 		}
 	}
 	for _, v := range e.Env {

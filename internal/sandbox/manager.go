@@ -44,6 +44,9 @@ type Config struct {
 	ImageFormat string `json:"image_format"`
 	// SnapshotCacheBytes bounds the local snapshot cache; default 8 GiB.
 	SnapshotCacheBytes int64 `json:"snapshot_cache_bytes"`
+	// NoPrewarm leaves languages' prewarmed runtimes out of snapshots, so
+	// every run starts its interpreter (for comparison; slower).
+	NoPrewarm bool `json:"no_prewarm"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.

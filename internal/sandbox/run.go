@@ -122,6 +122,7 @@ func (m *Manager) execProgram(ctx context.Context, vm *VM, e *image.Entry, dir s
 	res.Run, err = execBounded(ctx, vm, agentproto.ExecRequest{
 		Argv: append(append([]string{}, e.Run...), args...), Env: e.Env, Dir: dir,
 		Files: files, Stdin: stdin, Limits: merge(runLim, e.Limits),
+		Prewarmed: e.Prewarm != nil, // the agent runs it normally if there is no runtime
 	}, orDiscard(out.Stdout), orDiscard(out.Stderr))
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", e.Name, err)

@@ -108,6 +108,9 @@ func (m *Manager) snapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel
 	if q, ok := d.(*qemu.Driver); ok {
 		spec.Machine = q.Accel()
 	}
+	if e := m.prewarmEntry(img.Language); e != nil {
+		spec.Runtime = e.RuntimeID()
+	}
 	return spec, nil
 }
 
@@ -163,6 +166,17 @@ func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkern
 		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
 	}
 	defer vm.Close()
+	if e := m.prewarmEntry(img.Language); e != nil {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := vm.Agent.Prewarm(pctx, agentproto.PrewarmRequest{
+			Argv: e.Prewarm.Run, Env: e.Env, Dir: image.PrewarmDir,
+			Files: []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
+		})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("create snapshot of %s: start prewarmed runtime: %w", img.Language, err)
+		}
+	}
 	// Close our end first: the guest sees the host leave and waits for
 	// the next one, which is where every restore picks it up.
 	vm.Agent.Close()
@@ -258,4 +272,17 @@ func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir s
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	return vm, nil
+}
+
+// prewarmEntry returns the language's entry if its snapshots hold a
+// prewarmed runtime, else nil.
+func (m *Manager) prewarmEntry(language string) *image.Entry {
+	if m.cfg.NoPrewarm {
+		return nil
+	}
+	e, err := m.catalog.Lookup(language, "")
+	if err != nil || e.Prewarm == nil {
+		return nil
+	}
+	return e
 }

@@ -200,3 +200,41 @@ func TestHibernateResumeKeepsFiles(t *testing.T) {
 		t.Fatalf("exec after resume: %v %+v %q", err, res, out.String())
 	}
 }
+
+// A prewarmed run must look like a fresh `python3 main.py`: its own
+// process, a fresh __main__, nothing left by an earlier run in the same VM.
+func TestPrewarmedRunsAreFresh(t *testing.T) {
+	m := snapshotManager(t)
+	defer noLeftovers(t, m)
+	ctx := context.Background()
+	e, _ := m.catalog.Lookup("python", "")
+	vm, err := m.Acquire(ctx, e, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	run := func(code string, args ...string) (string, *agentproto.ExitResult) {
+		var out, errb bytes.Buffer
+		res, err := m.execProgram(ctx, vm, e, "/tmp/box", []agentproto.File{{Path: e.File, Content: []byte(code)}},
+			args, []byte("line\n"), agentproto.Limits{}, agentproto.Limits{}, Streams{Stdout: &out, Stderr: &errb})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Run.Prewarmed {
+			t.Fatalf("run did not use the prewarmed runtime: %+v", res.Run)
+		}
+		return out.String() + errb.String(), res.Run
+	}
+	out, _ := run("import json, os, sys\nleak = 1\njson.leak = 1\nprint(os.getpid() != os.getppid(), sys.argv, input(), __name__)", "x")
+	if out != "True ['main.py', 'x'] line __main__\n" {
+		t.Fatalf("first run: %q", out)
+	}
+	out, _ = run("import json\nprint('leak' in globals(), hasattr(json, 'leak'))")
+	if out != "False False\n" {
+		t.Fatalf("second run saw the first run's state: %q", out)
+	}
+	out, res := run("raise ValueError('boom')")
+	if res.Code != 1 || !strings.Contains(out, "ValueError: boom") || strings.Contains(out, "forkserver") {
+		t.Fatalf("exception: code %d output %q", res.Code, out)
+	}
+}

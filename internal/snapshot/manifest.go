@@ -25,6 +25,8 @@ type Spec struct {
 	VCPUs         int    `json:"vcpus"`
 	MemoryMiB     int    `json:"memory_mib"`
 	AgentProtocol int    `json:"agent_protocol"`
+	// Runtime names the prewarmed runtime running in the snapshot, if any.
+	Runtime string `json:"runtime,omitempty"`
 }
 
 // Key is the snapshot's name: the language and a digest of the Spec.
@@ -51,6 +53,7 @@ func (s Spec) diff(host Spec) string {
 	add("vcpus", s.VCPUs, host.VCPUs)
 	add("memory MiB", s.MemoryMiB, host.MemoryMiB)
 	add("agent protocol", s.AgentProtocol, host.AgentProtocol)
+	add("runtime", s.Runtime, host.Runtime)
 	return strings.Join(d, ", ")
 }
 

@@ -60,6 +60,7 @@ func TestKeyDependsOnEverySpecField(t *testing.T) {
 		"vcpus":          func(s *Spec) { s.VCPUs = 2 },
 		"machine":        func(s *Spec) { s.Machine = "kvm" },
 		"protocol":       func(s *Spec) { s.AgentProtocol = 2 },
+		"runtime":        func(s *Spec) { s.Runtime = "prewarm-1" },
 	} {
 		s := base
 		mut(&s)
