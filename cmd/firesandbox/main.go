@@ -88,7 +88,7 @@ default /var/lib/firesandbox).`,
 	pf.IntVar(&g.vcpus, "vcpus", 1, "guest vCPUs")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g))
 	return root
 }
 

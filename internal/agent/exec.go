@@ -504,14 +504,14 @@ func (c *Config) readFile(r *agentproto.ReadFileRequest) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: not a regular file", r.Path)
 	}
 	if fi.Size() > r.MaxBytes {
-		return nil, fmt.Errorf("read %s: %d bytes, more than the %d allowed", r.Path, fi.Size(), r.MaxBytes)
+		return nil, fmt.Errorf("read %s: %d bytes, more than the %d allowed: %w", r.Path, fi.Size(), r.MaxBytes, errTooLarge)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, r.MaxBytes+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(b)) > r.MaxBytes {
-		return nil, fmt.Errorf("read %s: grew past the %d allowed", r.Path, r.MaxBytes)
+		return nil, fmt.Errorf("read %s: grew past the %d allowed: %w", r.Path, r.MaxBytes, errTooLarge)
 	}
 	return b, nil
 }

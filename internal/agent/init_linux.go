@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +31,7 @@ const (
 // Kernel command-line keys the host sets for the agent.
 const (
 	ArgChannel = "fs.channel" // "virtio-port:NAME" or "vsock:PORT"
-	ArgRoot    = "fs.root"    // disk serial or /dev path of the image
+	ArgRoot    = "fs.root"    // the image's layers, bottom first: disk serials or /dev paths, comma-separated
 	ArgRootFS  = "fs.rootfs"  // squashfs (default), erofs or ext4
 	ArgUID     = "fs.uid"     // uid (and gid) that commands run as; default 1000
 	ArgModules = "fs.modules" // extra module names to load, comma-separated
@@ -39,7 +40,7 @@ const (
 // GuestConfig is what Init learned from the kernel command line.
 type GuestConfig struct {
 	Channel string
-	Root    string
+	Root    []string
 	RootFS  string
 	UID     int
 	Extra   []string
@@ -54,7 +55,7 @@ func ParseCmdline(cmdline string) (GuestConfig, error) {
 		case ArgChannel:
 			gc.Channel = v
 		case ArgRoot:
-			gc.Root = v
+			gc.Root = strings.Split(v, ",")
 		case ArgRootFS:
 			gc.RootFS = v
 		case ArgUID:
@@ -70,8 +71,11 @@ func ParseCmdline(cmdline string) (GuestConfig, error) {
 	if gc.Channel == "" {
 		return gc, fmt.Errorf("no %s= on the kernel command line", ArgChannel)
 	}
-	if gc.Root == "" {
-		return gc, fmt.Errorf("no %s= on the kernel command line", ArgRoot)
+	if len(gc.Root) == 0 || slices.Contains(gc.Root, "") {
+		return gc, fmt.Errorf("no %s= (or an empty layer in it) on the kernel command line", ArgRoot)
+	}
+	if len(gc.Root) > 16 {
+		return gc, fmt.Errorf("%s= names %d layers, at most 16", ArgRoot, len(gc.Root))
 	}
 	switch gc.RootFS {
 	case "squashfs", "erofs", "ext4":
@@ -107,11 +111,15 @@ func Init(version string, log *slog.Logger) error {
 			return err
 		}
 	}
-	dev, err := findDisk(gc.Root, 10*time.Second)
-	if err != nil {
-		return err
+	var devs []string
+	for _, ref := range gc.Root {
+		dev, err := findDisk(ref, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		devs = append(devs, dev)
 	}
-	if err := mountRoot(dev, gc.RootFS); err != nil {
+	if err := mountRoot(devs, gc.RootFS); err != nil {
 		return err
 	}
 	if err := unix.Sethostname([]byte("sandbox")); err != nil {
@@ -257,11 +265,17 @@ func findDisk(id string, timeout time.Duration) (string, error) {
 	}
 }
 
-// mountRoot stacks a tmpfs upper over the read-only image and prepares the
-// commands' root: a minimal /dev, /proc, /tmp.
-func mountRoot(dev, fstype string) error {
-	if err := mount(dev, lowerDir, fstype, unix.MS_RDONLY, ""); err != nil {
-		return err
+// mountRoot stacks the image's read-only layers (bottom first) under a
+// tmpfs upper and prepares the commands' root: a minimal /dev, /proc, /tmp.
+// Whiteouts and opaque directories in a layer hide what lies below it.
+func mountRoot(devs []string, fstype string) error {
+	lowers := make([]string, len(devs))
+	for i, dev := range devs {
+		dir := fmt.Sprintf("%s/%d", lowerDir, i)
+		if err := mount(dev, dir, fstype, unix.MS_RDONLY, ""); err != nil {
+			return err
+		}
+		lowers[len(devs)-1-i] = dir // overlayfs lists the top layer first
 	}
 	if err := mount("tmpfs", upperDir, "tmpfs", 0, "mode=0755"); err != nil {
 		return err
@@ -271,7 +285,7 @@ func mountRoot(dev, fstype string) error {
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/data,workdir=%s/work", lowerDir, upperDir, upperDir)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/data,workdir=%s/work", strings.Join(lowers, ":"), upperDir, upperDir)
 	if err := mount("overlay", NewRoot, "overlay", 0, opts); err != nil {
 		return err
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
@@ -160,7 +162,7 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 				ID uint32 `json:"id"`
 			}
 			_ = json.Unmarshal(f.Payload, &req)
-			err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID,
+			err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID, Code: agentproto.CodeUnsupported,
 				Message: fmt.Sprintf("unsupported %s request (agent %s)", f.Type, s.cfg.Version)})
 		}
 		if err != nil {
@@ -172,7 +174,7 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 // answer replies to a file request: FileData on success, Error otherwise.
 func (s *Server) answer(w *agentproto.Writer, id uint32, data []byte, err error) error {
 	if err != nil {
-		return w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: err.Error()})
+		return w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: err.Error(), Code: errorCode(err)})
 	}
 	return w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: id, Content: data})
 }
@@ -189,4 +191,18 @@ func (s *Server) exec(ctx context.Context, w *agentproto.Writer, req *agentproto
 	}
 	log.Debug("exec done", "code", res.Code, "status", res.Status, "wall_ms", res.WallMillis)
 	_ = w.WriteJSON(agentproto.MsgExit, res)
+}
+
+// errTooLarge marks file requests over their size bound.
+var errTooLarge = errors.New("too large")
+
+// errorCode classifies an error for the host.
+func errorCode(err error) agentproto.ErrorCode {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return agentproto.CodeNotFound
+	case errors.Is(err, errTooLarge):
+		return agentproto.CodeTooLarge
+	}
+	return ""
 }

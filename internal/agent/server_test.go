@@ -293,10 +293,13 @@ func TestParseCmdline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gc.Channel != "virtio-port:x" || gc.Root != "root" || gc.RootFS != "erofs" || gc.UID != 2000 || len(gc.Extra) != 2 {
+	if gc.Channel != "virtio-port:x" || len(gc.Root) != 1 || gc.Root[0] != "root" || gc.RootFS != "erofs" || gc.UID != 2000 || len(gc.Extra) != 2 {
 		t.Fatalf("parsed %+v", gc)
 	}
-	for _, bad := range []string{"fs.root=r", "fs.channel=x", "fs.channel=x fs.root=r fs.rootfs=zfs", "fs.channel=x fs.root=r fs.uid=0"} {
+	if gc, err := ParseCmdline("fs.channel=x fs.root=layer0,layer1"); err != nil || len(gc.Root) != 2 || gc.Root[1] != "layer1" {
+		t.Fatalf("two layers: %+v %v", gc, err)
+	}
+	for _, bad := range []string{"fs.root=r", "fs.channel=x", "fs.channel=x fs.root=a,,b", "fs.channel=x fs.root=r fs.rootfs=zfs", "fs.channel=x fs.root=r fs.uid=0"} {
 		if _, err := ParseCmdline(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
@@ -314,11 +317,12 @@ func TestWriteAndReadFiles(t *testing.T) {
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("read back %q, %v", got, err)
 	}
-	if _, err := c.ReadFile(ctx, dir+"/a/b.txt", 3); err == nil || !strings.Contains(err.Error(), "more than") {
-		t.Fatalf("read over the limit: %v", err)
+	var ae *agentproto.AgentError
+	if _, err := c.ReadFile(ctx, dir+"/a/b.txt", 3); !errors.As(err, &ae) || ae.Code != agentproto.CodeTooLarge {
+		t.Fatalf("read over the limit: %v, want code too_large", err)
 	}
-	if _, err := c.ReadFile(ctx, dir+"/missing", 100); err == nil {
-		t.Fatal("reading a missing file succeeded")
+	if _, err := c.ReadFile(ctx, dir+"/missing", 100); !errors.As(err, &ae) || ae.Code != agentproto.CodeNotFound {
+		t.Fatalf("reading a missing file: %v, want code not_found", err)
 	}
 	if _, err := c.ReadFile(ctx, dir+"/a", 100); err == nil {
 		t.Fatal("reading a directory succeeded")

@@ -137,7 +137,7 @@ func (c *Client) readLoop() {
 			if err = DecodeJSON(f, &m); err != nil {
 				return
 			}
-			c.finish(m.ID, execOutcome{err: &AgentError{Message: m.Message}})
+			c.finish(m.ID, execOutcome{err: &AgentError{Message: m.Message, Code: m.Code}})
 		default:
 			err = fmt.Errorf("%w: unexpected %s frame from guest", ErrMalformed, f.Type)
 			return
@@ -156,7 +156,10 @@ func (c *Client) finish(id uint32, o execOutcome) {
 }
 
 // AgentError is an error the agent reported instead of a result.
-type AgentError struct{ Message string }
+type AgentError struct {
+	Message string
+	Code    ErrorCode
+}
 
 func (e *AgentError) Error() string { return "agent: " + e.Message }
 

@@ -217,7 +217,19 @@ func (r *ExitResult) Wall() time.Duration { return time.Duration(r.WallMillis) *
 type ErrorMsg struct {
 	ID      uint32 `json:"id,omitempty"`
 	Message string `json:"message"`
+	// Code classifies the error for programs; empty when unclassified.
+	Code ErrorCode `json:"code,omitempty"`
 }
+
+// ErrorCode classifies an agent error.
+type ErrorCode string
+
+// Error codes.
+const (
+	CodeNotFound    ErrorCode = "not_found"   // no such file or directory
+	CodeTooLarge    ErrorCode = "too_large"   // over a size bound
+	CodeUnsupported ErrorCode = "unsupported" // a request type the agent predates
+)
 
 // CancelRequest asks the agent to kill a running exec; it still answers
 // with an Exit.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +36,8 @@ type BuildOptions struct {
 	Progress io.Writer
 }
 
-// Build builds the image for e unless it exists, and returns it.
+// Build builds the image for e unless it exists, and returns it: the
+// shared base layer (once) and the language's layer on top of it.
 func (s *Store) Build(ctx context.Context, e *Entry, o BuildOptions) (*Image, error) {
 	if e.Unavailable != "" {
 		return nil, fmt.Errorf("build %s: not available: %s", e.Name, e.Unavailable)
@@ -52,9 +51,8 @@ func (s *Store) Build(ctx context.Context, e *Entry, o BuildOptions) (*Image, er
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	id := e.ID(o.Base, o.Format)
-	if im, err := s.Get(id); err == nil {
-		fmt.Fprintf(o.Progress, "image %s: already built\n", id)
+	if im, err := s.Get(e.ID(o.Base, o.Format)); err == nil {
+		fmt.Fprintf(o.Progress, "image %s: already built\n", im.ID)
 		return im, nil
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
@@ -65,69 +63,8 @@ func (s *Store) Build(ctx context.Context, e *Entry, o BuildOptions) (*Image, er
 		return nil, err
 	}
 	defer unlock()
-	if im, err := s.Get(id); err == nil { // built while we waited
-		return im, nil
-	}
 	s.sweep()
-
-	start := time.Now()
-	tmp, err := os.MkdirTemp(s.Dir, ".build-"+id+"-")
-	if err != nil {
-		return nil, err
-	}
-	defer removeTree(tmp)
-	rootfs := filepath.Join(tmp, "rootfs")
-	step := func(f string, a ...any) {
-		fmt.Fprintf(o.Progress, "[%5.1fs] %s: %s\n", time.Since(start).Seconds(), e.Name, fmt.Sprintf(f, a...))
-	}
-
-	step("debootstrap %s %s with %s", o.Base.Suite, o.Base.Variant, strings.Join(e.Packages, " "))
-	pkgs := append(append([]string{}, o.Base.Extra...), e.Packages...)
-	args := []string{"--variant=" + o.Base.Variant, "--include=" + strings.Join(pkgs, ","), o.Base.Suite, rootfs, o.Base.Mirror}
-	if err := runTool(ctx, o.Progress, "debootstrap", args...); err != nil {
-		return nil, fmt.Errorf("build %s: %w", e.Name, err)
-	}
-	step("configure")
-	if err := customize(rootfs); err != nil {
-		return nil, fmt.Errorf("build %s: %w", e.Name, err)
-	}
-	unpacked, err := treeSize(rootfs)
-	if err != nil {
-		return nil, err
-	}
-	step("pack %s (%d MiB unpacked)", o.Format, unpacked>>20)
-	file := "rootfs." + o.Format
-	if err := Pack(ctx, o.Format, rootfs, filepath.Join(tmp, file), o.Progress); err != nil {
-		return nil, fmt.Errorf("build %s: %w", e.Name, err)
-	}
-	if err := removeTree(rootfs); err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(filepath.Join(tmp, file))
-	if err != nil {
-		return nil, err
-	}
-	sum, err := fileSHA256(filepath.Join(tmp, file))
-	if err != nil {
-		return nil, err
-	}
-	m := Manifest{
-		ID: id, Language: e.Name, Version: e.Version, Format: o.Format, File: file,
-		Base: o.Base, Packages: e.Packages, PackedBytes: fi.Size(), UnpackedBytes: unpacked,
-		BuildSeconds: time.Since(start).Seconds(), Created: time.Now().UTC(), SHA256: sum,
-	}
-	mb, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, "manifest.json"), mb, 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, filepath.Join(s.Dir, id)); err != nil {
-		return nil, err
-	}
-	step("done: %s, %d MiB packed (%d MiB unpacked)", id, fi.Size()>>20, unpacked>>20)
-	return s.Get(id)
+	return s.buildLayered(ctx, e, o)
 }
 
 // Pack packs a directory tree into a read-only filesystem image.
@@ -168,6 +105,16 @@ func runTool(ctx context.Context, progress io.Writer, name string, args ...strin
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return runCmd(ctx, progress, cmd)
+}
+
+// runCmd runs a prepared command, forwarding its output line by line and
+// keeping the tail for the error.
+func runCmd(ctx context.Context, progress io.Writer, cmd *exec.Cmd) error {
+	name := filepath.Base(cmd.Path)
+	if len(cmd.Args) > 0 {
+		name = cmd.Args[0]
+	}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {

@@ -234,10 +234,6 @@ func (c *Catalog) Names() []string {
 	return n
 }
 
-// BuilderVersion changes whenever the image builder's output would change
-// for the same inputs, so old images get new ids.
-const BuilderVersion = "1"
-
 // Base describes what every image starts from.
 type Base struct {
 	Suite   string   `json:"suite"`
@@ -249,16 +245,10 @@ type Base struct {
 // DefaultBase is Debian bookworm minbase.
 var DefaultBase = Base{Suite: "bookworm", Variant: "minbase", Mirror: "http://deb.debian.org/debian"}
 
-// ID is the content address of the image built from e on base: a digest of
-// every input that changes the result.
+// ID is the content address of e's image on base: its layer's id, which
+// covers the base layer's id, the builder version, the format and the
+// packages. The mirror is not part of it: where packages come from does
+// not change what they are.
 func (e *Entry) ID(base Base, format string) string {
-	in := struct {
-		Builder  string   `json:"builder"`
-		Base     Base     `json:"base"`
-		Format   string   `json:"format"`
-		Packages []string `json:"packages"`
-	}{BuilderVersion, base, format, e.Packages}
-	b, _ := json.Marshal(in)
-	h := sha256.Sum256(b)
-	return e.Name + "-" + hex.EncodeToString(h[:8])
+	return e.LayerID(baseID(base, format), format)
 }

@@ -27,6 +27,8 @@ type Manifest struct {
 	BuildSeconds  float64   `json:"build_seconds"`
 	Created       time.Time `json:"created"`
 	SHA256        string    `json:"sha256"`
+	// Parent is the layer this one sits on ("" for a bottom layer).
+	Parent string `json:"parent,omitempty"`
 }
 
 // Image is a built image on disk.

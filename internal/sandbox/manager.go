@@ -199,20 +199,33 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id string) vmm.Config {
+// vmConfig describes a VM of img: one read-only disk per image layer,
+// bottom first, which the agent stacks with overlayfs.
+func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id string) (vmm.Config, error) {
+	layers, err := m.images.Layers(img)
+	if err != nil {
+		return vmm.Config{}, err
+	}
+	var disks []vmm.Disk
+	var refs []string
+	for i, l := range layers {
+		did := fmt.Sprintf("layer%d", i)
+		disks = append(disks, vmm.Disk{ID: did, Path: l.Path(), ReadOnly: true})
+		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
+	}
 	return vmm.Config{
 		ID:        id,
 		Kernel:    k.Vmlinux,
 		Initrd:    k.Initramfs,
 		VCPUs:     shape.VCPUs,
 		MemoryMiB: shape.MemoryMiB,
-		Disks:     []vmm.Disk{{ID: "root", Path: img.Path(), ReadOnly: true}},
+		Disks:     disks,
 		Cmdline: []string{
-			"fs.root=" + vmm.GuestDiskRef(d.Capabilities(), 0, "root"),
+			"fs.root=" + strings.Join(refs, ","),
 			"fs.rootfs=" + img.Format,
 		},
 		RunDir: filepath.Join(m.cfg.RunDir, id),
-	}
+	}, nil
 }
 
 func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, timeout time.Duration) (*VM, error) {
@@ -222,7 +235,11 @@ func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel,
 	if err != nil {
 		return nil, err
 	}
-	cfg := m.vmConfig(d, k, img, shape, id)
+	cfg, err := m.vmConfig(d, k, img, shape, id)
+	if err != nil {
+		os.Remove(owner)
+		return nil, err
+	}
 	log := m.log.With("vm", id, "image", img.ID)
 	mach, err := d.Boot(ctx, cfg)
 	if err != nil {

@@ -201,7 +201,11 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 	if err != nil {
 		return nil, err
 	}
-	cfg := m.vmConfig(d, k, img, shape, id)
+	cfg, err := m.vmConfig(d, k, img, shape, id)
+	if err != nil {
+		os.Remove(owner)
+		return nil, err
+	}
 	mach, err := d.Restore(ctx, snapDir, cfg)
 	if err != nil {
 		os.Remove(owner)

@@ -463,11 +463,13 @@ func TestConformanceWithFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
-	if _, err := os.Stat("/tmp/marker"); err == nil {
-		t.Skip("/tmp/marker exists; the suite's marker file would clash")
+	for _, m := range []string{"/tmp/marker", "/tmp/marker2"} {
+		if _, err := os.Stat(m); err == nil {
+			t.Skipf("%s exists; the suite's marker files would clash", m)
+		}
+		t.Cleanup(func() { os.Remove(m) })
 	}
-	t.Cleanup(func() { os.Remove("/tmp/marker") })
 	vmmtest.Run(t, fakeDriver(t, Config{}), vmmtest.Fixtures{
-		Kernel: fx.Kernel, Initrd: fx.Initrd, RootImage: fx.Disks[0].Path, RootFS: "squashfs", RunBase: base,
+		Kernel: fx.Kernel, Initrd: fx.Initrd, Layers: []string{fx.Disks[0].Path}, RootFS: "squashfs", RunBase: base,
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/testutil"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
@@ -26,8 +28,9 @@ import (
 // Fixtures are the files a conformance run boots.
 type Fixtures struct {
 	Kernel, Initrd string
-	RootImage      string
-	RootFS         string // squashfs, erofs or ext4
+	// Layers are the image's read-only layers, bottom first.
+	Layers []string
+	RootFS string // squashfs, erofs or ext4
 	// RunBase is where per-VM run directories go.
 	RunBase string
 }
@@ -36,6 +39,14 @@ type Fixtures struct {
 // (see testutil.RequireVMs), skipping or failing the test as that does.
 func FixturesFromEnv(t *testing.T) Fixtures {
 	fx := testutil.RequireVMs(t)
+	layers, err := image.NewStore(fx.DataDir).Layers(fx.Python)
+	if err != nil {
+		t.Fatalf("VM tests: %v", err)
+	}
+	var paths []string
+	for _, l := range layers {
+		paths = append(paths, l.Path())
+	}
 	base, err := os.MkdirTemp("/tmp", "vmt-")
 	if err != nil {
 		t.Fatal(err)
@@ -43,16 +54,23 @@ func FixturesFromEnv(t *testing.T) Fixtures {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	return Fixtures{
 		Kernel: fx.Kernel.Vmlinux, Initrd: fx.Kernel.Initramfs,
-		RootImage: fx.Python.Path(), RootFS: fx.Python.Format, RunBase: base,
+		Layers: paths, RootFS: fx.Python.Format, RunBase: base,
 	}
 }
 
 func config(d vmm.Driver, fx Fixtures, id string) vmm.Config {
+	var disks []vmm.Disk
+	var refs []string
+	for i, p := range fx.Layers {
+		did := fmt.Sprintf("layer%d", i)
+		disks = append(disks, vmm.Disk{ID: did, Path: p, ReadOnly: true})
+		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
+	}
 	return vmm.Config{
 		ID: id, Kernel: fx.Kernel, Initrd: fx.Initrd, VCPUs: 1, MemoryMiB: 256,
-		Disks: []vmm.Disk{{ID: "root", Path: fx.RootImage, ReadOnly: true}},
+		Disks: disks,
 		Cmdline: []string{
-			"fs.root=" + vmm.GuestDiskRef(d.Capabilities(), 0, "root"),
+			"fs.root=" + strings.Join(refs, ","),
 			"fs.rootfs=" + fx.RootFS,
 		},
 		RunDir: filepath.Join(fx.RunBase, id),

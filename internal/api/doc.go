@@ -1,0 +1,39 @@
+// Package api is firesandbox's HTTP API: the native JSON API under /v1,
+// Piston v2 compatibility under /api/v2, /healthz and /metrics. This is
+// the only place errors become HTTP status codes (see statusOf).
+//
+// A Server owns what `firesandbox serve` runs besides the Manager: the
+// state database, the long-lived sandboxes, the VM limiter and the warm
+// pools it starts.
+//
+//	mgr, _ := sandbox.New(sandbox.Config{})
+//	srv, _ := api.Open(api.Config{Listen: "127.0.0.1:7070"}, mgr)
+//	ln, _ := net.Listen("tcp", "127.0.0.1:7070")
+//	go srv.Serve(ln)
+//	...
+//	srv.Shutdown(ctx) // stop accepting, finish or cancel runs, hibernate
+//	                  // sandboxes, stop pools, close the database
+//
+// Endpoints:
+//
+//	GET    /healthz                          {"status":"ok"}
+//	GET    /metrics                          Prometheus text format
+//	GET    /v1/languages                     the catalog
+//	POST   /v1/run                           one-shot run, JSON result
+//	POST   /v1/run/stream                    same, output as NDJSON (or SSE)
+//	POST   /v1/sandboxes                     create a long-lived sandbox
+//	GET    /v1/sandboxes                     list
+//	GET    /v1/sandboxes/{id}                one
+//	DELETE /v1/sandboxes/{id}                delete (stops its VM, removes its files)
+//	POST   /v1/sandboxes/{id}/exec           run a command (resumes a hibernated one)
+//	POST   /v1/sandboxes/{id}/exec/stream    same, streamed
+//	POST   /v1/sandboxes/{id}/files          upload files (JSON, relative paths)
+//	GET    /v1/sandboxes/{id}/files?path=P   download one file (raw bytes)
+//	POST   /v1/sandboxes/{id}/hibernate      snapshot memory+disk to storage, stop the VM
+//	POST   /v1/sandboxes/{id}/resume         restore it
+//	GET    /api/v2/runtimes                  Piston: installed runtimes
+//	POST   /api/v2/execute                   Piston: run, Piston's result shape
+//
+// When an API key is configured every endpoint but /healthz needs it, as
+// "Authorization: Bearer KEY" or "X-API-Key: KEY".
+package api
