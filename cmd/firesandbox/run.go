@@ -23,6 +23,7 @@ type runFlags struct {
 	procs     int64
 	jsonOut   bool
 	cold      bool
+	mounts    []string
 }
 
 func newRunCmd(g *globalFlags) *cobra.Command {
@@ -58,6 +59,7 @@ was killed at its time limit; 125 if firesandbox itself failed.`,
 	fl.Int64Var(&f.outLimit, "output-limit", 0, "bytes each of stdout and stderr may carry (default 1 MiB)")
 	fl.Int64Var(&f.memMiB, "memory-limit", 0, "memory limit for the program in MiB (default 256)")
 	fl.Int64Var(&f.procs, "procs", 0, "limit on processes and threads alive at once (default 64)")
+	fl.StringArrayVar(&f.mounts, "mount", nil, "show a host directory read-only in the guest, as it is at start: /host/dir:/guest/dir (repeatable; boots cold)")
 	fl.BoolVar(&f.cold, "cold", false, "boot a fresh VM instead of restoring the language's snapshot")
 	fl.BoolVar(&f.jsonOut, "json", false, "print the result (status, exit code, timings) as JSON on stderr at the end")
 	return cmd
@@ -138,11 +140,20 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		return usagef("limits must not be negative")
 	}
 
+	var mounts []sandbox.Mount
+	for _, s := range f.mounts {
+		mt, err := sandbox.ParseMount(s)
+		if err != nil {
+			return usageError{err}
+		}
+		mounts = append(mounts, mt)
+	}
 	mgr, err := g.manager()
 	if err != nil {
 		return err
 	}
 	req := sandbox.RunRequest{
+		Mounts:   mounts,
 		Language: lang,
 		Files:    []agentproto.File{{Path: name, Content: src}},
 		Stdin:    stdin,

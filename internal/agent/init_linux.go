@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -33,6 +34,8 @@ const (
 	ArgChannel = "fs.channel" // "virtio-port:NAME" or "vsock:PORT"
 	ArgRoot    = "fs.root"    // the image's layers, bottom first: disk serials or /dev paths, comma-separated
 	ArgRootFS  = "fs.rootfs"  // squashfs (default), erofs or ext4
+	ArgUpper   = "fs.upper"   // disk (serial or /dev path) holding an ext4 writable layer; default tmpfs
+	ArgMounts  = "fs.mounts"  // read-only SquashFS volumes: DISK@/guest/path,... (host directories)
 	ArgUID     = "fs.uid"     // uid (and gid) that commands run as; default 1000
 	ArgModules = "fs.modules" // extra module names to load, comma-separated
 )
@@ -42,9 +45,15 @@ type GuestConfig struct {
 	Channel string
 	Root    []string
 	RootFS  string
+	Upper   string
+	Mounts  []GuestMount
 	UID     int
 	Extra   []string
 }
+
+// GuestMount is a read-only volume (a packed host directory) and where it
+// appears in the commands' root.
+type GuestMount struct{ Disk, Dir string }
 
 // ParseCmdline reads the agent's settings from a kernel command line.
 func ParseCmdline(cmdline string) (GuestConfig, error) {
@@ -58,6 +67,16 @@ func ParseCmdline(cmdline string) (GuestConfig, error) {
 			gc.Root = strings.Split(v, ",")
 		case ArgRootFS:
 			gc.RootFS = v
+		case ArgUpper:
+			gc.Upper = v
+		case ArgMounts:
+			for _, m := range strings.Split(v, ",") {
+				disk, dir, ok := strings.Cut(m, "@")
+				if !ok || disk == "" || !path.IsAbs(dir) || path.Clean(dir) != dir || dir == "/" {
+					return gc, fmt.Errorf("%s: %q: want DISK@/absolute/clean/path", ArgMounts, m)
+				}
+				gc.Mounts = append(gc.Mounts, GuestMount{Disk: disk, Dir: dir})
+			}
 		case ArgUID:
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
@@ -119,8 +138,23 @@ func Init(version string, log *slog.Logger) error {
 		}
 		devs = append(devs, dev)
 	}
-	if err := mountRoot(devs, gc.RootFS); err != nil {
+	upper := ""
+	if gc.Upper != "" {
+		if upper, err = findDisk(gc.Upper, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := mountRoot(devs, gc.RootFS, upper); err != nil {
 		return err
+	}
+	for _, gm := range gc.Mounts {
+		dev, err := findDisk(gm.Disk, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		if err := mount(dev, NewRoot+gm.Dir, "squashfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			return err
+		}
 	}
 	if err := unix.Sethostname([]byte("sandbox")); err != nil {
 		log.Warn("set hostname", "err", err)
@@ -266,9 +300,11 @@ func findDisk(id string, timeout time.Duration) (string, error) {
 }
 
 // mountRoot stacks the image's read-only layers (bottom first) under a
-// tmpfs upper and prepares the commands' root: a minimal /dev, /proc, /tmp.
-// Whiteouts and opaque directories in a layer hide what lies below it.
-func mountRoot(devs []string, fstype string) error {
+// writable upper (tmpfs, or the ext4 disk upperDev mounted with discard so
+// what the guest deletes is freed on the host) and prepares the commands'
+// root: a minimal /dev, /proc, /tmp. Whiteouts and opaque directories in a
+// layer hide what lies below it.
+func mountRoot(devs []string, fstype, upperDev string) error {
 	lowers := make([]string, len(devs))
 	for i, dev := range devs {
 		dir := fmt.Sprintf("%s/%d", lowerDir, i)
@@ -277,7 +313,11 @@ func mountRoot(devs []string, fstype string) error {
 		}
 		lowers[len(devs)-1-i] = dir // overlayfs lists the top layer first
 	}
-	if err := mount("tmpfs", upperDir, "tmpfs", 0, "mode=0755"); err != nil {
+	if upperDev != "" {
+		if err := mount(upperDev, upperDir, "ext4", unix.MS_NOATIME, "discard"); err != nil {
+			return err
+		}
+	} else if err := mount("tmpfs", upperDir, "tmpfs", 0, "mode=0755"); err != nil {
 		return err
 	}
 	for _, d := range []string{upperDir + "/data", upperDir + "/work"} {

@@ -299,7 +299,11 @@ func TestParseCmdline(t *testing.T) {
 	if gc, err := ParseCmdline("fs.channel=x fs.root=layer0,layer1"); err != nil || len(gc.Root) != 2 || gc.Root[1] != "layer1" {
 		t.Fatalf("two layers: %+v %v", gc, err)
 	}
-	for _, bad := range []string{"fs.root=r", "fs.channel=x", "fs.channel=x fs.root=a,,b", "fs.channel=x fs.root=r fs.rootfs=zfs", "fs.channel=x fs.root=r fs.uid=0"} {
+	if gc, err := ParseCmdline("fs.channel=x fs.root=r fs.mounts=m0@/data,m1@/opt/x"); err != nil || len(gc.Mounts) != 2 || gc.Mounts[1] != (GuestMount{"m1", "/opt/x"}) {
+		t.Fatalf("mounts: %+v %v", gc.Mounts, err)
+	}
+	for _, bad := range []string{"fs.root=r", "fs.channel=x", "fs.channel=x fs.root=a,,b",
+		"fs.channel=x fs.root=r fs.mounts=m0@data", "fs.channel=x fs.root=r fs.mounts=m0@/a/../b", "fs.channel=x fs.root=r fs.mounts=m0@/", "fs.channel=x fs.root=r fs.rootfs=zfs", "fs.channel=x fs.root=r fs.uid=0"} {
 		if _, err := ParseCmdline(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -162,6 +163,8 @@ type VM struct {
 	Restored bool
 	Shape    Shape
 	owner    string
+	disk     string   // writable layer disk, removed with the VM
+	volumes  []string // packed mounts, removed with the VM
 }
 
 // Close stops the VM and frees everything it held.
@@ -172,6 +175,12 @@ func (v *VM) Close() error {
 	err := v.Machine.Stop(context.Background())
 	if v.owner != "" {
 		os.Remove(v.owner)
+	}
+	if v.disk != "" {
+		os.Remove(v.disk)
+	}
+	for _, vol := range v.volumes {
+		os.Remove(vol)
 	}
 	return err
 }
@@ -201,7 +210,7 @@ func newID(prefix string) string {
 
 // vmConfig describes a VM of img: one read-only disk per image layer,
 // bottom first, which the agent stacks with overlayfs.
-func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id string) (vmm.Config, error) {
+func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id, disk string, mounts []Mount, volumes []string) (vmm.Config, error) {
 	layers, err := m.images.Layers(img)
 	if err != nil {
 		return vmm.Config{}, err
@@ -213,6 +222,20 @@ func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image
 		disks = append(disks, vmm.Disk{ID: did, Path: l.Path(), ReadOnly: true})
 		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
 	}
+	cmdline := []string{"fs.root=" + strings.Join(refs, ","), "fs.rootfs=" + img.Format}
+	if disk != "" {
+		disks = append(disks, vmm.Disk{ID: "upper", Path: disk})
+		cmdline = append(cmdline, "fs.upper="+vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, "upper"))
+	}
+	var vols []string
+	for i, v := range volumes {
+		did := fmt.Sprintf("mount%d", i)
+		disks = append(disks, vmm.Disk{ID: did, Path: v, ReadOnly: true})
+		vols = append(vols, vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, did)+"@"+mounts[i].GuestDir)
+	}
+	if len(vols) > 0 {
+		cmdline = append(cmdline, "fs.mounts="+strings.Join(vols, ","))
+	}
 	return vmm.Config{
 		ID:        id,
 		Kernel:    k.Vmlinux,
@@ -220,33 +243,86 @@ func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image
 		VCPUs:     shape.VCPUs,
 		MemoryMiB: shape.MemoryMiB,
 		Disks:     disks,
-		Cmdline: []string{
-			"fs.root=" + strings.Join(refs, ","),
-			"fs.rootfs=" + img.Format,
-		},
-		RunDir: filepath.Join(m.cfg.RunDir, id),
+		Cmdline:   cmdline,
+		RunDir:    filepath.Join(m.cfg.RunDir, id),
 	}, nil
 }
 
-func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, timeout time.Duration) (*VM, error) {
+// diskPath is where VM id's writable disk lives: in the data directory,
+// so hibernation moves it with a rename.
+func (m *Manager) diskPath(id string) string {
+	return filepath.Join(m.cfg.DataDir, "disks", id+".ext4")
+}
+
+// newDisk makes a sparse ext4 file system of mib MiB for a writable layer.
+// Only metadata takes space until the guest writes.
+func (m *Manager) newDisk(ctx context.Context, id string, mib int) (string, error) {
+	p := m.diskPath(id)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(int64(mib) << 20)
+	f.Close()
+	if err == nil {
+		var out []byte
+		out, err = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", p).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("mkfs.ext4: %v: %s", err, out)
+		}
+	}
+	if err != nil {
+		os.Remove(p)
+		return "", fmt.Errorf("create writable disk: %w", err)
+	}
+	return p, nil
+}
+
+func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, timeout time.Duration, mounts ...Mount) (*VM, error) {
 	start := time.Now()
 	id := newID("vm-")
 	owner, err := m.claim(id)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := m.vmConfig(d, k, img, shape, id)
+	disk := ""
+	if shape.DiskMiB > 0 {
+		if disk, err = m.newDisk(ctx, id, shape.DiskMiB); err != nil {
+			os.Remove(owner)
+			return nil, err
+		}
+	}
+	volumes, err := m.packMounts(ctx, id, mounts)
 	if err != nil {
 		os.Remove(owner)
+		os.Remove(disk)
+		return nil, err
+	}
+	cfg, err := m.vmConfig(d, k, img, shape, id, disk, mounts, volumes)
+	if err != nil {
+		os.Remove(owner)
+		os.Remove(disk)
+		for _, v := range volumes {
+			os.Remove(v)
+		}
 		return nil, err
 	}
 	log := m.log.With("vm", id, "image", img.ID)
 	mach, err := d.Boot(ctx, cfg)
 	if err != nil {
 		os.Remove(owner)
+		if disk != "" {
+			os.Remove(disk)
+		}
+		for _, v := range volumes {
+			os.Remove(v)
+		}
 		return nil, fmt.Errorf("boot %s: %w", img.Language, err)
 	}
-	vm := &VM{Machine: mach, owner: owner, Shape: shape}
+	vm := &VM{Machine: mach, owner: owner, Shape: shape, disk: disk, volumes: volumes}
 	if err := m.connect(ctx, vm, timeout); err != nil {
 		vm.Close()
 		return nil, err

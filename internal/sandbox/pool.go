@@ -81,11 +81,11 @@ func (m *Manager) Close() error {
 
 // take returns a VM for one run: from the pool when one waits, else a
 // fresh restore (or boot).
-func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool) (*VM, bool, error) {
-	if p := m.Pool(e.Name); p != nil && !cold {
+func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool, mounts []Mount) (*VM, bool, error) {
+	if p := m.Pool(e.Name); p != nil && !cold && len(mounts) == 0 {
 		return p.Get(ctx)
 	}
-	vm, err := m.Acquire(ctx, e, cold)
+	vm, err := m.acquire(ctx, e, cold, Shape{}, mounts)
 	return vm, false, err
 }
 

@@ -24,6 +24,8 @@ type RunRequest struct {
 	CompileLimits, RunLimits agentproto.Limits
 	// Cold boots a fresh VM instead of restoring the language's snapshot.
 	Cold bool
+	// Mounts show host directories read-only in the guest (cold boot).
+	Mounts []Mount
 }
 
 // RunResult is how a run ended. Compile is nil for interpreted languages;
@@ -86,7 +88,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 		files[0].Path = e.File
 	}
 
-	vm, pooled, err := m.take(ctx, e, req.Cold)
+	vm, pooled, err := m.take(ctx, e, req.Cold, req.Mounts)
 	if err != nil {
 		return nil, err
 	}

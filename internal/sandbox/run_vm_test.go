@@ -198,3 +198,29 @@ func mustImage(t *testing.T, m *Manager) *image.Image {
 	}
 	return im
 }
+
+func TestRunWithMount(t *testing.T) {
+	m, _ := newTestManager(t)
+	defer noLeftovers(t, m)
+	host := t.TempDir()
+	os.MkdirAll(filepath.Join(host, "sub"), 0o755)
+	os.WriteFile(filepath.Join(host, "sub", "data.txt"), []byte("from the host\n"), 0o600)
+	var out, errb bytes.Buffer
+	code := "print(open('/data/sub/data.txt').read(), end='')\ntry:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print('read-only', e.errno)"
+	res, err := m.Run(context.Background(), RunRequest{Language: "python", Files: []agentproto.File{{Content: []byte(code)}},
+		Mounts: []Mount{{HostDir: host, GuestDir: "/data"}}}, Streams{Stdout: &out, Stderr: &errb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "from the host\nread-only 30\n" || res.Run.Code != 0 {
+		t.Fatalf("stdout %q stderr %q result %+v", out.String(), errb.String(), res.Run)
+	}
+	if vols, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, "disks", "*.squashfs")); len(vols) != 0 {
+		t.Fatalf("packed volumes left behind: %v", vols)
+	}
+	for _, bad := range []string{"/nonexistent:/data", host + ":relative", host + ":/proc/x", host + ":/a,b", host} {
+		if _, err := ParseMount(bad); err == nil {
+			t.Errorf("mount %q accepted", bad)
+		}
+	}
+}

@@ -171,8 +171,8 @@ func (s *Sandboxes) boxFor(id string) (*box, error) {
 type CreateRequest struct {
 	Language, Version string
 	Shape             Shape
-	// DiskMiB is recorded; the writable layer lives in guest memory, so
-	// it is bounded by the memory size today.
+	// DiskMiB, if set, puts the writable layer on a sparse ext4 disk of
+	// that size instead of guest memory (see Shape.DiskMiB).
 	DiskMiB int
 	// IdleTimeout overrides the default idle time before hibernation.
 	IdleTimeout time.Duration
@@ -202,6 +202,10 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		idle = s.cfg.IdleTimeout
 	}
 	shape := s.mgr.shape(req.Shape)
+	shape.DiskMiB = req.DiskMiB
+	if err := shape.Validate(); err != nil {
+		return state.Sandbox{}, err
+	}
 	sb := state.Sandbox{
 		ID: newSandboxID(), Language: e.Name, Version: e.Version, VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB,
 		DiskMiB: req.DiskMiB, IdleTimeout: idle, State: state.Creating,
@@ -530,7 +534,7 @@ func (s *Sandboxes) Resume(ctx context.Context, id string) (state.Sandbox, error
 		return sb, err
 	}
 	start := time.Now()
-	vm, err := s.mgr.Resume(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB}, sb.SnapshotDir)
+	vm, err := s.mgr.Resume(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB}, sb.SnapshotDir)
 	if err != nil {
 		release()
 		// The snapshot is untouched: the sandbox stays resumable.

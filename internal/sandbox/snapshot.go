@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
@@ -28,12 +29,20 @@ func (m *Manager) Snapshots() *snapshot.Store { return m.snapshots }
 type Shape struct {
 	VCPUs     int `json:"vcpus"`
 	MemoryMiB int `json:"memory_mib"`
+	// DiskMiB, if set, gives the VM a writable layer on a sparse ext4
+	// disk of that size (mounted with discard, so space freed in the
+	// guest is freed on the host) instead of tmpfs in guest memory. Such
+	// VMs boot cold: the language snapshots have a tmpfs layer.
+	DiskMiB int `json:"disk_mib,omitempty"`
 }
 
 // Validate checks a requested shape.
 func (s Shape) Validate() error {
 	if s.VCPUs < 0 || s.VCPUs > 32 || s.MemoryMiB < 0 || (s.MemoryMiB != 0 && (s.MemoryMiB < 128 || s.MemoryMiB > 64<<10)) {
 		return fmt.Errorf("%w: %d vCPUs and %d MiB: want 1-32 vCPUs and 128-65536 MiB", ErrBadRequest, s.VCPUs, s.MemoryMiB)
+	}
+	if s.DiskMiB < 0 || (s.DiskMiB != 0 && (s.DiskMiB < 64 || s.DiskMiB > 64<<10)) {
+		return fmt.Errorf("%w: disk %d MiB: want 0 (memory) or 64-65536 MiB", ErrBadRequest, s.DiskMiB)
 	}
 	return nil
 }
@@ -58,6 +67,12 @@ func (m *Manager) Acquire(ctx context.Context, e *image.Entry, cold bool) (*VM, 
 // AcquireShape is Acquire for a VM of a given shape; each shape has its
 // own snapshot.
 func (m *Manager) AcquireShape(ctx context.Context, e *image.Entry, cold bool, shape Shape) (*VM, error) {
+	return m.acquire(ctx, e, cold, shape, nil)
+}
+
+// acquire is AcquireShape with host directories mounted; mounts add disks,
+// which a snapshot's machine does not have, so they mean a cold boot.
+func (m *Manager) acquire(ctx context.Context, e *image.Entry, cold bool, shape Shape, mounts []Mount) (*VM, error) {
 	if err := shape.Validate(); err != nil {
 		return nil, err
 	}
@@ -74,8 +89,8 @@ func (m *Manager) AcquireShape(ctx context.Context, e *image.Entry, cold bool, s
 	if err != nil {
 		return nil, err
 	}
-	if cold || !d.Capabilities().Snapshot {
-		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
+	if cold || shape.DiskMiB > 0 || len(mounts) > 0 || !d.Capabilities().Snapshot {
+		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout, mounts...)
 	}
 	snap, err := m.snapshotFor(ctx, d, k, img, shape)
 	if err != nil {
@@ -201,7 +216,18 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := m.vmConfig(d, k, img, shape, id)
+	disk := ""
+	if shape.DiskMiB > 0 {
+		disk = m.diskPath(id)
+		if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(filepath.Join(snapDir, hibernatedDisk), disk); err != nil {
+			os.Remove(owner)
+			return nil, fmt.Errorf("restore: writable disk: %w", err)
+		}
+	}
+	cfg, err := m.vmConfig(d, k, img, shape, id, disk, nil, nil)
 	if err != nil {
 		os.Remove(owner)
 		return nil, err
@@ -209,9 +235,12 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 	mach, err := d.Restore(ctx, snapDir, cfg)
 	if err != nil {
 		os.Remove(owner)
+		if disk != "" { // give the disk back: the hibernated sandbox still needs it
+			_ = os.Rename(disk, filepath.Join(snapDir, hibernatedDisk))
+		}
 		return nil, err
 	}
-	vm := &VM{Machine: mach, owner: owner, Restored: true, Shape: shape}
+	vm := &VM{Machine: mach, owner: owner, Restored: true, Shape: shape, disk: disk}
 	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
 		vm.Close()
 		return nil, err
@@ -249,8 +278,18 @@ func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 		}
 		return fmt.Errorf("hibernate: %w", err)
 	}
-	return vm.Close()
+	stopErr := vm.Machine.Stop(context.WithoutCancel(ctx))
+	if vm.disk != "" { // the writable layer goes with the memory
+		if err := os.Rename(vm.disk, filepath.Join(dir, hibernatedDisk)); err != nil {
+			return fmt.Errorf("hibernate: keep disk: %w", err)
+		}
+		vm.disk = ""
+	}
+	return errors.Join(stopErr, vm.Close())
 }
+
+// hibernatedDisk is the writable disk's name in a hibernation directory.
+const hibernatedDisk = "upper.ext4"
 
 // Resume restores a VM hibernated into dir by Hibernate. The language and
 // shape must be those it was created with.
@@ -270,6 +309,11 @@ func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir s
 	d, err := m.Driver(ctx, k, img)
 	if err != nil {
 		return nil, err
+	}
+	if shape.DiskMiB > 0 { // take the disk back where restore looks for it
+		if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
+			return nil, fmt.Errorf("resume: hibernated sandbox has no disk: %w", err)
+		}
 	}
 	vm, err := m.restore(ctx, d, k, img, shape, dir)
 	if err != nil {

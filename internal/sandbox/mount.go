@@ -1,0 +1,89 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/firesandbox/firesandbox/internal/image"
+)
+
+// Mount makes a host directory visible in the guest, read-only, as it was
+// when the VM started: it is packed into a SquashFS volume attached as a
+// disk, so later changes on the host are not seen (the VM stays isolated).
+type Mount struct {
+	HostDir  string `json:"host_dir"`
+	GuestDir string `json:"guest_dir"`
+}
+
+// MaxMounts bounds the volumes one VM gets.
+const MaxMounts = 8
+
+// ParseMount parses HOST:GUEST.
+func ParseMount(s string) (Mount, error) {
+	host, guest, ok := strings.Cut(s, ":")
+	if !ok {
+		return Mount{}, fmt.Errorf("%w: mount %q: want /host/dir:/guest/dir", ErrBadRequest, s)
+	}
+	m := Mount{HostDir: host, GuestDir: guest}
+	return m, m.Validate()
+}
+
+// Validate checks a mount: an existing host directory, and a clean
+// absolute guest path other than / that the kernel command line can carry.
+func (m Mount) Validate() error {
+	fi, err := os.Stat(m.HostDir)
+	if err != nil {
+		return fmt.Errorf("%w: mount: %v", ErrBadRequest, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: mount: %s is not a directory", ErrBadRequest, m.HostDir)
+	}
+	g := m.GuestDir
+	if !path.IsAbs(g) || path.Clean(g) != g || g == "/" || strings.ContainsAny(g, " ,@\t\n\"'") || len(g) > 200 {
+		return fmt.Errorf("%w: mount: guest path %q: want a clean absolute path other than / without spaces, commas or @", ErrBadRequest, g)
+	}
+	for _, sys := range []string{"/proc", "/sys", "/dev", "/tmp"} {
+		if g == sys || strings.HasPrefix(g, sys+"/") {
+			return fmt.Errorf("%w: mount: %s is reserved in the guest", ErrBadRequest, sys)
+		}
+	}
+	return nil
+}
+
+// packMounts packs each mount's directory into a volume for VM id and
+// returns the volume files, in order.
+func (m *Manager) packMounts(ctx context.Context, id string, mounts []Mount) ([]string, error) {
+	if len(mounts) > MaxMounts {
+		return nil, fmt.Errorf("%w: %d mounts, at most %d", ErrBadRequest, len(mounts), MaxMounts)
+	}
+	var vols []string
+	fail := func(err error) ([]string, error) {
+		for _, v := range vols {
+			os.Remove(v)
+		}
+		return nil, err
+	}
+	for i, mt := range mounts {
+		if err := mt.Validate(); err != nil {
+			return fail(err)
+		}
+		v := filepath.Join(m.cfg.DataDir, "disks", fmt.Sprintf("%s-m%d.squashfs", id, i))
+		if err := os.MkdirAll(filepath.Dir(v), 0o700); err != nil {
+			return fail(err)
+		}
+		uid := fmt.Sprint(image.SandboxUID)
+		out, err := exec.CommandContext(ctx, "mksquashfs", mt.HostDir, v, "-comp", "zstd", "-noappend", "-quiet", "-no-progress",
+			"-force-uid", uid, "-force-gid", uid).CombinedOutput()
+		if err != nil {
+			os.Remove(v)
+			return fail(fmt.Errorf("pack mount %s: %v: %s", mt.HostDir, err, out))
+		}
+		vols = append(vols, v)
+	}
+	return vols, nil
+}
