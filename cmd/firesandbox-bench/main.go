@@ -9,10 +9,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -26,8 +29,18 @@ func main() {
 	clones := flag.Int("clones", 3, "VMs restored at once for the memory table")
 	dataDir := flag.String("data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory")
 	lang := flag.String("language", "python", "language to measure")
+	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
 	flag.Parse()
-	if err := run(*dataDir, *lang, *n, *clones); err != nil {
+	var err error
+	if *formatsOnly {
+		var mgr *sandbox.Manager
+		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
+			err = formatTable(context.Background(), mgr)
+		}
+	} else {
+		err = run(*dataDir, *lang, *n, *clones)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -162,7 +175,63 @@ func run(dataDir, lang string, n, clones int) error {
 	if err := snapshotTable(mgr); err != nil {
 		return err
 	}
-	return memoryTable(ctx, mgr, e, clones)
+	if err := memoryTable(ctx, mgr, e, clones); err != nil {
+		return err
+	}
+	return formatTable(ctx, mgr)
+}
+
+// formatTable packs one tree, the base layer's, in each image format and
+// compares build time and size.
+func formatTable(ctx context.Context, mgr *sandbox.Manager) error {
+	ims, err := mgr.Images().List()
+	if err != nil {
+		return err
+	}
+	tree := ""
+	for _, im := range ims {
+		if im.Language == "base" {
+			if _, err := os.Stat(filepath.Join(im.Dir, "tree")); err == nil {
+				tree = filepath.Join(im.Dir, "tree")
+				break
+			}
+		}
+	}
+	if tree == "" {
+		fmt.Println("\nImage formats: skipped (no base layer tree; run make image)")
+		return nil
+	}
+	tmp, err := os.MkdirTemp("", "fsbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	var unpacked int64
+	filepath.Walk(tree, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			unpacked += fi.Size()
+		}
+		return nil
+	})
+	fmt.Printf("\nImage formats, the same tree (base layer, %.0f MiB of files) packed each way:\n", float64(unpacked)/(1<<20))
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "format\tbuild time\tsize\ton disk\tvs files\t")
+	for _, f := range []string{image.FormatSquashFS, image.FormatEROFS, image.FormatExt4} {
+		out := filepath.Join(tmp, "layer."+f)
+		start := time.Now()
+		if err := image.Pack(ctx, f, tree, out, io.Discard); err != nil {
+			fmt.Fprintf(tw, "%s\tfailed: %v\t\t\t\t\n", f, err)
+			continue
+		}
+		took := time.Since(start)
+		var st syscall.Stat_t
+		fi, _ := os.Stat(out)
+		syscall.Stat(out, &st)
+		fmt.Fprintf(tw, "%s\t%s\t%.1f MiB\t%.1f MiB\t%.0f%%\t\n", f, took.Round(100*time.Millisecond),
+			float64(fi.Size())/(1<<20), float64(st.Blocks*512)/(1<<20), 100*float64(st.Blocks*512)/float64(unpacked))
+		os.Remove(out)
+	}
+	return tw.Flush()
 }
 
 func snapshotTable(mgr *sandbox.Manager) error {

@@ -42,14 +42,18 @@ that exists does nothing.`,
 				if err != nil {
 					return err
 				}
-				if _, err := mgr.Images().Build(cmd.Context(), e, image.BuildOptions{Format: format, Base: base, Progress: os.Stderr}); err != nil {
+				f := format
+				if f == "" {
+					f = g.format
+				}
+				if _, err := mgr.Images().Build(cmd.Context(), e, image.BuildOptions{Format: f, Base: base, Progress: os.Stderr}); err != nil {
 					return err
 				}
 			}
 			return nil
 		},
 	}
-	build.Flags().StringVar(&format, "format", image.FormatSquashFS, "image format: squashfs, erofs or ext4")
+	build.Flags().StringVar(&format, "format", "", "image format: squashfs, erofs or ext4 (default: --image-format)")
 	build.Flags().StringVar(&mirror, "mirror", os.Getenv("FIRESANDBOX_MIRROR"), "Debian mirror ($FIRESANDBOX_MIRROR; default "+image.DefaultBase.Mirror+")")
 	ls := &cobra.Command{
 		Use:   "ls",

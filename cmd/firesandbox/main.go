@@ -34,10 +34,11 @@ type globalFlags struct {
 	memoryMiB int
 	vcpus     int
 	verbose   bool
+	format    string
 }
 
 func (g *globalFlags) config() sandbox.Config {
-	return sandbox.Config{DataDir: g.dataDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus}
+	return sandbox.Config{DataDir: g.dataDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format}
 }
 
 func (g *globalFlags) logger() *slog.Logger {
@@ -86,6 +87,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
 	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
 	pf.IntVar(&g.vcpus, "vcpus", 1, "guest vCPUs")
+	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
 	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g))

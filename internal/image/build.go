@@ -74,7 +74,8 @@ func Pack(ctx context.Context, format, dir, out string, progress io.Writer) erro
 		return runTool(ctx, progress, "mksquashfs", dir, out, "-comp", "zstd", "-noappend", "-quiet", "-no-progress",
 			"-mkfs-time", "0", "-all-time", "0")
 	case FormatEROFS:
-		return runTool(ctx, progress, "mkfs.erofs", "-zlz4hc", "-T0", "--all-root=false", out, dir)
+		// erofs-utils 1.5 (bookworm) compresses with lz4 or lz4hc only.
+		return runTool(ctx, progress, "mkfs.erofs", "-zlz4hc", "-T0", out, dir)
 	case FormatExt4:
 		size, err := treeSize(dir)
 		if err != nil {

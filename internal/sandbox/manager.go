@@ -95,6 +95,11 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: accel %q: want auto, kvm or tcg", ErrBadRequest, c.Accel)
 	}
+	switch c.ImageFormat {
+	case "", image.FormatSquashFS, image.FormatEROFS, image.FormatExt4:
+	default:
+		return fmt.Errorf("%w: image format %q: want squashfs, erofs or ext4", ErrBadRequest, c.ImageFormat)
+	}
 	if c.VCPUs < 0 || c.VCPUs > 32 || c.MemoryMiB < 0 || c.MemoryMiB > 64<<10 {
 		return fmt.Errorf("%w: vcpus %d / memory %d MiB out of range", ErrBadRequest, c.VCPUs, c.MemoryMiB)
 	}
