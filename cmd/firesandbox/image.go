@@ -65,16 +65,45 @@ that exists does nothing.`,
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tLANGUAGE\tFORMAT\tPACKED\tUNPACKED\tBUILD TIME\tCREATED")
+			fmt.Fprintln(tw, "ID\tLANGUAGE\tFORMAT\tPACKED\tUNPACKED\tON LAYER\tBUILD TIME\tCREATED")
+			var total int64
 			for _, im := range ims {
-				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\t%s\t%s\n", im.ID, im.Language, im.Version, im.Format,
-					mib(im.PackedBytes), mib(im.UnpackedBytes), (time.Duration(im.BuildSeconds * 1e9)).Round(100*time.Millisecond),
+				parent := im.Parent
+				if parent == "" {
+					parent = "-"
+				}
+				total += im.PackedBytes
+				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\n", im.ID, im.Language, im.Version, im.Format,
+					mib(im.PackedBytes), mib(im.UnpackedBytes), parent, (time.Duration(im.BuildSeconds * 1e9)).Round(100*time.Millisecond),
 					im.Created.Format(time.DateTime))
 			}
+			fmt.Fprintf(tw, "total\t%d layers\t\t%s\t\t\t\t\n", len(ims), mib(total))
 			return tw.Flush()
 		},
 	}
-	cmd.AddCommand(build, ls)
+	var dryRun bool
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove images and layers that no catalog language uses any more",
+		Long: `Remove built images whose id no current catalog entry produces (an entry
+or the builder changed since they were built), and base layers no kept
+image sits on. Snapshots of removed images are rebuilt when next needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mgr, err := g.manager()
+			if err != nil {
+				return err
+			}
+			st := mgr.Images()
+			removed, err := st.Prune(mgr.Catalog(), dryRun)
+			for _, im := range removed {
+				fmt.Printf("%s %s (%s %s, %s)\n", map[bool]string{true: "would remove", false: "removed"}[dryRun], im.ID, im.Language, im.Format, mib(im.PackedBytes))
+			}
+			return err
+		},
+	}
+	prune.Flags().BoolVar(&dryRun, "dry-run", false, "only list what would be removed")
+	cmd.AddCommand(build, ls, prune)
 	return cmd
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -246,8 +247,7 @@ func (s *Store) packLayer(ctx context.Context, o BuildOptions, dir, tmp string, 
 
 // commit writes the manifest and renames the build directory into place.
 func (s *Store) commit(tmp string, m Manifest) error {
-	mb, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, "manifest.json"), mb, 0o644); err != nil {
+	if err := s.commitManifestOnly(tmp, m); err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -271,4 +271,56 @@ func (s *Store) Layers(im *Image) ([]*Image, error) {
 		cur = p
 	}
 	return chain, nil
+}
+
+// Prune removes images that no catalog entry produces any more (in any
+// format) and base layers that no kept image sits on. With dryRun it only
+// reports them.
+func (s *Store) Prune(cat *Catalog, dryRun bool) ([]*Image, error) {
+	unlock, err := lockDir(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	all, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	wanted := map[string]bool{}
+	for _, e := range cat.Entries() {
+		for _, f := range []string{FormatSquashFS, FormatEROFS, FormatExt4} {
+			wanted[e.ID(DefaultBase, f)] = true
+		}
+	}
+	keep := map[string]bool{}
+	for _, im := range all {
+		if wanted[im.ID] {
+			layers, err := s.Layers(im)
+			if err != nil {
+				continue // a broken chain: its image is pruned below
+			}
+			for _, l := range layers {
+				keep[l.ID] = true
+			}
+		}
+	}
+	var removed []*Image
+	var errs []error
+	for _, im := range all {
+		if keep[im.ID] {
+			continue
+		}
+		removed = append(removed, im)
+		if !dryRun {
+			if err := removeTree(im.Dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func (s *Store) commitManifestOnly(dir string, m Manifest) error {
+	mb, _ := json.MarshalIndent(m, "", "  ")
+	return os.WriteFile(filepath.Join(dir, "manifest.json"), mb, 0o644)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/fstest"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,4 +99,57 @@ func TestLayerIDs(t *testing.T) {
 	if baseID(DefaultBase, FormatSquashFS) == baseID(Base{Suite: "trixie", Variant: "minbase"}, FormatSquashFS) {
 		t.Fatal("base id ignores the suite")
 	}
+}
+
+func writeImage(t *testing.T, st *Store, m Manifest) {
+	t.Helper()
+	dir := filepath.Join(st.Dir, m.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.commitManifestOnly(dir, m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPruneKeepsWhatTheCatalogUses(t *testing.T) {
+	st := NewStore(t.TempDir())
+	cat, err := LoadCatalog(fstestCatalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := cat.Lookup("python", "")
+	base := baseID(DefaultBase, FormatSquashFS)
+	writeImage(t, st, Manifest{ID: base, Language: "base", Format: FormatSquashFS})
+	writeImage(t, st, Manifest{ID: e.ID(DefaultBase, FormatSquashFS), Language: "python", Format: FormatSquashFS, Parent: base})
+	writeImage(t, st, Manifest{ID: "python-0000000000000000", Language: "python", Format: FormatSquashFS, Parent: base}) // stale
+	writeImage(t, st, Manifest{ID: "base-0000000000000000", Language: "base", Format: FormatSquashFS})                   // orphan
+
+	removed, err := st.Prune(cat, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, im := range removed {
+		ids = append(ids, im.ID)
+	}
+	if strings.Join(ids, " ") != "base-0000000000000000 python-0000000000000000" && strings.Join(ids, " ") != "python-0000000000000000 base-0000000000000000" {
+		t.Fatalf("removed %v", ids)
+	}
+	left, _ := st.List()
+	if len(left) != 2 {
+		t.Fatalf("%d images left, want the python image and its base", len(left))
+	}
+}
+
+func fstestCatalog() fstest.MapFS {
+	return fstest.MapFS{"python.toml": {Data: []byte(`name = "python"
+version = "3"
+packages = ["python3"]
+file = "main.py"
+run = ["python3", "main.py"]
+[test]
+code = "print(1)"
+stdout = "1\n"
+`)}}
 }
