@@ -267,7 +267,7 @@ func TestServeVMs(t *testing.T) {
 		}
 		base := "/v1/sandboxes/" + sb.ID
 		var res StepOut
-		if code := s.call("POST", base+"/exec", `{"command":"echo made > made.txt && pwd && id -u"}`, &res); code != 200 || res.Stdout != "/home/user\n1000\n" {
+		if code := s.call("POST", base+"/exec", `{"command":"echo made > made.txt && pwd && id -u"}`, &res); code != 200 || res.Stdout != "/home/sandbox\n1000\n" {
 			t.Fatalf("exec: %d %+v", code, res)
 		}
 		if code := s.call("POST", base+"/files", `{"files":[{"path":"dir/data.bin","content":"AAEC/w==","encoding":"base64"},{"path":"a.py","content":"print(open('dir/data.bin','rb').read())"}]}`, nil); code != 200 {

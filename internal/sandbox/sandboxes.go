@@ -31,7 +31,7 @@ var (
 
 // WorkDir is a sandbox's working directory in the guest: files are
 // uploaded relative to it and commands start in it.
-const WorkDir = "/home/user"
+const WorkDir = "/home/sandbox"
 
 // Gate bounds how many VMs run at once. A live sandbox holds a slot until
 // it is hibernated or deleted.
