@@ -70,6 +70,20 @@ func TestDiskLayerGivesSpaceBack(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
 		t.Fatalf("hibernation dir lacks the disk: %v", err)
 	}
+	// A resume that fails must not lose the sandbox's only disk.
+	state := filepath.Join(dir, "vmstate")
+	good, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(state, good[:len(good)/2], 0o600)
+	if _, err := m.Resume(ctx, e, Shape{DiskMiB: 512}, dir); err == nil {
+		t.Fatal("resume from a truncated device state succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
+		t.Fatalf("a failed resume lost the disk: %v", err)
+	}
+	os.WriteFile(state, good, 0o600)
 	back, err := m.Resume(ctx, e, Shape{DiskMiB: 512}, dir)
 	if err != nil {
 		t.Fatal(err)

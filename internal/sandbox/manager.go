@@ -177,7 +177,10 @@ func (v *VM) Close() error {
 	if v.Agent != nil {
 		v.Agent.Close()
 	}
-	err := v.Machine.Stop(context.Background())
+	var err error
+	if v.Machine != nil {
+		err = v.Machine.Stop(context.Background())
+	}
 	if v.owner != "" {
 		os.Remove(v.owner)
 	}
@@ -190,21 +193,22 @@ func (v *VM) Close() error {
 	return err
 }
 
-// Boot cold-boots a VM for a language and waits for its agent.
-func (m *Manager) Boot(ctx context.Context, e *image.Entry) (*VM, error) {
+// prepare finds what a VM of e needs: the current kernel, e's image and
+// the driver (chosen on first use).
+func (m *Manager) prepare(ctx context.Context, e *image.Entry) (*guestkernel.Kernel, *image.Image, vmm.Driver, error) {
 	k, err := guestkernel.Load(m.cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	d, err := m.Driver(ctx, k, img)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	return m.boot(ctx, d, k, img, m.shape(Shape{}), m.cfg.BootTimeout)
+	return k, img, d, nil
 }
 
 func newID(prefix string) string {
@@ -293,47 +297,33 @@ func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel,
 	if err != nil {
 		return nil, err
 	}
-	disk := ""
+	vm := &VM{owner: owner, Shape: shape}
+	fail := func(err error) (*VM, error) {
+		vm.Close() // releases whatever it holds so far
+		return nil, err
+	}
 	if shape.DiskMiB > 0 {
-		if disk, err = m.newDisk(ctx, id, shape.DiskMiB); err != nil {
-			os.Remove(owner)
-			return nil, err
+		if vm.disk, err = m.newDisk(ctx, id, shape.DiskMiB); err != nil {
+			return fail(err)
 		}
 	}
-	volumes, err := m.packMounts(ctx, id, mounts)
-	if err != nil {
-		os.Remove(owner)
-		os.Remove(disk)
-		return nil, err
+	if vm.volumes, err = m.packMounts(ctx, id, mounts); err != nil {
+		return fail(err)
 	}
-	cfg, err := m.vmConfig(d, k, img, shape, id, disk, mounts, volumes)
+	cfg, err := m.vmConfig(d, k, img, shape, id, vm.disk, mounts, vm.volumes)
 	if err != nil {
-		os.Remove(owner)
-		os.Remove(disk)
-		for _, v := range volumes {
-			os.Remove(v)
-		}
-		return nil, err
+		return fail(err)
 	}
-	log := m.log.With("vm", id, "image", img.ID)
 	mach, err := d.Boot(ctx, cfg)
 	if err != nil {
-		os.Remove(owner)
-		if disk != "" {
-			os.Remove(disk)
-		}
-		for _, v := range volumes {
-			os.Remove(v)
-		}
-		return nil, fmt.Errorf("boot %s: %w", img.Language, err)
+		return fail(fmt.Errorf("boot %s: %w", img.Language, err))
 	}
-	vm := &VM{Machine: mach, owner: owner, Shape: shape, disk: disk, volumes: volumes}
+	vm.Machine = mach
 	if err := m.connect(ctx, vm, timeout); err != nil {
-		vm.Close()
-		return nil, err
+		return fail(err)
 	}
 	vm.Ready = time.Since(start)
-	log.Debug("vm ready", "ready", vm.Ready)
+	m.log.Debug("vm ready", "vm", id, "image", img.ID, "ready", vm.Ready)
 	return vm, nil
 }
 

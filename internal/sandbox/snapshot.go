@@ -77,15 +77,7 @@ func (m *Manager) acquire(ctx context.Context, e *image.Entry, cold bool, shape 
 		return nil, err
 	}
 	shape = m.shape(shape)
-	k, err := guestkernel.Load(m.cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
-	if err != nil {
-		return nil, err
-	}
-	d, err := m.Driver(ctx, k, img)
+	k, img, d, err := m.prepare(ctx, e)
 	if err != nil {
 		return nil, err
 	}
@@ -152,15 +144,7 @@ func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.
 // CreateSnapshot boots img, waits for the agent, pauses and saves a full
 // snapshot, replacing any existing one.
 func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot.Snapshot, error) {
-	k, err := guestkernel.Load(m.cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
-	if err != nil {
-		return nil, err
-	}
-	d, err := m.Driver(ctx, k, img)
+	k, img, d, err := m.prepare(ctx, e)
 	if err != nil {
 		return nil, err
 	}
@@ -216,34 +200,41 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 	if err != nil {
 		return nil, err
 	}
-	disk := ""
+	vm := &VM{owner: owner, Restored: true, Shape: shape}
+	giveBack := "" // where a hibernated sandbox's disk returns if this fails
+	fail := func(err error) (*VM, error) {
+		if giveBack != "" {
+			if vm.Machine != nil {
+				_ = vm.Machine.Stop(context.WithoutCancel(ctx)) // before its disk moves
+			}
+			if os.Rename(vm.disk, giveBack) == nil {
+				vm.disk = "" // the sandbox keeps its only copy
+			}
+		}
+		vm.Close()
+		return nil, err
+	}
 	if shape.DiskMiB > 0 {
-		disk = m.diskPath(id)
+		disk := m.diskPath(id)
 		if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if err := os.Rename(filepath.Join(snapDir, hibernatedDisk), disk); err != nil {
-			os.Remove(owner)
-			return nil, fmt.Errorf("restore: writable disk: %w", err)
+			return fail(fmt.Errorf("restore: writable disk: %w", err))
 		}
+		vm.disk, giveBack = disk, filepath.Join(snapDir, hibernatedDisk)
 	}
-	cfg, err := m.vmConfig(d, k, img, shape, id, disk, nil, nil)
+	cfg, err := m.vmConfig(d, k, img, shape, id, vm.disk, nil, nil)
 	if err != nil {
-		os.Remove(owner)
-		return nil, err
+		return fail(err)
 	}
 	mach, err := d.Restore(ctx, snapDir, cfg)
 	if err != nil {
-		os.Remove(owner)
-		if disk != "" { // give the disk back: the hibernated sandbox still needs it
-			_ = os.Rename(disk, filepath.Join(snapDir, hibernatedDisk))
-		}
-		return nil, err
+		return fail(err)
 	}
-	vm := &VM{Machine: mach, owner: owner, Restored: true, Shape: shape, disk: disk}
+	vm.Machine = mach
 	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
-		vm.Close()
-		return nil, err
+		return fail(err)
 	}
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
@@ -252,8 +243,7 @@ func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kern
 	if _, err := vm.Agent.Resync(rctx, agentproto.ResyncRequest{
 		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
 	}); err != nil {
-		vm.Close()
-		return nil, fmt.Errorf("resync restored VM: %w", err)
+		return fail(fmt.Errorf("resync restored VM: %w", err))
 	}
 	vm.Ready = time.Since(start)
 	return vm, nil
@@ -298,15 +288,7 @@ func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir s
 		return nil, err
 	}
 	shape = m.shape(shape)
-	k, err := guestkernel.Load(m.cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
-	if err != nil {
-		return nil, err
-	}
-	d, err := m.Driver(ctx, k, img)
+	k, img, d, err := m.prepare(ctx, e)
 	if err != nil {
 		return nil, err
 	}

@@ -239,7 +239,11 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 		return nil, err
 	}
 	memPath := filepath.Join(d.cfg.MemoryDir, "firesandbox-"+cfg.ID+".ram")
-	return d.start(ctx, &cfg, memPath, true /* share */, true /* ownMem */, nil)
+	m, err := d.start(ctx, &cfg, memPath, true /* share */, true /* ownMem */, nil)
+	if err != nil {
+		return nil, err // not a typed nil *Machine inside the interface
+	}
+	return m, nil
 }
 
 // start runs QEMU and connects QMP. prepare, if set, runs on the QMP
