@@ -619,6 +619,9 @@ func (r *Remote) pullFile(ctx context.Context, key, name, destDir string, want r
 	if got := hex.EncodeToString(d.h.Sum(nil)); got != want.SHA256 {
 		return fmt.Errorf("download %s: %w: sha256 %s, manifest says %s", name, ErrCorrupt, got, want.SHA256)
 	}
+	if err := f.Truncate(want.Size); err != nil { // trailing zeros were skipped, not written
+		return fmt.Errorf("pull file %s: %w", name, err)
+	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("pull file %s: %w", name, err)
 	}
@@ -721,7 +724,13 @@ func (d *remoteDownload) attempt(ctx context.Context) error {
 			if stall != nil {
 				stall.Reset(d.r.opts.stallTimeout)
 			}
-			if _, err := d.f.Write(buf[:n]); err != nil {
+			// Memory files are mostly zeros: leave holes for them, so a
+			// pulled snapshot stays as sparse as the one that was pushed.
+			if allZero(buf[:n]) {
+				if _, err := d.f.Seek(int64(n), io.SeekCurrent); err != nil {
+					return remotePermanent(err)
+				}
+			} else if _, err := d.f.Write(buf[:n]); err != nil {
 				return remotePermanent(fmt.Errorf("write %s: %w", d.f.Name(), err))
 			}
 			d.h.Write(buf[:n])
@@ -1061,4 +1070,13 @@ func syncRemoteDir(dir string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -667,4 +668,36 @@ func (l *remoteRequestLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.reqs, "\n")
+}
+
+// A memory file is mostly zeros; pulled, it must stay sparse on disk (and
+// byte-identical), or every host would pay the guest's full RAM in disk.
+func TestRemotePullKeepsMemorySparse(t *testing.T) {
+	s := startMinIO(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := s.Remote("")
+	mem := make([]byte, 32<<20) // 32 MiB, with 1 MiB of data in the middle and a zero tail
+	copy(mem[8<<20:], remoteTestBytes(9, 1<<20))
+	files := map[string][]byte{"memory": mem, "vmstate": remoteTestBytes(10, 7000)}
+	src := t.TempDir()
+	writeRemoteTestSnapshot(t, src, "python-0000000000000009", files)
+	if err := r.Push(ctx, src, nil); err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+	dest := filepath.Join(t.TempDir(), "pulled")
+	if err := r.Pull(ctx, "python-0000000000000009", dest, nil); err != nil {
+		t.Fatalf("Pull: %v", err)
+	}
+	checkRemoteTestDir(t, src, dest)
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dest, "memory"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != int64(len(mem)) {
+		t.Fatalf("pulled memory is %d bytes, want %d", st.Size, len(mem))
+	}
+	if alloc := st.Blocks * 512; alloc > 4<<20 {
+		t.Fatalf("pulled memory takes %d MiB on disk for 1 MiB of data: not sparse", alloc>>20)
+	}
 }
