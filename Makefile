@@ -15,7 +15,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps build install kernel image test test-unit bench clean minio test-languages
+.PHONY: all setup deps build install kernel image test-images test test-unit bench clean minio test-languages
 
 all: build
 
@@ -47,9 +47,14 @@ $(DATA)/kernels/.agent-stamp: bin/firesandbox-agent bin/firesandbox
 image: build
 	$(FS) image build python
 
+# The images the VM tests run: see RepresentativeLanguages in internal/sandbox.
+TEST_LANGS := python bash c nodejs
+test-images: build
+	$(FS) image build $(TEST_LANGS)
+
 # VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server.
 # Both fail rather than skip here: a green `make test` means they ran.
-test: build kernel image minio
+test: build kernel image test-images minio
 	$(GO) vet ./...
 	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 

@@ -531,6 +531,29 @@ func (c *Config) environ(env []string, dir string) []string {
 	return out
 }
 
+// statInRoot stats p as the command will see it: symlinks, absolute ones
+// too (Debian's /usr/bin/php -> /etc/alternatives/php -> ...), resolve
+// inside the root, never on the agent's side of the chroot.
+func (c *Config) statInRoot(p string) (os.FileInfo, error) {
+	if c.Root == "" {
+		return os.Stat(p)
+	}
+	root, err := unix.Open(c.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, strings.TrimPrefix(p, "/"), &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "stat", Path: p, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	return f.Stat()
+}
+
 // lookPath resolves argv[0] against PATH inside the command's root: the
 // agent's own PATH and filesystem are not the command's.
 func (c *Config) lookPath(name string, env []string) (string, error) {
@@ -548,7 +571,7 @@ func (c *Config) lookPath(name string, env []string) (string, error) {
 			continue
 		}
 		cand := path.Join(d, name)
-		if fi, err := os.Stat(c.hostPath(cand)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		if fi, err := c.statInRoot(cand); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return cand, nil
 		}
 	}

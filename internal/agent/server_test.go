@@ -382,3 +382,25 @@ func TestUnknownRequestFailsFast(t *testing.T) {
 		t.Fatalf("got %s %+v", f.Type, m)
 	}
 }
+
+// Commands installed through absolute symlinks (Debian's alternatives)
+// are found by resolving the links inside the commands' root.
+func TestLookPathFollowsLinksInsideRoot(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"usr/bin", "etc/alternatives"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(root, "usr/bin/php8.2"), []byte("#!/bin/sh\n"), 0o755)
+	os.Symlink("/usr/bin/php8.2", filepath.Join(root, "etc/alternatives/php"))
+	os.Symlink("/etc/alternatives/php", filepath.Join(root, "usr/bin/php"))
+	c := &Config{Root: root}
+	got, err := c.lookPath("php", nil)
+	if err != nil || got != "/usr/bin/php" {
+		t.Fatalf("lookPath(php) = %q, %v", got, err)
+	}
+	// A link that leads outside the root resolves inside it instead.
+	os.Symlink("/bin/sh", filepath.Join(root, "usr/bin/escape"))
+	if got, err := c.lookPath("escape", nil); err == nil {
+		t.Fatalf("found %q through a link to the agent's own /bin/sh", got)
+	}
+}
