@@ -178,8 +178,14 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 	}
 	if g.verbose {
 		how := "cold boot"
-		if res.Restored {
+		switch {
+		case res.Pooled:
+			how = "from the warm pool"
+		case res.Restored:
 			how = "restored from snapshot"
+		}
+		if res.Run != nil && res.Run.Prewarmed {
+			how += ", prewarmed runtime"
 		}
 		fmt.Fprintf(os.Stderr, "firesandbox: %s %s: VM ready in %s (%s), total %s\n", res.Language, res.Version, res.Ready.Round(time.Millisecond), how, res.Total.Round(time.Millisecond))
 	}
