@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/guestkernel"
+	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/spf13/cobra"
 )
@@ -164,7 +166,33 @@ AWS_REGION).`,
 	}
 	addRemote(pull)
 
-	cmd.AddCommand(create, ls, rm, push, pull)
+	var dryRun bool
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove local snapshots that nothing on this host can restore",
+		Long: `Remove snapshots made for a guest kernel other than the current one or for
+an image that is no longer built (each agent rebuild or image change makes
+new ones; old ones are otherwise only evicted by the cache size limit).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := guestkernel.Load(g.dataDir)
+			if err != nil {
+				return err
+			}
+			images := image.NewStore(g.dataDir)
+			keep := func(s snapshot.Spec) bool {
+				_, err := images.Get(s.ImageID)
+				return s.KernelID == k.ID() && err == nil
+			}
+			gone, err := snapshot.NewStore(filepath.Join(g.dataDir, "snapshots"), 0).Prune(keep, dryRun)
+			for _, e := range gone {
+				fmt.Printf("%s %s (%s)\n", map[bool]string{true: "would remove", false: "removed"}[dryRun], e.Key, mib(e.DiskBytes))
+			}
+			return err
+		},
+	}
+	prune.Flags().BoolVar(&dryRun, "dry-run", false, "only list what would be removed")
+	cmd.AddCommand(create, ls, rm, push, pull, prune)
 	return cmd
 }
 

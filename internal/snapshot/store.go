@@ -422,3 +422,26 @@ func (s *Store) TempDir() (string, error) {
 	}
 	return os.MkdirTemp(s.dir, ".create-")
 }
+
+// Prune removes the snapshots keep rejects (for example those made for a
+// kernel or image this host no longer has: nothing can restore them).
+func (s *Store) Prune(keep func(Spec) bool, dryRun bool) ([]Entry, error) {
+	list, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	var removed []Entry
+	var errs []error
+	for _, e := range list {
+		if keep(e.Spec) {
+			continue
+		}
+		removed = append(removed, e)
+		if !dryRun {
+			if err := s.Remove(e.Key); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
+}

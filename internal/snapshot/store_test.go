@@ -197,3 +197,30 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Errorf("the new snapshot was evicted: %v", err)
 	}
 }
+
+func TestPrune(t *testing.T) {
+	st := NewStore(t.TempDir(), 0)
+	current, stale := testSpec(), testSpec()
+	stale.KernelID = "old-kernel"
+	for _, s := range []Spec{current, stale} {
+		if _, err := st.Create(s, fill(map[string]string{"memory": "x"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := func(s Spec) bool { return s.KernelID == current.KernelID }
+	if gone, _ := st.Prune(keep, true); len(gone) != 1 || gone[0].Key != stale.Key() {
+		t.Fatalf("dry run: %+v", gone)
+	}
+	if _, err := st.Get(stale); err != nil {
+		t.Fatal("dry run removed a snapshot")
+	}
+	if _, err := st.Prune(keep, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(stale); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("stale snapshot still there: %v", err)
+	}
+	if _, err := st.Get(current); err != nil {
+		t.Fatalf("current snapshot pruned: %v", err)
+	}
+}
