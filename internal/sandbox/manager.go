@@ -390,6 +390,13 @@ func (m *Manager) sweep() {
 		m.log.Info("sweeping leftovers of dead VM", "vm", id)
 		os.RemoveAll(filepath.Join(m.cfg.RunDir, id))
 		os.Remove(filepath.Join("/dev/shm", "firesandbox-"+id+".ram"))
+		// Its writable disk and packed mounts: without the VM's memory a
+		// disk cannot be resumed (serve marks such a sandbox lost).
+		os.Remove(m.diskPath(id))
+		vols, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, "disks", id+"-m*.squashfs"))
+		for _, v := range vols {
+			os.Remove(v)
+		}
 		os.Remove(o)
 	}
 }
