@@ -211,41 +211,19 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
 // stderr (either may be nil), and returns how it ended. If ctx ends first,
 // the agent is told to kill the command and Exec returns ctx's error.
 func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Writer) (*ExitResult, error) {
-	p := &pendingExec{stdout: stdout, stderr: stderr, result: make(chan execOutcome, 1)}
-	c.mu.Lock()
-	if c.readErr != nil {
-		c.mu.Unlock()
-		return nil, c.readErr
-	}
-	c.nextID++
-	if c.nextID == 0 {
-		c.nextID = 1
-	}
-	req.ID = c.nextID
-	c.execs[req.ID] = p
-	c.mu.Unlock()
-
 	if err := req.Validate(); err != nil {
-		c.finish(req.ID, execOutcome{})
 		return nil, err
 	}
-	if err := c.w.WriteJSON(MsgExec, req); err != nil {
-		c.finish(req.ID, execOutcome{})
-		return nil, fmt.Errorf("send exec: %w", err)
-	}
-	select {
-	case o := <-p.result:
-		return o.res, o.err
-	case <-ctx.Done():
-		_ = c.w.WriteJSON(MsgCancel, CancelRequest{ID: req.ID})
-		c.finish(req.ID, execOutcome{})
-		return nil, ctx.Err()
-	}
+	p := &pendingExec{stdout: stdout, stderr: stderr}
+	o, err := c.request(ctx, MsgExec, p, true /* cancel */, func(id uint32) any { req.ID = id; return req })
+	return o.res, err
 }
 
-// request sends one id-carrying request and waits for its answer.
-func (c *Client) request(ctx context.Context, t MsgType, build func(id uint32) any) (execOutcome, error) {
-	p := &pendingExec{result: make(chan execOutcome, 1)}
+// request sends one id-carrying request and waits for its answer (output
+// of an exec goes to p's writers meanwhile). If ctx ends first and cancel
+// is set, the agent is told to stop the request.
+func (c *Client) request(ctx context.Context, t MsgType, p *pendingExec, cancel bool, build func(id uint32) any) (execOutcome, error) {
+	p.result = make(chan execOutcome, 1)
 	c.mu.Lock()
 	if c.readErr != nil {
 		c.mu.Unlock()
@@ -266,6 +244,9 @@ func (c *Client) request(ctx context.Context, t MsgType, build func(id uint32) a
 	case o := <-p.result:
 		return o, o.err
 	case <-ctx.Done():
+		if cancel {
+			_ = c.w.WriteJSON(MsgCancel, CancelRequest{ID: id})
+		}
 		c.finish(id, execOutcome{})
 		return execOutcome{}, ctx.Err()
 	}
@@ -277,7 +258,7 @@ func (c *Client) WriteFiles(ctx context.Context, dir string, files []File) error
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	_, err := c.request(ctx, MsgWriteFiles, func(id uint32) any { req.ID = id; return req })
+	_, err := c.request(ctx, MsgWriteFiles, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
 	return err
 }
 
@@ -287,7 +268,7 @@ func (c *Client) ReadFile(ctx context.Context, path string, maxBytes int64) ([]b
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	o, err := c.request(ctx, MsgReadFile, func(id uint32) any { req.ID = id; return req })
+	o, err := c.request(ctx, MsgReadFile, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +283,7 @@ func (c *Client) Prewarm(ctx context.Context, req PrewarmRequest) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	_, err := c.request(ctx, MsgPrewarm, func(id uint32) any { req.ID = id; return req })
+	_, err := c.request(ctx, MsgPrewarm, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
 	return err
 }
 
