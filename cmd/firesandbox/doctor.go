@@ -56,13 +56,7 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 		list("·", d.Notes)
 	}
 
-	pick := g.driver
-	if pick == "auto" {
-		pick = "qemu"
-		if fd.Usable {
-			pick = "firecracker"
-		}
-	}
+	pick := sandbox.ResolveDriver(g.driver, fd.Usable)
 	p("run will use: %s (--driver %s)", pick, g.driver)
 	if pick == "qemu" {
 		p("    accelerator: %s", accelStatus(g))

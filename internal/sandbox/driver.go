@@ -24,11 +24,11 @@ func (m *Manager) Driver(ctx context.Context, k *guestkernel.Kernel, img *image.
 	if m.driver != nil {
 		return m.driver, nil
 	}
-	name := m.cfg.Driver
-	if name == "auto" {
-		name = m.PickDriver(ctx)
+	var fc firecracker.Diagnosis
+	if m.cfg.Driver != "qemu" {
+		fc = firecracker.Diagnose(ctx, firecracker.Config{})
 	}
-	switch name {
+	switch ResolveDriver(m.cfg.Driver, fc.Usable) {
 	case "qemu":
 		accel, why, err := m.chooseAccel(ctx, k, img)
 		if err != nil {
@@ -41,18 +41,22 @@ func (m *Manager) Driver(ctx context.Context, k *guestkernel.Kernel, img *image.
 		}
 		m.driver = d
 	case "firecracker":
-		if dg := firecracker.Diagnose(ctx, firecracker.Config{}); !dg.Usable {
-			return nil, fmt.Errorf("%w: firecracker: %s (see `firesandbox doctor`)", vmm.ErrUnavailable, strings.Join(dg.Problems, "; "))
+		if !fc.Usable {
+			return nil, fmt.Errorf("%w: firecracker: %s (see `firesandbox doctor`)", vmm.ErrUnavailable, strings.Join(fc.Problems, "; "))
 		}
 		m.driver = firecracker.New(firecracker.Config{}, firecracker.WithLogger(m.log))
 	}
 	return m.driver, nil
 }
 
-// PickDriver is what --driver auto chooses: Firecracker, the production
-// VMM, where it can run; QEMU everywhere else.
-func (m *Manager) PickDriver(ctx context.Context) string {
-	if firecracker.Diagnose(ctx, firecracker.Config{}).Usable {
+// ResolveDriver turns a configured driver name into the one used: "auto"
+// means Firecracker, the production VMM, where it can run, and QEMU
+// everywhere else.
+func ResolveDriver(configured string, firecrackerUsable bool) string {
+	if configured != "auto" {
+		return configured
+	}
+	if firecrackerUsable {
 		return "firecracker"
 	}
 	return "qemu"

@@ -90,10 +90,6 @@ func (c *apiClient) do(ctx context.Context, method, path string, in, out any) er
 	return nil
 }
 
-func (c *apiClient) put(ctx context.Context, path string, in any) error {
-	return c.do(ctx, http.MethodPut, path, in, nil)
-}
-
 // Requests newer than the SDK's models (which track an older API).
 
 // memoryBackend is SnapshotLoadParams.mem_backend, which replaced the

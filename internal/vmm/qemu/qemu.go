@@ -473,35 +473,29 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 	}
 	// With a memory file, map it privately: restores share its clean
 	// pages and never write to it. Without one, RAM is in the stream.
-	_, err := os.Stat(memPath)
-	separateRAM := err == nil
-	var m *Machine
-	if separateRAM {
-		m, err = d.start(ctx, &cfg, memPath, false /* share */, false /* ownMem */, []string{"-incoming", "defer"})
-	} else {
-		m, err = d.start(ctx, &cfg, "", false, false, []string{"-incoming", "defer"})
+	ram := ""
+	if _, err := os.Stat(memPath); err == nil {
+		ram = memPath
 	}
+	m, err := d.start(ctx, &cfg, ram, false /* share */, false /* ownMem */, []string{"-incoming", "defer"})
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	// No lock: nobody else holds m until it is returned.
 	err = m.migrate(ctx, "migrate-incoming", map[string]any{"uri": "file:" + statePath})
 	if err == nil {
 		_, err = m.qmp.run(ctx, "cont", nil)
 	}
 	if err != nil {
-		m.mu.Unlock()
 		_ = m.Stop(context.WithoutCancel(ctx))
-		m.mu.Lock()
 		return nil, fmt.Errorf("restore %s from %s: %w", cfg.ID, snapshotDir, err)
 	}
 	return m, nil
 }
 
-// Stop implements vmm.Machine.
+// Stop implements vmm.Machine. ctx's cancellation does not shorten it: a
+// stop always finishes (SIGTERM, the grace period, then SIGKILL).
 func (m *Machine) Stop(ctx context.Context) error {
-	ctx = context.WithoutCancel(ctx)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.state == vmm.StateStopped {
