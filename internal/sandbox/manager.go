@@ -21,6 +21,8 @@ import (
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 	"github.com/firesandbox/firesandbox/languages"
 )
 
@@ -48,6 +50,9 @@ type Config struct {
 	// NoPrewarm leaves languages' prewarmed runtimes out of snapshots, so
 	// every run starts its interpreter (for comparison; slower).
 	NoPrewarm bool `json:"no_prewarm"`
+	// VMM configures the drivers (the config file's [qemu] and
+	// [firecracker] sections); Driver and Accel above override its own.
+	VMM drivers.Config `json:"vmm"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
@@ -113,7 +118,8 @@ type Manager struct {
 	catalog   *image.Catalog
 	images    *image.Store
 	snapshots *snapshot.Store
-	driver    vmm.Driver // created on first use: choosing may boot a probe VM
+	driver    vmm.Driver       // injected by WithDriver, else chosen by drivers
+	drivers   *drivers.Chooser // chooses on first use: that may boot a probe VM
 	pools
 }
 
@@ -143,6 +149,13 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	}
 	for _, o := range opts {
 		o(m)
+	}
+	dopts := []drivers.Option{drivers.WithLogger(m.log), drivers.WithAccelCache(cfg.DataDir)}
+	if m.driver != nil {
+		dopts = append(dopts, drivers.WithDriver(m.driver))
+	}
+	if m.drivers, err = drivers.New(cfg.vmmConfig(), dopts...); err != nil {
+		return nil, err
 	}
 	m.sweep()
 	return m, nil
@@ -333,7 +346,7 @@ func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) er
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
-		if vm.Machine.Wait(ctx) == nil {
+		if err := vm.Machine.Wait(ctx); err == nil || errors.Is(err, vmm.ErrExited) {
 			cancel() // the VMM exited: stop waiting for a Hello
 		}
 	}()
@@ -388,8 +401,14 @@ func (m *Manager) sweep() {
 		}
 		id := filepath.Base(o)
 		m.log.Info("sweeping leftovers of dead VM", "vm", id)
-		os.RemoveAll(filepath.Join(m.cfg.RunDir, id))
-		os.Remove(filepath.Join("/dev/shm", "firesandbox-"+id+".ram"))
+		// Kills its VMM if that very process still runs (Firecracker has
+		// no parent-death signal), and removes its RAM file, jail and
+		// run dir.
+		if killed, err := vmmproc.Sweep(filepath.Join(m.cfg.RunDir, id)); err != nil {
+			m.log.Warn("sweep", "vm", id, "err", err)
+		} else if killed {
+			m.log.Info("killed the VMM of a dead VM", "vm", id)
+		}
 		// Its writable disk and packed mounts: without the VM's memory a
 		// disk cannot be resumed (serve marks such a sandbox lost).
 		os.Remove(m.diskPath(id))

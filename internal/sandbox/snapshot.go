@@ -14,7 +14,6 @@ import (
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
-	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
 )
 
 // restoreTimeout bounds a restore up to the agent's answer. Restores take
@@ -103,17 +102,10 @@ func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel
 }
 
 func (m *Manager) snapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape) (snapshot.Spec, error) {
-	ver, err := d.Version(ctx)
-	if err != nil {
-		return snapshot.Spec{}, err
-	}
 	spec := snapshot.Spec{
-		Language: img.Language, Driver: d.Name(), DriverVersion: ver,
-		KernelID: k.ID(), ImageID: img.ID,
+		Language: img.Language, Driver: d.Name(), DriverVersion: d.Version(),
+		KernelID: k.ID(), ImageID: img.ID, Machine: d.Capabilities().Accel,
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
-	}
-	if q, ok := d.(*qemu.Driver); ok {
-		spec.Machine = q.Accel()
 	}
 	if e := m.prewarmEntry(img.Language); e != nil {
 		spec.Runtime = e.RuntimeID()
