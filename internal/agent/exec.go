@@ -42,22 +42,6 @@ type Config struct {
 	prewarm *prewarmer // set by NewServer
 }
 
-// DefaultLimits are used for fields a request leaves zero.
-var DefaultLimits = agentproto.Limits{
-	WallMillis:  15_000,
-	OutputBytes: 1 << 20,
-	Procs:       64,
-	MemoryBytes: 256 << 20,
-}
-
-// MaxLimits are the most a request may ask for.
-var MaxLimits = agentproto.Limits{
-	WallMillis:  3_600_000,
-	OutputBytes: 64 << 20,
-	Procs:       4096,
-	MemoryBytes: 64 << 30,
-}
-
 // defaultPath is the PATH commands get unless the request sets one.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -65,22 +49,10 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // was killed, e.g. by a process that escaped it; then they are closed.
 const drainGrace = 2 * time.Second
 
-func effectiveLimits(req, def, max agentproto.Limits) agentproto.Limits {
-	pick := func(v, d, m int64) int64 {
-		if v == 0 {
-			v = d
-		}
-		if m > 0 && v > m {
-			v = m
-		}
-		return v
-	}
-	return agentproto.Limits{
-		WallMillis:  pick(req.WallMillis, def.WallMillis, max.WallMillis),
-		OutputBytes: pick(req.OutputBytes, def.OutputBytes, max.OutputBytes),
-		Procs:       pick(req.Procs, def.Procs, max.Procs),
-		MemoryBytes: pick(req.MemoryBytes, def.MemoryBytes, max.MemoryBytes),
-	}
+// limits are a request's effective limits under this agent's defaults
+// and maxima.
+func (c *Config) limits(req agentproto.Limits) agentproto.Limits {
+	return req.Effective(orDefault(c.Defaults, agentproto.DefaultLimits), orDefault(c.Max, agentproto.MaxLimits))
 }
 
 // outputSink receives a running command's output.
@@ -93,7 +65,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	lim := effectiveLimits(req.Limits, orDefault(c.Defaults, DefaultLimits), orDefault(c.Max, MaxLimits))
+	lim := c.limits(req.Limits)
 
 	dir := req.Dir
 	if dir == "" {

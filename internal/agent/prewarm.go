@@ -113,7 +113,7 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
 	}
 	if c.CgroupParent != "" {
-		lim := effectiveLimits(agentproto.Limits{}, orDefault(c.Defaults, DefaultLimits), orDefault(c.Max, MaxLimits))
+		lim := c.limits(agentproto.Limits{})
 		cg, err := newCgroup(filepath.Join(c.CgroupParent, "prewarm"), lim)
 		if err == nil { // the server lives as long as the VM: its cgroup too
 			cmd.SysProcAttr.UseCgroupFD = true

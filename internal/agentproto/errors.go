@@ -13,6 +13,9 @@ var (
 	ErrTooLarge  = errors.New("agentproto: frame too large")
 	ErrMalformed = errors.New("agentproto: malformed message")
 	ErrClosed    = errors.New("agentproto: channel closed")
+	// ErrBadBoot marks a boot contract (fs.* kernel arguments) that must
+	// not be written or acted on.
+	ErrBadBoot = errors.New("agentproto: bad boot arguments")
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -38,19 +38,6 @@ type Hello struct {
 	Identity string `json:"identity,omitempty"`
 }
 
-// Limits bound one exec. Zero values mean "the agent's default"; the agent
-// also enforces its own maxima, so a host cannot lift them by accident.
-type Limits struct {
-	// WallMillis is the wall-clock limit; the process tree is killed at it.
-	WallMillis int64 `json:"wall_ms,omitempty" toml:"wall_ms"`
-	// OutputBytes caps each of stdout and stderr.
-	OutputBytes int64 `json:"output_bytes,omitempty" toml:"output_bytes"`
-	// Procs caps the number of tasks (processes and threads) alive at once.
-	Procs int64 `json:"procs,omitempty" toml:"procs"`
-	// MemoryBytes caps the memory of the process tree.
-	MemoryBytes int64 `json:"memory_bytes,omitempty" toml:"memory_bytes"`
-}
-
 // File is a file written before the command starts. Path is relative to the
 // exec's working directory.
 type File struct {

@@ -231,19 +231,19 @@ func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image
 		disks = append(disks, vmm.Disk{ID: did, Path: l.Path(), ReadOnly: true})
 		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
 	}
-	cmdline := []string{"fs.root=" + strings.Join(refs, ","), "fs.rootfs=" + img.Format}
+	boot := agentproto.Boot{Root: refs, RootFS: img.Format}
 	if disk != "" {
 		disks = append(disks, vmm.Disk{ID: "upper", Path: disk})
-		cmdline = append(cmdline, "fs.upper="+vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, "upper"))
+		boot.Upper = vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, "upper")
 	}
-	var vols []string
 	for i, v := range volumes {
 		did := fmt.Sprintf("mount%d", i)
 		disks = append(disks, vmm.Disk{ID: did, Path: v, ReadOnly: true})
-		vols = append(vols, vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, did)+"@"+mounts[i].GuestDir)
+		boot.Mounts = append(boot.Mounts, agentproto.Mount{Disk: vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, did), Dir: mounts[i].GuestDir})
 	}
-	if len(vols) > 0 {
-		cmdline = append(cmdline, "fs.mounts="+strings.Join(vols, ","))
+	cmdline, err := boot.Args()
+	if err != nil {
+		return vmm.Config{}, err
 	}
 	return vmm.Config{
 		ID:        id,
