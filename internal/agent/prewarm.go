@@ -45,9 +45,6 @@ type prewarmMsg struct {
 	MaxRSSKB int64  `json:"maxrss_kb,omitempty"`
 }
 
-// errPrewarmUnavailable means: run this exec the ordinary way.
-var errPrewarmUnavailable = errors.New("prewarmed runtime unavailable")
-
 func (p *prewarmer) alive() bool {
 	if p == nil || p.cmd == nil {
 		return false

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
@@ -191,18 +189,4 @@ func (s *Server) exec(ctx context.Context, w *agentproto.Writer, req *agentproto
 	}
 	log.Debug("exec done", "code", res.Code, "status", res.Status, "wall_ms", res.WallMillis)
 	_ = w.WriteJSON(agentproto.MsgExit, res)
-}
-
-// errTooLarge marks file requests over their size bound.
-var errTooLarge = errors.New("too large")
-
-// errorCode classifies an error for the host.
-func errorCode(err error) agentproto.ErrorCode {
-	switch {
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return agentproto.CodeNotFound
-	case errors.Is(err, errTooLarge):
-		return agentproto.CodeTooLarge
-	}
-	return ""
 }
