@@ -17,6 +17,9 @@ type Config struct {
 	// own cgroup (memory and pids limits, peak memory, kill of the whole
 	// tree); empty means no cgroups.
 	CgroupParent string
+	// Confine starts commands under no_new_privs and the seccomp filter
+	// of seccomp.go (the guest does; tests may).
+	Confine bool
 	// Defaults fill zero fields of a request's limits; Max clamps them.
 	Defaults, Max agentproto.Limits
 	// Version and Kernel are reported in Hello.

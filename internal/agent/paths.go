@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"golang.org/x/sys/unix"
@@ -80,30 +81,71 @@ func (c *Config) openDir(dir string, create bool) (*os.Root, error) {
 func (c *Config) writeFiles(root *os.Root, files []agentproto.File) error {
 	for _, f := range files {
 		if d := path.Dir(f.Path); d != "." {
-			if err := root.MkdirAll(d, 0o755); err != nil {
+			if err := c.mkdirAllOwned(root, d); err != nil {
 				return fmt.Errorf("write %s: %w", f.Path, err)
-			}
-			if c.UID >= 0 {
-				for p := d; p != "."; p = path.Dir(p) {
-					_ = root.Lchown(p, c.UID, c.GID)
-				}
 			}
 		}
 		mode := os.FileMode(f.Mode & 0o777)
 		if mode == 0 {
 			mode = 0o644
 		}
-		if err := root.WriteFile(f.Path, f.Content, mode); err != nil {
+		if err := c.writeFile(root, f.Path, f.Content, mode); err != nil {
 			return fmt.Errorf("write %s: %w", f.Path, err)
 		}
-		if err := root.Chmod(f.Path, mode); err != nil { // WriteFile's mode is masked by umask
-			return fmt.Errorf("write %s: %w", f.Path, err)
+	}
+	return nil
+}
+
+// mkdirAllOwned creates the missing directories of d under root, giving
+// only those it created to the commands' user.
+func (c *Config) mkdirAllOwned(root *os.Root, d string) error {
+	if _, err := root.Lstat(d); err == nil {
+		return nil
+	}
+	if p := path.Dir(d); p != "." {
+		if err := c.mkdirAllOwned(root, p); err != nil {
+			return err
 		}
-		if c.UID >= 0 {
-			if err := root.Lchown(f.Path, c.UID, c.GID); err != nil {
-				return fmt.Errorf("write %s: %w", f.Path, err)
-			}
+	}
+	if err := root.Mkdir(d, 0o755); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
 		}
+		return err
+	}
+	if c.UID >= 0 {
+		return root.Lchown(d, c.UID, c.GID)
+	}
+	return nil
+}
+
+// writeFile writes one file under root. It opens without blocking (a FIFO
+// planted there by guest code fails or opens at once instead of holding
+// the agent until someone reads it) and writes only into a regular file.
+func (c *Config) writeFile(root *os.Root, name string, content []byte, mode os.FileMode) error {
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK|syscall.O_NOCTTY, mode)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is a %s: %w", name, fi.Mode().Type(), errNotRegular)
+	}
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := f.Write(content); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil { // the open's mode is masked by umask
+		return err
+	}
+	if c.UID >= 0 {
+		return f.Chown(c.UID, c.GID)
 	}
 	return nil
 }

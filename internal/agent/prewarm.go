@@ -30,9 +30,10 @@ import (
 // normal exec.
 type prewarmer struct {
 	mu   sync.Mutex // held for the whole of one exec
-	cmd  *exec.Cmd
-	ctl  *os.File
-	dead chan struct{}
+	cmd     *exec.Cmd
+	ctl     *os.File
+	dead    chan struct{}
+	release func() // the confined thread that started it
 }
 
 type prewarmMsg struct {
@@ -118,7 +119,13 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 			defer cg.f.Close()
 		}
 	}
-	if err := cmd.Start(); err != nil {
+	p.release = func() {}
+	if c.Confine { // its forks inherit no_new_privs and the filter
+		p.release, err = startConfined(cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		ours.Close()
 		return fmt.Errorf("prewarm: start %s: %w", req.Argv[0], err)
 	}
@@ -151,7 +158,10 @@ func (p *prewarmer) stopLocked() {
 	if p.ctl != nil {
 		p.ctl.Close()
 	}
-	p.cmd, p.ctl = nil, nil
+	if p.release != nil {
+		p.release()
+	}
+	p.cmd, p.ctl, p.release = nil, nil, nil
 }
 
 func (p *prewarmer) recv() (prewarmMsg, error) {

@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,168 +19,257 @@ import (
 // was killed, e.g. by a process that escaped it; then they are closed.
 const drainGrace = 2 * time.Second
 
-// run executes one request to completion (or until ctx is cancelled, which
-// kills it) and reports how it ended. An error means the command could not
-// be started at all.
-func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outputSink) (*agentproto.ExitResult, error) {
+// launch prepares and starts one request's process, registers it, and
+// subscribes request id of session s to it (Started goes out before any
+// output). The process then runs on its own (supervise); an error means
+// it could not be started at all.
+func (srv *Server) launch(s *session, id uint32, req *agentproto.ExecRequest) (*proc, error) {
+	c := &srv.cfg
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	if srv.procs.len() >= agentproto.MaxProcesses {
+		return nil, fmt.Errorf("%d processes are running, at most %d: %w", srv.procs.len(), agentproto.MaxProcesses, errBusy)
+	}
+	u, err := c.user(req.User)
+	if err != nil {
+		return nil, err
+	}
 	lim := c.limits(req.Limits)
+	outCap := lim.OutputBytes
+	if req.Background {
+		if req.Limits.WallMillis == 0 {
+			lim.WallMillis = 0 // a background process runs until it ends or is signalled
+		}
+		if req.Limits.OutputBytes == 0 {
+			outCap = 0
+		}
+	}
 
+	var cleanup []func() // run once the process has ended
+	fail := func(err error) (*proc, error) {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+		return nil, err
+	}
 	dir := req.Dir
 	if dir == "" {
-		d, err := c.makeRunDir(req.ID)
+		d, err := c.makeRunDir(id)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
-		defer os.RemoveAll(c.hostPath(d))
+		cleanup = append(cleanup, func() { os.RemoveAll(c.hostPath(d)) })
 		dir = d
 	}
 	wd, err := c.openDir(dir, req.Dir != "")
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	err = c.writeFiles(wd, req.Files)
 	wd.Close()
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
-
 	argv0, err := c.lookPath(req.Argv[0], req.Env)
 	if err != nil {
-		return nil, err
+		return fail(err)
+	}
+	home := dir
+	if req.User != "" && u.home != "" {
+		home = u.home
+	}
+	env := c.environ(req.Env, home)
+	if req.PTY != nil && !hasEnv(req.Env, "TERM") {
+		env = append(env, "TERM=xterm-256color")
 	}
 	cmd := &exec.Cmd{
-		Path: argv0,
-		Args: req.Argv,
-		Env:  c.environ(req.Env, dir),
-		Dir:  dir,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,
-			Pdeathsig: syscall.SIGKILL,
-		},
+		Path:        argv0,
+		Args:        req.Argv,
+		Env:         env,
+		Dir:         dir,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 	}
 	if c.Root != "" {
 		cmd.SysProcAttr.Chroot = c.Root
 	}
-	if c.UID >= 0 {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
+	if u.uid >= 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}}
 	}
-
 	var cg *cgroup
 	if c.CgroupParent != "" {
-		cg, err = newCgroup(filepath.Join(c.CgroupParent, fmt.Sprintf("exec-%d-%d", req.ID, time.Now().UnixNano())), lim)
+		cg, err = newCgroup(filepath.Join(c.CgroupParent, fmt.Sprintf("exec-%d-%d", id, time.Now().UnixNano())), lim)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
-		defer cg.remove()
+		cleanup = append(cleanup, cg.remove)
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = cg.fd()
 	}
 
-	stdinR, stdinW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		stdinR.Close()
-		stdinW.Close()
-		return nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		for _, f := range []*os.File{stdinR, stdinW, outR, outW} {
+	p := &proc{background: req.Background, cg: cg, done: make(chan struct{}), replay: req.Background || req.PTY != nil}
+	var (
+		outputs  []pumpSource
+		childEnd []*os.File // the child's ends, closed once it started
+		stdinW   *os.File
+	)
+	closeAll := func(fs []*os.File) {
+		for _, f := range fs {
 			f.Close()
 		}
-		return nil, err
 	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+	if req.PTY != nil {
+		master, tty, err := c.openPTY(*req.PTY, u.uid, u.gid)
+		if err != nil {
+			return fail(err)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+		cmd.SysProcAttr.Setpgid = false
+		cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, true, 0
+		childEnd = append(childEnd, tty)
+		p.pty = master
+		p.stdin = master
+		outputs = append(outputs, pumpSource{master, agentproto.PTY, agentproto.StatusStdoutLimit})
+	} else {
+		var fs [6]*os.File
+		var perr error
+		for i := 0; i < 6 && perr == nil; i += 2 {
+			fs[i], fs[i+1], perr = os.Pipe()
+		}
+		if perr != nil {
+			closeAll(fs[:])
+			return fail(perr)
+		}
+		stdinR, outR, outW, errR, errW := fs[0], fs[2], fs[3], fs[4], fs[5]
+		stdinW = fs[1]
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+		childEnd = append(childEnd, stdinR, outW, errW)
+		p.stdin = stdinW
+		outputs = append(outputs,
+			pumpSource{outR, agentproto.Stdout, agentproto.StatusStdoutLimit},
+			pumpSource{errR, agentproto.Stderr, agentproto.StatusStderrLimit})
+	}
+	keepStdin := req.OpenStdin || req.PTY != nil
+	if keepStdin {
+		p.stdinQ = make(chan stdinOp, 8)
+	}
 
 	start := time.Now()
-	proc, err := c.startProcess(req, cmd, cg, stdinR, outW, errW)
-	stdinR.Close()
-	outW.Close()
-	errW.Close()
+	started, err := srv.startProcess(req, cmd, cg, childEnd)
+	closeAll(childEnd)
 	if err != nil {
-		stdinW.Close()
-		outR.Close()
-		errR.Close()
-		return nil, fmt.Errorf("start %s: %w", req.Argv[0], err)
+		p.stdin.Close()
+		for _, o := range outputs {
+			o.f.Close()
+		}
+		return fail(fmt.Errorf("start %s: %w", req.Argv[0], err))
 	}
-	defer proc.done()
-
-	// One kill for every reason; the first reason wins.
-	var (
-		killOnce sync.Once
-		reason   agentproto.Status
-		message  string
-	)
-	kill := func(st agentproto.Status, msg string) {
-		killOnce.Do(func() {
-			reason, message = st, msg
-			_ = syscall.Kill(-proc.pid, syscall.SIGKILL)
-			if cg != nil {
-				cg.kill()
-			}
-		})
+	cleanup = append(cleanup, started.done)
+	p.pid = started.pid
+	p.info = agentproto.ProcessInfo{
+		PID: p.pid, Tag: req.Tag, Argv: req.Argv, Env: req.Env, Dir: dir, User: req.User,
+		PTY: req.PTY != nil, Background: req.Background, StartedUnixMillis: start.UnixMilli(),
 	}
+	srv.procs.add(p)
+	p.subscribe(s, id, false)
 
+	// Initial stdin first; then, if kept open, what the host sends.
 	go func() {
-		defer stdinW.Close()
-		_, _ = stdinW.Write(req.Stdin) // EPIPE if the program never reads: fine
+		if len(req.Stdin) > 0 {
+			_ = p.stdin.SetWriteDeadline(time.Now().Add(stdinTimeout))
+			_, _ = p.stdin.Write(req.Stdin) // EPIPE if the program never reads: fine
+			_ = p.stdin.SetWriteDeadline(time.Time{})
+		}
+		if keepStdin {
+			p.serveStdin()
+		} else if stdinW != nil {
+			stdinW.Close()
+		}
 	}()
+	go srv.supervise(p, started, lim, outCap, outputs, start, func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+	})
+	return p, nil
+}
 
+func hasEnv(env []string, key string) bool {
+	for _, e := range env {
+		if strings.HasPrefix(e, key+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// pumpSource is one output of a process.
+type pumpSource struct {
+	f      *os.File
+	s      agentproto.Stream
+	status agentproto.Status // the kill status when it passes its cap
+}
+
+// supervise runs a started process to its end: output, limits, exit, and
+// the cleanup of everything it held.
+func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, outCap int64, outputs []pumpSource, start time.Time, cleanup func()) {
+	defer cleanup()
 	var readers sync.WaitGroup
-	for _, p := range []struct {
-		f      *os.File
-		s      agentproto.Stream
-		status agentproto.Status
-	}{{outR, agentproto.Stdout, agentproto.StatusStdoutLimit}, {errR, agentproto.Stderr, agentproto.StatusStderrLimit}} {
+	for _, o := range outputs {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			err := pump(p.f, p.s, lim.OutputBytes, sink)
+			err := pump(o.f, o.s, outCap, p.emit)
 			if errors.Is(err, errOutputLimit) {
-				kill(p.status, fmt.Sprintf("%s passed its limit of %d bytes", p.s, lim.OutputBytes))
-			} else if err != nil {
-				kill(agentproto.StatusInternal, fmt.Sprintf("forward %s: %v", p.s, err))
+				p.kill(o.status, fmt.Sprintf("%s passed its limit of %d bytes", o.s, outCap))
+			} else if err != nil && !errors.Is(err, unix.EIO) { // EIO: a terminal whose last user closed it
+				p.kill(agentproto.StatusInternal, fmt.Sprintf("forward %s: %v", o.s, err))
 			}
 		}()
 	}
+	var timer *time.Timer
+	if lim.WallMillis > 0 {
+		wall := time.Duration(lim.WallMillis) * time.Millisecond
+		timer = time.AfterFunc(wall, func() {
+			p.kill(agentproto.StatusTimeout, fmt.Sprintf("wall-clock limit of %s reached", wall))
+		})
+	}
 
-	timer := time.AfterFunc(time.Duration(lim.WallMillis)*time.Millisecond, func() {
-		kill(agentproto.StatusTimeout, fmt.Sprintf("wall-clock limit of %s reached", time.Duration(lim.WallMillis)*time.Millisecond))
-	})
-	stopWatch := context.AfterFunc(ctx, func() { kill(agentproto.StatusSignal, "cancelled by the host") })
-
-	ws, cpu, maxRSS, waitErr := proc.wait()
+	ws, cpu, maxRSS, waitErr := started.wait()
 	wall := time.Since(start)
-	timer.Stop()
-	stopWatch()
-
+	if timer != nil {
+		timer.Stop()
+	}
 	// The main process is gone: nothing it started may outlive it.
-	_ = syscall.Kill(-proc.pid, syscall.SIGKILL)
-	if cg != nil {
-		cg.kill()
+	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	if p.cg != nil {
+		p.cg.kill()
 	}
 	drained := make(chan struct{})
 	go func() { readers.Wait(); close(drained) }()
 	select {
 	case <-drained:
 	case <-time.After(drainGrace):
-		outR.Close() // a straggler holds the pipe; stop listening to it
-		errR.Close()
+		for _, o := range outputs { // a straggler holds the pipe; stop listening to it
+			o.f.Close()
+		}
 		<-drained
 	}
-	outR.Close()
-	errR.Close()
+	for _, o := range outputs {
+		o.f.Close()
+	}
+	p.closeStdinQueue()
+	if p.pty == nil {
+		p.stdin.Close()
+	}
+	srv.procs.remove(p)
 
-	res := &agentproto.ExitResult{ID: req.ID, WallMillis: wall.Milliseconds(), Prewarmed: proc.prewarmed,
+	res := &agentproto.ExitResult{PID: p.pid, WallMillis: wall.Milliseconds(), Prewarmed: started.prewarmed,
 		CPUMillis: cpu.Milliseconds(), MemoryBytes: maxRSS}
 	if waitErr != nil {
-		return nil, fmt.Errorf("wait: %w", waitErr)
+		res.Code, res.Status, res.Message = -1, agentproto.StatusInternal, fmt.Sprintf("wait: %v", waitErr)
+		p.finish(res)
+		return
 	}
 	res.Code = ws.ExitStatus()
 	if ws.Signaled() {
@@ -188,8 +277,8 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 		res.Code = -1
 	}
 	oom := false
-	if cg != nil {
-		st := cg.stats()
+	if p.cg != nil {
+		st := p.cg.stats()
 		if st.cpu > 0 {
 			res.CPUMillis = st.cpu.Milliseconds()
 		}
@@ -198,7 +287,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 		}
 		oom = st.oomKills > 0
 	}
-
+	reason, message := p.killReason()
 	switch {
 	case reason != "":
 		res.Status, res.Message = reason, message
@@ -210,7 +299,7 @@ func (c *Config) run(ctx context.Context, req *agentproto.ExecRequest, sink outp
 	case res.Code != 0:
 		res.Status = agentproto.StatusRuntimeError
 	}
-	return res, nil
+	p.finish(res)
 }
 
 // process is a started command, whichever way it was started.
@@ -222,10 +311,12 @@ type process struct {
 }
 
 // startProcess starts a request's command: forked from the prewarmed
-// runtime when asked and possible, else executed.
-func (c *Config) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cgroup, stdin, stdout, stderr *os.File) (*process, error) {
-	if req.Prewarmed && c.prewarm.alive() && c.prewarm.mu.TryLock() {
-		pp, err := c.prewarm.spawn(req.Argv, cmd.Env, cmd.Dir, stdin, stdout, stderr)
+// runtime when asked and possible, else executed, under no_new_privs and
+// the user filter when the agent confines commands.
+func (srv *Server) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cgroup, stdio []*os.File) (*process, error) {
+	c := &srv.cfg
+	if req.Prewarmed && req.PTY == nil && c.prewarm.alive() && c.prewarm.mu.TryLock() {
+		pp, err := c.prewarm.spawn(req.Argv, cmd.Env, cmd.Dir, stdio[0], stdio[1], stdio[2])
 		if err == nil && cg != nil {
 			err = cg.add(pp.pid)
 		}
@@ -246,10 +337,17 @@ func (c *Config) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cg
 		c.prewarm.mu.Unlock()
 		// fall through: run it the ordinary way
 	}
-	if err := cmd.Start(); err != nil {
+	release := func() {}
+	if c.Confine {
+		r, err := startConfined(cmd.Start)
+		if err != nil {
+			return nil, err
+		}
+		release = r
+	} else if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	return &process{pid: cmd.Process.Pid, done: func() {}, wait: func() (syscall.WaitStatus, time.Duration, int64, error) {
+	return &process{pid: cmd.Process.Pid, done: release, wait: func() (syscall.WaitStatus, time.Duration, int64, error) {
 		state, err := cmd.Process.Wait()
 		if err != nil {
 			return 0, 0, 0, err

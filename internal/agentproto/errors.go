@@ -16,6 +16,8 @@ var (
 	// ErrBadBoot marks a boot contract (fs.* kernel arguments) that must
 	// not be written or acted on.
 	ErrBadBoot = errors.New("agentproto: bad boot arguments")
+	// ErrDetached is what Process.Wait returns after Detach.
+	ErrDetached = errors.New("agentproto: detached from the process")
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
