@@ -29,7 +29,7 @@ import (
 // One exec at a time uses it; others, or any failure, fall back to a
 // normal exec.
 type prewarmer struct {
-	mu   sync.Mutex // held for the whole of one exec
+	mu      sync.Mutex // held for the whole of one exec
 	cmd     *exec.Cmd
 	ctl     *os.File
 	dead    chan struct{}
