@@ -31,17 +31,20 @@ type fsView struct {
 	resolve uint64
 }
 
-// view opens the directory a request's paths resolve in. Call it, and
-// every method of the view that resolves a path, as the request's user.
-func (c *Config) view(within string) (*fsView, error) {
+// openRoot opens the guest root for views. The agent opens it with its
+// own rights: the directories above the root are not the user's to see.
+func (c *Config) openRoot() (int, error) {
 	top := c.Root
 	if top == "" {
 		top = "/"
 	}
-	rfd, err := unix.Open(top, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
+	return unix.Open(top, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}
+
+// view opens the directory a request's paths resolve in, from rfd (the
+// guest root, which the view takes over). Call it, and every method of
+// the view that resolves a path, as the request's user.
+func (c *Config) view(rfd int, within string) (*fsView, error) {
 	v := &fsView{c: c, base: rfd, baseDir: "/", resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
 	if within == "" || within == "/" {
 		return v, nil
@@ -80,9 +83,11 @@ func (v *fsView) open(p string, flags int) (int, error) {
 	if rel == "" {
 		rel = "."
 	}
-	fd, err := unix.Openat2(v.base, rel, &unix.OpenHow{
-		Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK), Resolve: v.resolve,
-	})
+	flags |= unix.O_CLOEXEC
+	if flags&unix.O_PATH == 0 { // openat2 refuses other flags with O_PATH
+		flags |= unix.O_NOCTTY | unix.O_NONBLOCK
+	}
+	fd, err := unix.Openat2(v.base, rel, &unix.OpenHow{Flags: uint64(flags), Resolve: v.resolve})
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: p, Err: err}
 	}

@@ -24,8 +24,12 @@ func (srv *Server) fileCall(req *agentproto.FileRequest, fn func(v *fsView) erro
 	if err != nil {
 		return err
 	}
+	rfd, err := srv.cfg.openRoot()
+	if err != nil {
+		return err
+	}
 	return asUser(u, func() error {
-		v, err := srv.cfg.view(req.Within)
+		v, err := srv.cfg.view(rfd, req.Within)
 		if err != nil {
 			return err
 		}
@@ -46,8 +50,8 @@ func (srv *Server) handleFileCall(s *session, f agentproto.Frame) {
 	}
 	s.goOp(func() {
 		var out []agentproto.FileInfo
+		ids := srv.cfg.idNames() // read as the agent: the names are public
 		err := srv.fileCall(&req, func(v *fsView) error {
-			ids := srv.cfg.idNames()
 			var err error
 			var fi agentproto.FileInfo
 			switch f.Type {
@@ -152,12 +156,12 @@ func (srv *Server) upload(s *session, r *request, req *agentproto.FileRequest) (
 		return agentproto.FileInfo{}, fmt.Errorf("upload %s: %d bytes, %d declared: %w", req.Path, up.written, req.Size, errInvalid)
 	}
 	var fi agentproto.FileInfo
+	ids := srv.cfg.idNames()
 	err = srv.fileCall(req, func(v *fsView) error {
 		committed = true
 		if err := up.commit(); err != nil {
 			return err
 		}
-		ids := srv.cfg.idNames()
 		var err error
 		fi, err = v.stat(req.Path, &ids)
 		return err

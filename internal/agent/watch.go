@@ -14,7 +14,7 @@ import (
 // watchMask is what a watch reports.
 const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLOSE_WRITE |
 	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF |
-	unix.IN_ONLYDIR | unix.IN_DONT_FOLLOW | unix.IN_EXCL_UNLINK
+	unix.IN_ONLYDIR | unix.IN_EXCL_UNLINK // (followed: the path is /proc/self/fd/N)
 
 // watcher follows one directory (and its subdirectories, if recursive)
 // with inotify and streams what changes to one request.

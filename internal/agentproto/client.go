@@ -213,9 +213,14 @@ type AgentError struct {
 
 func (e *AgentError) Error() string { return "agent: " + e.Message }
 
-// Is lets callers test agent errors against the io/fs sentinels:
-// errors.Is(err, fs.ErrNotExist) holds for CodeNotFound.
+// Is lets callers test agent errors against the io/fs sentinels
+// (errors.Is(err, fs.ErrNotExist) holds for CodeNotFound), and by code
+// against an AgentError without a message:
+// errors.Is(err, &AgentError{Code: CodeTooLarge}).
 func (e *AgentError) Is(target error) bool {
+	if t, ok := target.(*AgentError); ok && t.Message == "" {
+		return t.Code == e.Code
+	}
 	switch e.Code {
 	case CodeNotFound:
 		return target == fs.ErrNotExist
