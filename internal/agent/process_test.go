@@ -181,7 +181,7 @@ func TestPTYInteractiveShell(t *testing.T) {
 		}
 	}
 	send("echo $((6*7)); tty; stty size\n")
-	waitOutput(t, &out, `[\r\n]42\r?\n`)              // ran, output on the terminal
+	waitOutput(t, &out, `[\r\n]42\r?\n`)             // ran, output on the terminal
 	waitOutput(t, &out, `echo \$\(\(6\*7\)\)`)       // the input was echoed
 	waitOutput(t, &out, `/dev/pts/[0-9]+\r?\n24 80`) // a real terminal of the asked size
 	if err := c.ResizePTY(ctx, p.PID, agentproto.PTYSize{Cols: 100, Rows: 30}); err != nil {

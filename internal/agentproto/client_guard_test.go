@@ -158,8 +158,11 @@ func TestCallsHaveDeadlines(t *testing.T) {
 		"stdin":    func() error { return c.WriteStdin(ctx, 5, []byte("x")) },
 		"download": func() error { _, err := c.ReadFile(ctx, "/x", 10); return err },
 		"upload":   func() error { _, err := c.Upload(ctx, "/x", strings.NewReader("x"), 1, 0); return err },
-		"start":    func() error { _, err := c.Start(ctx, ExecRequest{Argv: []string{"x"}, Background: true}, nil, nil); return err },
-		"ping":     func() error { _, err := c.WaitHello(ctx); return err },
+		"start": func() error {
+			_, err := c.Start(ctx, ExecRequest{Argv: []string{"x"}, Background: true}, nil, nil)
+			return err
+		},
+		"ping": func() error { _, err := c.WaitHello(ctx); return err },
 	} {
 		start := time.Now()
 		err := call()
