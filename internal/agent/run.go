@@ -213,7 +213,12 @@ type pumpSource struct {
 // supervise runs a started process to its end: output, limits, exit, and
 // the cleanup of everything it held.
 func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, outCap int64, outputs []pumpSource, start time.Time, cleanup func()) {
-	defer cleanup()
+	// Everything the process held is released before its exit goes out:
+	// the host's next exec may want it (the prewarmed runtime, above all).
+	finish := func(res *agentproto.ExitResult) {
+		cleanup()
+		p.finish(res)
+	}
 	var readers sync.WaitGroup
 	for _, o := range outputs {
 		readers.Add(1)
@@ -268,7 +273,7 @@ func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, o
 		CPUMillis: cpu.Milliseconds(), MemoryBytes: maxRSS}
 	if waitErr != nil {
 		res.Code, res.Status, res.Message = -1, agentproto.StatusInternal, fmt.Sprintf("wait: %v", waitErr)
-		p.finish(res)
+		finish(res)
 		return
 	}
 	res.Code = ws.ExitStatus()
@@ -299,7 +304,7 @@ func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, o
 	case res.Code != 0:
 		res.Status = agentproto.StatusRuntimeError
 	}
-	p.finish(res)
+	finish(res)
 }
 
 // process is a started command, whichever way it was started.
@@ -331,6 +336,7 @@ func (srv *Server) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *
 			pp.gate.Close()
 			_, _, _, _ = pp.wait()
 		}
+		srv.log.Warn("prewarmed runtime not used", "err", err)
 		if !errors.Is(err, errPrewarmUnavailable) {
 			c.prewarm.stopLocked() // out of step with us: never use it again
 		}

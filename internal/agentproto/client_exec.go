@@ -17,6 +17,10 @@ import (
 //
 // Output past the request's cap is cut on the host too, whatever the
 // guest sends: the result then says StatusStdoutLimit (or Stderr).
+//
+// stdout and stderr are written on the client's read loop, which every
+// call on the channel shares: they must not block (buffer in memory, or
+// hand off to a goroutine, before writing to a network peer).
 func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Writer) (*ExitResult, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		if wall := req.Limits.Effective(DefaultLimits, MaxLimits).WallMillis; !req.Background || req.Limits.WallMillis > 0 {
@@ -35,7 +39,8 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Wr
 // Start starts a command and returns once it runs, with its pid. Its
 // output streams to stdout and stderr until it ends or the returned
 // Process is detached; Process.Wait returns how it ended. A command that
-// is not req.Background is killed when the Process is detached.
+// is not req.Background is killed when the Process is detached. As for
+// Exec, stdout and stderr must not block.
 func (c *Client) Start(ctx context.Context, req ExecRequest, stdout, stderr io.Writer) (*Process, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()

@@ -221,7 +221,7 @@ func TestPrewarmedRunsAreFresh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !res.Run.Prewarmed {
-			t.Fatalf("run did not use the prewarmed runtime: %+v", res.Run)
+			t.Fatalf("run did not use the prewarmed runtime: %+v\nconsole: %s", res.Run, vm.Machine.Console(4096))
 		}
 		return out.String() + errb.String(), res.Run
 	}
