@@ -105,10 +105,12 @@ func TestSnapshotRestoredRuns(t *testing.T) {
 		b, _ = json.Marshal(raw)
 		os.WriteFile(mf, b, 0o644)
 
-		spec, err := m.SnapshotSpec(context.Background(), m.driver, mustKernel(t, m), mustImage(t, m))
+		e, _ := m.catalog.Lookup("python", "")
+		tmpl, err := m.Template(context.Background(), e, Shape{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		spec := tmpl.Spec
 		if _, err := m.snapshots.Get(spec); err == nil {
 			t.Fatal("a manifest for another kernel was accepted")
 		}
