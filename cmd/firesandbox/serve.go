@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -88,15 +89,12 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	idle := f.idleHibernate
-	if idle == 0 {
-		idle = -1 // api.Config: negative disables
-	}
-	cfg := api.Config{
-		Listen: f.listen, APIKey: f.apiKey, MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait,
-		MaxTimeout: f.maxTimeout, IdleHibernate: idle, MaxBody: f.maxBody, Pools: pools, ShutdownGrace: f.grace,
-	}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, ShutdownGrace: f.grace}
 	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate, Pools: pools}
+	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}
 	log := g.logger()
@@ -104,7 +102,16 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	srv, err := api.Open(cfg, mgr, api.WithLogger(log))
+	svc, err := sandbox.OpenService(mgr, scfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := svc.Close(context.Background()); cerr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
+		}
+	}()
+	srv, err := api.Open(cfg, svc, api.WithLogger(log))
 	if err != nil {
 		return err
 	}

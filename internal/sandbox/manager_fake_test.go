@@ -228,13 +228,21 @@ func TestHibernateResumeRefusesAChangedHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m2.Close()
-	_, err = m2.Resume(ctx, e, Shape{}, dir)
+	t2, err := m2.Template(ctx, e, Shape{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m2.Resume(ctx, t2, dir, "")
 	if !errors.Is(err, vmm.ErrIncompatible) || !strings.Contains(err.Error(), "driver version 1.0 (this host: 2.0)") {
 		t.Fatalf("resume after an upgrade: %v", err)
 	}
 	// Nothing was lost: the old version resumes it, files and all.
 	d.VersionValue = "1.0"
-	back, err := m.Resume(ctx, e, Shape{}, dir)
+	t1, err := m.Template(ctx, e, Shape{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := m.Resume(ctx, t1, dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool, mounts []
 	if err != nil {
 		return nil, false, err
 	}
-	vm, err := m.acquire(ctx, t, cold, mounts)
+	vm, err := m.Start(ctx, t, StartOptions{Cold: cold, Mounts: mounts})
 	return vm, false, err
 }
 

@@ -166,13 +166,13 @@ func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
 	bad.Base.Disks[len(bad.Base.Disks)-1].Path = junk
 
 	// The agent cannot mount the junk root, says so, and powers off.
-	_, err = m.boot(context.Background(), bad, time.Minute)
+	_, err = m.boot(context.Background(), bad, time.Minute, StartOptions{})
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "firesandbox-agent: fatal") {
 		t.Fatalf("boot with a junk root: %v; want ErrNotReady with the agent's console message", err)
 	}
 	// A guest that is too slow is given up on at the deadline.
 	start := time.Now()
-	_, err = m.boot(context.Background(), good, 300*time.Millisecond)
+	_, err = m.boot(context.Background(), good, 300*time.Millisecond, StartOptions{})
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "no answer within") {
 		t.Fatalf("boot with a short deadline: %v", err)
 	}

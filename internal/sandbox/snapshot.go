@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
@@ -68,25 +67,7 @@ func (m *Manager) AcquireShape(ctx context.Context, e *image.Entry, cold bool, s
 	if err != nil {
 		return nil, err
 	}
-	return m.acquire(ctx, t, cold, nil)
-}
-
-// acquire returns a VM of t. Mounts add disks, which a snapshot's machine
-// does not have, so they mean a cold boot.
-func (m *Manager) acquire(ctx context.Context, t *Template, cold bool, mounts []Mount) (*VM, error) {
-	if cold || t.Shape.DiskMiB > 0 || len(mounts) > 0 || !t.Driver.Capabilities().Snapshot {
-		return m.boot(ctx, t, m.cfg.BootTimeout, mounts...)
-	}
-	snap, err := m.snapshot(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	vm, err := m.restore(ctx, t, snap.Dir, "")
-	if err != nil && ctx.Err() == nil {
-		m.log.Warn("restore failed; booting cold", "op", "restore", "snapshot", snap.Key, "err", err)
-		return m.boot(ctx, t, m.cfg.BootTimeout)
-	}
-	return vm, err
+	return m.Start(ctx, t, StartOptions{Cold: cold})
 }
 
 // CreateSnapshot boots e's template, waits for the agent, pauses and saves
@@ -113,7 +94,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot
 func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Snapshot, error) {
 	start := time.Now()
 	name := t.Entry.Name
-	vm, err := m.boot(ctx, t, m.cfg.BootTimeout)
+	vm, err := m.boot(ctx, t, m.cfg.BootTimeout, StartOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
@@ -145,16 +126,14 @@ func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Sn
 	return snap, nil
 }
 
-// hibernatedDisk is the writable disk's name in a hibernation directory.
-const hibernatedDisk = "upper.ext4"
-
 // hibernationSpec is the Spec file of a hibernation directory: what the
 // VM was, so a resume on a changed host is refused by name.
 const hibernationSpec = "spec.json"
 
-// Hibernate saves a VM whole (memory, which holds its writable layer, and
-// device state) into dir, which must exist and be empty, and stops it.
-// Resume brings it back. On error the VM is left running if it can be.
+// Hibernate saves a VM whole (memory and device state) into dir, which
+// must exist and be empty, and stops it. A writable disk stays where it
+// is, with its owner. Resume brings the VM back. On error the VM is left
+// running if it can be.
 func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 	if vm.Agent != nil {
 		vm.Agent.Close() // the guest waits for the next host, as in a template
@@ -172,36 +151,26 @@ func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 		return fmt.Errorf("hibernate: %w", err)
 	}
 	stopErr := vm.Machine.Stop(context.WithoutCancel(ctx))
-	if vm.disk != "" { // the writable layer goes with the memory
-		if err := os.Rename(vm.disk, filepath.Join(dir, hibernatedDisk)); err != nil {
-			return fmt.Errorf("hibernate: keep disk: %w", err)
-		}
-		vm.disk = ""
-	}
 	if err := sealHibernation(dir, vm.Template.Spec); err != nil {
 		return errors.Join(fmt.Errorf("hibernate: %w", err), stopErr, vm.Close())
 	}
 	return errors.Join(stopErr, vm.Close())
 }
 
-// Resume restores a VM hibernated into dir by Hibernate. The language and
-// shape must be those it was created with; a host whose kernel, image or
-// VMM changed since refuses it with ErrIncompatible naming what changed,
-// and leaves dir as it was.
-func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir string) (*VM, error) {
-	t, err := m.Template(ctx, e, shape)
-	if err != nil {
-		return nil, err
-	}
+// Resume restores a VM of t hibernated into dir by Hibernate, with its
+// writable disk at disk (if t's shape has one). A host whose kernel, image
+// or VMM changed since refuses it with ErrIncompatible naming what
+// changed, and leaves dir and disk as they were.
+func (m *Manager) Resume(ctx context.Context, t *Template, dir, disk string) (*VM, error) {
 	if err := checkHibernation(dir, t.Spec); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	disk := ""
-	if t.Shape.DiskMiB > 0 { // take the disk back where restore looks for it
-		disk = filepath.Join(dir, hibernatedDisk)
+	if t.Shape.DiskMiB > 0 {
 		if _, err := os.Stat(disk); err != nil {
 			return nil, fmt.Errorf("resume: hibernated sandbox has no disk: %w", err)
 		}
+	} else {
+		disk = ""
 	}
 	vm, err := m.restore(ctx, t, dir, disk)
 	if err != nil {

@@ -157,7 +157,7 @@ func (m *Manager) probeBoot(ctx context.Context, d vmm.Driver, k *guestkernel.Ke
 	if err != nil {
 		return err
 	}
-	vm, err := m.boot(ctx, t, timeout)
+	vm, err := m.boot(ctx, t, timeout, StartOptions{})
 	if err != nil {
 		return err
 	}

@@ -29,8 +29,11 @@ type VM struct {
 	// Timings break Ready down, for `run -v` and the bench.
 	Timings Timings
 	owner   string
-	disk    string   // writable layer disk, removed with the VM
-	volumes []string // packed mounts, removed with the VM
+	// disk is the writable layer's disk; removed with the VM unless a
+	// sandbox owns it (keptDisk), which keeps it across hibernations.
+	disk     string
+	keptDisk bool
+	volumes  []string // packed mounts, removed with the VM
 }
 
 // Timings are the parts of a VM's start.
@@ -58,7 +61,7 @@ func (v *VM) Close() error {
 	if v.owner != "" {
 		os.Remove(v.owner)
 	}
-	if v.disk != "" {
+	if v.disk != "" && !v.keptDisk {
 		os.Remove(v.disk)
 	}
 	for _, vol := range v.volumes {
@@ -67,12 +70,56 @@ func (v *VM) Close() error {
 	return err
 }
 
+// alive says the VM's machine runs (or is paused) and its agent channel
+// is open.
+func (v *VM) alive() bool {
+	if v.Machine == nil || v.Machine.State() == vmm.StateStopped || v.Agent == nil {
+		return false
+	}
+	select {
+	case <-v.Agent.Done():
+		return false
+	default:
+		return true
+	}
+}
+
 // disksDir holds the per-VM disks: in the data directory, so hibernation
 // moves a disk with a rename.
 func (m *Manager) disksDir() string { return filepath.Join(m.cfg.DataDir, "disks") }
 
+// StartOptions say how to start one VM of a template.
+type StartOptions struct {
+	// Cold boots instead of restoring the template's snapshot.
+	Cold bool
+	// Mounts show host directories read-only in the guest (cold boot).
+	Mounts []Mount
+	// Disk, for a shape with a disk, is where the writable disk lives:
+	// made there if missing, and kept when the VM stops (a sandbox's). If
+	// empty, the VM gets a private disk that goes with it.
+	Disk string
+}
+
+// Start returns a ready VM of t: restored from t's snapshot when the
+// driver can (creating it on first use), else booted.
+func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, error) {
+	if o.Cold || t.Shape.DiskMiB > 0 || len(o.Mounts) > 0 || !t.Driver.Capabilities().Snapshot {
+		return m.boot(ctx, t, m.cfg.BootTimeout, o)
+	}
+	snap, err := m.snapshot(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := m.restore(ctx, t, snap.Dir, "")
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("restore failed; booting cold", "op", "restore", "snapshot", snap.Key, "err", err)
+		return m.boot(ctx, t, m.cfg.BootTimeout, o)
+	}
+	return vm, err
+}
+
 // boot starts a VM of t from scratch and waits for its agent.
-func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, mounts ...Mount) (*VM, error) {
+func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, o StartOptions) (*VM, error) {
 	start := time.Now()
 	id := newID("vm-")
 	owner, err := m.claim(id)
@@ -85,16 +132,21 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		return nil, err
 	}
 	if t.Shape.DiskMiB > 0 {
-		p := disk.WritablePath(m.disksDir(), id)
-		if err := disk.NewWritable(ctx, p, t.Shape.DiskMiB); err != nil {
-			return fail(err)
+		p, kept := o.Disk, o.Disk != ""
+		if !kept {
+			p = disk.WritablePath(m.disksDir(), id)
 		}
-		vm.disk = p
+		if _, err := os.Stat(p); err != nil {
+			if err := disk.NewWritable(ctx, p, t.Shape.DiskMiB); err != nil {
+				return fail(err)
+			}
+		}
+		vm.disk, vm.keptDisk = p, kept
 	}
-	if vm.volumes, err = m.packMounts(ctx, id, mounts); err != nil {
+	if vm.volumes, err = m.packMounts(ctx, id, o.Mounts); err != nil {
 		return fail(err)
 	}
-	mach, err := t.Driver.Boot(ctx, m.machineConfig(t, id, vm.disk, mounts, vm.volumes))
+	mach, err := t.Driver.Boot(ctx, m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes))
 	if err != nil {
 		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
 	}
@@ -110,38 +162,19 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 }
 
 // restore starts a VM from a snapshot directory of t and gives the guest
-// its own clock, randomness and identity. hibernatedDisk, if set, is the writable
-// disk the snapshot's machine had: it is moved to the new VM's disk path
-// (and back, if the restore fails, so its owner keeps its only copy).
-func (m *Manager) restore(ctx context.Context, t *Template, snapDir, hibernatedDisk string) (*VM, error) {
+// its own clock, randomness and identity. keptDisk, if set, is the
+// writable disk the snapshot's machine had, which its owner keeps.
+func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk string) (*VM, error) {
 	start := time.Now()
 	id := newID("vm-")
 	owner, err := m.claim(id)
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{owner: owner, Restored: true, Template: t}
+	vm := &VM{owner: owner, Restored: true, Template: t, disk: keptDisk, keptDisk: true}
 	fail := func(err error) (*VM, error) {
-		if hibernatedDisk != "" && vm.disk != "" {
-			if vm.Machine != nil {
-				_ = vm.Machine.Stop(context.WithoutCancel(ctx)) // before its disk moves
-			}
-			if os.Rename(vm.disk, hibernatedDisk) == nil {
-				vm.disk = "" // the owner keeps its only copy
-			}
-		}
 		vm.Close()
 		return nil, err
-	}
-	if hibernatedDisk != "" {
-		p := disk.WritablePath(m.disksDir(), id)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return fail(err)
-		}
-		if err := os.Rename(hibernatedDisk, p); err != nil {
-			return fail(fmt.Errorf("restore: writable disk: %w", err))
-		}
-		vm.disk = p
 	}
 	mach, err := t.Driver.Restore(ctx, snapDir, m.machineConfig(t, id, vm.disk, nil, nil))
 	if err != nil {

@@ -452,7 +452,7 @@ type Reconciled struct {
 // hibernated, is resumable if snapshotOK says its snapshot is complete,
 // else lost. It returns what it changed, with the new state.
 func (d *DB) Reconcile(ctx context.Context, snapshotOK func(Sandbox) bool) ([]Reconciled, error) {
-	all, err := d.List(ctx, Creating, Running, Hibernating, Hibernated, Resuming)
+	all, err := d.List(ctx, Creating, Running, Hibernating, Hibernated, Resuming, Forking)
 	if err != nil {
 		return nil, err
 	}
@@ -462,7 +462,7 @@ func (d *DB) Reconcile(ctx context.Context, snapshotOK func(Sandbox) bool) ([]Re
 		switch {
 		case s.State == Creating:
 			c.Reason = "the server stopped while the sandbox was being created"
-		case s.State == Running:
+		case s.State == Running, s.State == Forking:
 			c.Reason = "the server stopped while the sandbox was running; its memory is gone"
 		case slices.Contains([]State{Hibernating, Hibernated, Resuming}, s.State) && snapshotOK(s):
 			c.To = Hibernated
