@@ -97,6 +97,11 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	release, err := g.serviceLock(0)
+	if err != nil {
+		return err
+	}
+	defer release()
 	log := g.logger()
 	mgr, err := g.manager()
 	if err != nil {
@@ -119,9 +124,16 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), srv.Shutdown(context.Background()))
 	}
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s (native API /v1, Piston /api/v2)\n", ln.Addr())
-	served := make(chan error, 1)
+	uln, err := listenSocket(g.socketPath())
+	if err != nil {
+		ln.Close()
+		return errors.Join(err, srv.Shutdown(context.Background()))
+	}
+	defer os.Remove(g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(uln) }()
 	select {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
@@ -129,7 +141,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {
-		err = <-served
+		err = errors.Join(<-served, <-served)
 	}
 	return errors.Join(err, serr)
 }

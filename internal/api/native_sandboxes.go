@@ -17,22 +17,23 @@ import (
 
 // SandboxOut describes a sandbox.
 type SandboxOut struct {
-	ID           string    `json:"id"`
-	Language     string    `json:"language"`
-	Version      string    `json:"version"`
-	State        string    `json:"state"`
-	VCPUs        int       `json:"vcpus"`
-	MemoryMiB    int       `json:"memory_mib"`
-	DiskMiB      int       `json:"disk_mib,omitempty"`
-	IdleTimeoutS int64     `json:"timeout_s"`
-	Reason       string    `json:"reason,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
-	LastUsedAt   time.Time `json:"last_used_at"`
+	ID           string            `json:"id"`
+	Language     string            `json:"language"`
+	Version      string            `json:"version"`
+	State        string            `json:"state"`
+	VCPUs        int               `json:"vcpus"`
+	MemoryMiB    int               `json:"memory_mib"`
+	DiskMiB      int               `json:"disk_mib,omitempty"`
+	IdleTimeoutS int64             `json:"timeout_s"`
+	Reason       string            `json:"reason,omitempty"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
+	CreatedAt    time.Time         `json:"created_at"`
+	LastUsedAt   time.Time         `json:"last_used_at"`
 }
 
 func sandboxOut(sb state.Sandbox) SandboxOut {
 	return SandboxOut{ID: sb.ID, Language: sb.Language, Version: sb.Version, State: string(sb.State), VCPUs: sb.VCPUs,
-		MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB, IdleTimeoutS: int64(sb.IdleTimeout / time.Second), Reason: sb.Reason,
+		MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB, IdleTimeoutS: int64(sb.IdleTimeout / time.Second), Reason: sb.Reason, Metadata: sb.Metadata,
 		CreatedAt: sb.CreatedAt.UTC(), LastUsedAt: sb.LastUsedAt.UTC()}
 }
 
@@ -45,6 +46,9 @@ type CreateIn struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskMiB   int    `json:"disk_mib,omitempty"`
 	TimeoutS  int64  `json:"timeout_s,omitempty"`
+	// Metadata labels the sandbox; Env is set for every command in it.
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
 }
 
 // maxIdleTimeout bounds a sandbox's own idle timeout.
@@ -74,6 +78,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sbx.Create(r.Context(), sandbox.CreateRequest{
 		Language: in.Language, Version: in.Version, Shape: sandbox.Shape{VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
 		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(in.TimeoutS) * time.Second,
+		Tenant: tenantOf(r), Metadata: in.Metadata, Env: in.Env,
 	})
 	if err != nil {
 		s.writeError(w, r, err)

@@ -157,7 +157,15 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return s.base },
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// A unix socket's peers were let in by its file permissions
+		// (owner only): they need no API key.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if c.LocalAddr().Network() == "unix" {
+				return context.WithValue(ctx, localConnKey{}, true)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
 }
@@ -283,7 +291,7 @@ func stack() []byte {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if s.cfg.APIKey == "" {
+	if s.cfg.APIKey == "" || r.Context().Value(localConnKey{}) != nil {
 		return true
 	}
 	key := r.Header.Get("X-API-Key")
@@ -454,6 +462,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
+
+// localConnKey marks requests that came over the owner-only unix socket.
+type localConnKey struct{}
 
 // tenantKey carries the authenticated tenant in a request's context.
 type tenantKey struct{}

@@ -52,12 +52,15 @@ type Config struct {
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
 const DefaultDataDir = "/var/lib/firesandbox"
 
+// DefaultRunDir holds per-VM sockets and logs unless told otherwise.
+const DefaultRunDir = "/run/firesandbox"
+
 func (c *Config) setDefaults() {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
 	if c.RunDir == "" {
-		c.RunDir = "/run/firesandbox"
+		c.RunDir = DefaultRunDir
 	}
 	if c.Driver == "" {
 		c.Driver = "auto"
