@@ -90,7 +90,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newKeyCmd(g), newServeCmd(g))
 	return root
 }
 

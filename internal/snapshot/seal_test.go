@@ -11,15 +11,21 @@ import (
 )
 
 // hibernationSpec is the Spec of a hibernated sandbox with a 1 GiB disk.
-func hibernationSpec() Spec {
+func hibernationSpec() Spec { return hibernationSpecDisk(1024) }
+
+func hibernationSpecDisk(diskMiB int) Spec {
 	s := testSpec()
-	s.DiskMiB = 1024
+	s.DiskMiB = diskMiB
 	return s
 }
 
 // writeHibernation fills dir as Hibernate leaves it: memory (sparse),
-// device state and the sandbox's sparse writable disk image.
+// device state and the sandbox's sparse writable 1 GiB disk image.
 func writeHibernation(t *testing.T, dir string) map[string][]byte {
+	return writeHibernationDisk(t, dir, 1024)
+}
+
+func writeHibernationDisk(t *testing.T, dir string, diskMiB int64) map[string][]byte {
 	t.Helper()
 	mem := make([]byte, 8<<20)
 	copy(mem[1<<20:], remoteTestBytes(20, 300<<10))
@@ -29,7 +35,7 @@ func writeHibernation(t *testing.T, dir string) map[string][]byte {
 			t.Fatal(err)
 		}
 	}
-	writeSparse(t, filepath.Join(dir, "upper.ext4"), 1<<30, map[int64][]byte{0: remoteTestBytes(22, 4096), 700 << 20: remoteTestBytes(23, 2<<20)})
+	writeSparse(t, filepath.Join(dir, "upper.ext4"), diskMiB<<20, map[int64][]byte{0: remoteTestBytes(22, 4096), diskMiB << 19: remoteTestBytes(23, 2<<20)})
 	return files
 }
 
@@ -84,8 +90,8 @@ func TestSealCheck(t *testing.T) {
 // the error must say what changed; its data stays where it is.
 func TestCheckNamesWhatChanged(t *testing.T) {
 	dir := t.TempDir()
-	writeHibernation(t, dir)
-	spec := hibernationSpec()
+	writeHibernationDisk(t, dir, 64)
+	spec := hibernationSpecDisk(64)
 	if _, err := Seal(dir, spec); err != nil {
 		t.Fatal(err)
 	}

@@ -211,3 +211,68 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("current snapshot pruned: %v", err)
 	}
 }
+
+// A pulled snapshot's signature is checked when it is adopted and again
+// on every Get, so revoking a key or stripping a signature takes effect;
+// snapshots the store made itself need no signature.
+func TestStorePulledSnapshotsStayVerified(t *testing.T) {
+	dir := t.TempDir()
+	spec := testSpec()
+	pulled := func(st *Store, sign bool) string {
+		t.Helper()
+		tmp, err := st.TempDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fill(map[string]string{"memory": "RAM", "vmstate": "STATE"})(tmp); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Seal(tmp, spec); err != nil {
+			t.Fatal(err)
+		}
+		if sign {
+			raw, _ := os.ReadFile(filepath.Join(tmp, manifestFile))
+			if err := os.WriteFile(filepath.Join(tmp, signatureFile), remoteTestSigner.Sign(spec.Key(), raw), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return tmp
+	}
+
+	trusting := NewStore(dir, 0, WithTrust(remoteTestTrust))
+	if _, err := trusting.Adopt(pulled(trusting, false)); !errors.Is(err, ErrUnsigned) {
+		t.Fatalf("Adopt of an unsigned snapshot = %v, want ErrUnsigned", err)
+	}
+	if _, err := trusting.Get(spec); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused Adopt left a snapshot: %v", err)
+	}
+	snap, err := trusting.Adopt(pulled(trusting, true))
+	if err != nil {
+		t.Fatalf("Adopt of a signed snapshot: %v", err)
+	}
+	if _, err := trusting.Get(spec); err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if _, err := NewStore(dir, 0).Get(spec); !errors.Is(err, ErrSignature) {
+		t.Errorf("Get of a pulled snapshot by a store without trusted keys = %v, want ErrSignature", err)
+	}
+	revoked := NewTrust(nil, false)
+	if _, err := NewStore(dir, 0, WithTrust(revoked)).Get(spec); !errors.Is(err, ErrSignature) {
+		t.Errorf("Get after the key was revoked = %v, want ErrSignature", err)
+	}
+	if err := os.Remove(filepath.Join(snap.Dir, signatureFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := trusting.Get(spec); !errors.Is(err, ErrUnsigned) {
+		t.Errorf("Get of a pulled snapshot whose signature went = %v, want ErrUnsigned", err)
+	}
+
+	// Made here: no signature, no trust needed.
+	local := NewStore(t.TempDir(), 0)
+	if _, err := local.Create(spec, fill(map[string]string{"memory": "RAM"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := local.Get(spec); err != nil {
+		t.Errorf("Get of a snapshot made locally: %v", err)
+	}
+}
