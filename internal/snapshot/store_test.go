@@ -62,6 +62,7 @@ func TestKeyDependsOnEverySpecField(t *testing.T) {
 		"machine":        func(s *Spec) { s.Machine = "kvm" },
 		"protocol":       func(s *Spec) { s.AgentProtocol = 2 },
 		"runtime":        func(s *Spec) { s.Runtime = "prewarm-1" },
+		"disk":           func(s *Spec) { s.DiskMiB = 1024 },
 	} {
 		s := base
 		mut(&s)
