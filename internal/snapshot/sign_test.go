@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/BurntSushi/toml"
 )
 
 // The tests' signing key, and a trust policy that trusts only it.
@@ -126,5 +128,37 @@ func TestTrustVerify(t *testing.T) {
 	}
 	if err := NewTrust(nil, true).Verify("python-1", []byte("anything"), nil); err != nil {
 		t.Errorf("trust off refused an unsigned snapshot: %v", err)
+	}
+}
+
+// The [snapshots] section of the configuration file decodes into Config.
+func TestConfigTOML(t *testing.T) {
+	pub := FormatPublicKey(remoteTestSigner.PublicKey())
+	var file struct {
+		Snapshots Config `toml:"snapshots"`
+	}
+	md, err := toml.Decode(`
+[snapshots]
+signing_key = "/etc/firesandbox/snapshot-signing.key"
+trusted_keys = ["`+pub+`"]
+allow_unsigned = false
+`, &file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := md.Undecoded(); len(u) != 0 {
+		t.Fatalf("keys not decoded: %v", u)
+	}
+	want := Config{SigningKey: "/etc/firesandbox/snapshot-signing.key", TrustedKeys: []string{pub}}
+	if file.Snapshots.SigningKey != want.SigningKey || len(file.Snapshots.TrustedKeys) != 1 || file.Snapshots.TrustedKeys[0] != pub || file.Snapshots.AllowUnsigned {
+		t.Fatalf("decoded %+v, want %+v", file.Snapshots, want)
+	}
+	trust, err := file.Snapshots.Trust()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := []byte("{}")
+	if err := trust.Verify("python-1", m, remoteTestSigner.Sign("python-1", m)); err != nil {
+		t.Fatalf("configured trust refused its own key: %v", err)
 	}
 }
