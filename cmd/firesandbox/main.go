@@ -12,6 +12,7 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/buildinfo"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/spf13/cobra"
 )
 
@@ -39,7 +40,9 @@ type globalFlags struct {
 }
 
 func (g *globalFlags) config() sandbox.Config {
-	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format}
+	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format,
+		// Pulled snapshots are restored only if signed by a trusted key.
+		Snapshots: snapshot.Config{TrustedKeys: splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))}}
 }
 
 func (g *globalFlags) logger() *slog.Logger {
@@ -92,7 +95,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g), newSandboxCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newKeyCmd(g), newServeCmd(g), newSandboxCmd(g))
 	return root
 }
 

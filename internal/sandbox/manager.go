@@ -47,6 +47,8 @@ type Config struct {
 	// NoPrewarm leaves languages' prewarmed runtimes out of snapshots, so
 	// every run starts its interpreter (for comparison; slower).
 	NoPrewarm bool `json:"no_prewarm"`
+	// Snapshots says which pulled snapshots to trust (signing keys).
+	Snapshots snapshot.Config `json:"snapshots"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
@@ -105,6 +107,9 @@ func (c *Config) Validate() error {
 	if c.VCPUs < 0 || c.VCPUs > 32 || c.MemoryMiB < 0 || c.MemoryMiB > 64<<10 {
 		return fmt.Errorf("%w: vcpus %d / memory %d MiB out of range", ErrBadRequest, c.VCPUs, c.MemoryMiB)
 	}
+	if err := c.Snapshots.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 	return nil
 }
 
@@ -144,10 +149,14 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	trust, err := cfg.Snapshots.Trust()
+	if err != nil {
+		return nil, err
+	}
 	m := &Manager{
 		cfg: cfg, log: slog.New(slog.DiscardHandler), catalog: cat,
 		images:    image.NewStore(cfg.DataDir),
-		snapshots: snapshot.NewStore(filepath.Join(cfg.DataDir, "snapshots"), cfg.SnapshotCacheBytes),
+		snapshots: snapshot.NewStore(filepath.Join(cfg.DataDir, "snapshots"), cfg.SnapshotCacheBytes, snapshot.WithTrust(trust)),
 	}
 	for _, o := range opts {
 		o(m)

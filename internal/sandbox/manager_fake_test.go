@@ -233,7 +233,7 @@ func TestHibernateResumeRefusesAChangedHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = m2.Resume(ctx, t2, dir, "")
-	if !errors.Is(err, vmm.ErrIncompatible) || !strings.Contains(err.Error(), "driver version 1.0 (this host: 2.0)") {
+	if !errors.Is(err, vmm.ErrIncompatible) || !strings.Contains(err.Error(), "driver version 1.0 -> 2.0") {
 		t.Fatalf("resume after an upgrade: %v", err)
 	}
 	// Nothing was lost: the old version resumes it, files and all.
