@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/api/judge0"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/pool"
@@ -148,6 +149,7 @@ type Server struct {
 	mgr  *sandbox.Manager
 	db   *state.DB
 	sbx  *sandbox.Sandboxes
+	j0   *judge0.Handler
 	lim  *Limiter
 	met  *metrics
 	log  *slog.Logger
@@ -206,12 +208,16 @@ func Open(cfg Config, mgr *sandbox.Manager, opts ...Option) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	if s.j0, err = openJudge0(s); err != nil {
+		return nil, errors.Join(err, s.sbx.Close(context.Background()), db.Close())
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	for lang, n := range cfg.Pools {
 		if err := mgr.StartPool(s.base, lang, n, true /* warm */); err != nil {
 			s.cancel()
 			mgr.Close()
-			return nil, errors.Join(fmt.Errorf("start pool %s: %w", lang, err), s.sbx.Close(context.Background()), db.Close())
+			return nil, errors.Join(fmt.Errorf("start pool %s: %w", lang, err), s.j0.Close(context.Background()),
+				s.sbx.Close(context.Background()), db.Close())
 		}
 	}
 	s.handler = s.routes()
@@ -255,6 +261,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel() // cancels every request's context: runs stop, VMs go
 		s.http.Close()
 		s.inflight.Wait()
+		if err := s.j0.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
 		if err := s.sbx.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("hibernate sandboxes: %w", err))
 		}
@@ -293,6 +302,10 @@ func (s *Server) routes() http.Handler {
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
 		handle("POST "+prefix+"/execute", s.handleExecute)
 	}
+	for _, p := range judge0.Paths { // Judge0 clients use these at the root, or under /judge0
+		mux.Handle(p, s.j0)
+	}
+	mux.Handle("/judge0/", http.StripPrefix("/judge0", s.j0))
 	handle("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: no endpoint %s %s", errNoRoute, r.Method, r.URL.Path))
 	})
@@ -362,6 +375,9 @@ func (s *Server) authorized(r *http.Request) bool {
 		return true
 	}
 	key := r.Header.Get("X-API-Key")
+	if key == "" {
+		key = r.Header.Get("X-Auth-Token") // Judge0's header
+	}
 	if a := r.Header.Get("Authorization"); key == "" && len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
 		key = strings.TrimSpace(a[7:])
 	}
