@@ -140,9 +140,9 @@ func New(cfg Config, deps Deps) (*Handler, error) {
 	}
 	h.mux = h.routes()
 	h.base, h.cancel = context.WithCancel(context.Background())
-	for range cfg.Workers {
+	for i := range cfg.Workers {
 		h.wg.Add(1)
-		go h.worker()
+		go h.worker(i == 0)
 	}
 	h.wakeWorkers()
 	return h, nil

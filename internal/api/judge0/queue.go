@@ -438,20 +438,25 @@ const (
 )
 
 // worker takes queued submissions one at a time, each holding a slot of
-// the gate, until the Handler closes.
-func (h *Handler) worker() {
+// the gate, until the Handler closes. The first worker also prunes.
+func (h *Handler) worker(first bool) {
 	defer h.wg.Done()
 	poll := time.NewTicker(pollInterval)
 	defer poll.Stop()
-	prune := time.NewTicker(pruneInterval)
-	defer prune.Stop()
+	var pruneC <-chan time.Time
+	if first {
+		h.prune()
+		prune := time.NewTicker(pruneInterval)
+		defer prune.Stop()
+		pruneC = prune.C
+	}
 	for {
 		select {
 		case <-h.base.Done():
 			return
 		case <-h.wake:
 		case <-poll.C:
-		case <-prune.C:
+		case <-pruneC:
 			h.prune()
 			continue
 		}

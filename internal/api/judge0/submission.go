@@ -193,6 +193,9 @@ func (h *Handler) parseSubmission(p params, b64 bool, tenant string) (input, *er
 	}
 	// The files must unpack, and everything must fit one run.
 	files, msg := h.additionalFiles(in.AdditionalFiles, lang)
+	if msg == "" && project && len(files) == 0 {
+		msg = "has no files"
+	}
 	if msg != "" {
 		errs.add("additional_files", msg)
 		return in, errs

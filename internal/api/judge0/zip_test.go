@@ -61,6 +61,7 @@ func TestZipSlip(t *testing.T) {
 		{"device", []zipEntry{{name: "dev", mode: fs.ModeDevice | 0o600}}, `no links or devices`},
 		{"bomb", []zipEntry{{name: "zeros", body: strings.Repeat("\x00", 65<<10)}}, `unpacks to more than 64 KB`},
 		{"too many files", many, `has more than 63 files`},
+		{"only directories", []zipEntry{{name: "d/"}}, `has no files`},
 		{"file and directory", []zipEntry{{name: "a", body: "1"}, {name: "a/b", body: "2"}}, `entry \"a\" is both a file and a directory`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
