@@ -74,8 +74,9 @@ type Deps struct {
 	Network func(tenant string, req *sandbox.RunRequest) error
 	// HTTPClient sends callbacks; default one that follows no redirects.
 	HTTPClient *http.Client
-	// SystemInfo answers /system_info; default from /proc.
-	SystemInfo func() object
+	// SystemInfo answers /system_info, as ordered name-value pairs;
+	// default lscpu's and free's fields, from /proc.
+	SystemInfo func() [][2]string
 	Logger     *slog.Logger
 	Now        func() time.Time
 }

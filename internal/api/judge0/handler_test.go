@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -646,7 +647,7 @@ func TestLanguages(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	e := newEnv(t, "", func(c *Config, d *Deps) {
-		d.SystemInfo = func() object { return object{{"Architecture", "x86_64"}, {"CPU(s)", "2"}} }
+		d.SystemInfo = func() [][2]string { return [][2]string{{"Architecture", "x86_64"}, {"CPU(s)", "2"}} }
 	})
 	code, raw := e.do("GET", "/statuses", "")
 	var st []map[string]any
@@ -662,6 +663,12 @@ func TestInfo(t *testing.T) {
 	}
 	if _, raw := e.do("GET", "/system_info", ""); string(raw) != `{"Architecture":"x86_64","CPU(s)":"2"}` {
 		t.Fatalf("system_info: %s", raw)
+	}
+	// The default reads this machine.
+	var sys map[string]string
+	_, raw = newEnv(t, "", nil).do("GET", "/system_info", "")
+	if err := json.Unmarshal(raw, &sys); err != nil || sys["CPU(s)"] != fmt.Sprint(runtime.NumCPU()) || sys["Mem"] == "" {
+		t.Fatalf("default system_info: %s", raw)
 	}
 	// Every key Judge0's Python SDK requires of /config_info, typed as it
 	// wants them (its Config model).

@@ -85,12 +85,17 @@ func (h *Handler) handleConfigInfo(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) handleSystemInfo(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.deps.SystemInfo())
+	pairs := h.deps.SystemInfo()
+	o := make(object, len(pairs))
+	for i, p := range pairs {
+		o[i] = member{p[0], p[1]}
+	}
+	writeJSON(w, http.StatusOK, o)
 }
 
 // procSystemInfo answers /system_info as Judge0 does (lscpu's fields and
 // free's totals), from /proc.
-func procSystemInfo() object {
+func procSystemInfo() [][2]string {
 	arch := runtime.GOARCH
 	switch arch {
 	case "amd64":
@@ -98,7 +103,7 @@ func procSystemInfo() object {
 	case "arm64":
 		arch = "aarch64"
 	}
-	o := object{{"Architecture", arch}, {"Byte Order", "Little Endian"}}
+	o := [][2]string{{"Architecture", arch}, {"Byte Order", "Little Endian"}}
 	cpus, vendor, model := 0, "", ""
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {
 		sc := bufio.NewScanner(f)
@@ -121,12 +126,12 @@ func procSystemInfo() object {
 	if cpus == 0 {
 		cpus = runtime.NumCPU()
 	}
-	o = append(o, member{"CPU(s)", strconv.Itoa(cpus)})
+	o = append(o, [2]string{"CPU(s)", strconv.Itoa(cpus)})
 	if vendor != "" {
-		o = append(o, member{"Vendor ID", vendor})
+		o = append(o, [2]string{"Vendor ID", vendor})
 	}
 	if model != "" {
-		o = append(o, member{"Model name", model})
+		o = append(o, [2]string{"Model name", model})
 	}
 	mem, swap := int64(-1), int64(-1)
 	if f, err := os.Open("/proc/meminfo"); err == nil {
@@ -143,10 +148,10 @@ func procSystemInfo() object {
 		f.Close()
 	}
 	if mem >= 0 {
-		o = append(o, member{"Mem", humanBytes(mem)})
+		o = append(o, [2]string{"Mem", humanBytes(mem)})
 	}
 	if swap >= 0 {
-		o = append(o, member{"Swap", humanBytes(swap)})
+		o = append(o, [2]string{"Swap", humanBytes(swap)})
 	}
 	return o
 }
