@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/api/judge0"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/pool"
@@ -117,6 +118,7 @@ type Server struct {
 	mgr  *sandbox.Manager
 	sbx  *sandbox.Sandboxes
 	lim  *sandbox.Limiter
+	j0   *judge0.Handler
 	met  *metrics
 	log  *slog.Logger
 	keyH [sha256.Size]byte
@@ -149,6 +151,10 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	s.keyH = sha256.Sum256([]byte(cfg.APIKey))
+	var err error
+	if s.j0, err = openJudge0(s); err != nil {
+		return nil, err
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -188,6 +194,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // grace period and then cancels them (their VMs are destroyed). The
 // Service (sandboxes, pools, database) is closed by its owner afterwards.
 func (s *Server) Shutdown(ctx context.Context) error {
+	var shutdownErr error
 	s.closeOnce.Do(func() {
 		gctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
 		err := s.http.Shutdown(gctx)
@@ -198,8 +205,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel() // cancels every request's context: runs stop, VMs go
 		s.http.Close()
 		s.inflight.Wait()
+		// Judge0's workers stop taking submissions; a running one is
+		// requeued by the next start.
+		if err := s.j0.Close(ctx); err != nil {
+			shutdownErr = err
+		}
 	})
-	return nil
+	return shutdownErr
 }
 
 func (s *Server) routes() http.Handler {
@@ -226,6 +238,10 @@ func (s *Server) routes() http.Handler {
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
 		handle("POST "+prefix+"/execute", s.handleExecute)
 	}
+	for _, p := range judge0.Paths { // Judge0 clients use these at the root, or under /judge0
+		mux.Handle(p, s.j0)
+	}
+	mux.Handle("/judge0/", http.StripPrefix("/judge0", s.j0))
 	handle("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: no endpoint %s %s", errNoRoute, r.Method, r.URL.Path))
 	})
@@ -295,6 +311,9 @@ func (s *Server) authorized(r *http.Request) bool {
 		return true
 	}
 	key := r.Header.Get("X-API-Key")
+	if key == "" {
+		key = r.Header.Get("X-Auth-Token") // Judge0's header
+	}
 	if a := r.Header.Get("Authorization"); key == "" && len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
 		key = strings.TrimSpace(a[7:])
 	}
