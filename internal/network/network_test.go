@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -545,4 +546,22 @@ func TestDiagnose(t *testing.T) {
 	if dg.Usable || len(dg.Problems) < 2 {
 		t.Fatalf("Diagnose(bad) = %+v, want the multicast MAC and the missing upstream", dg)
 	}
+}
+
+// TestBenchSetup runs the setup benchmark briefly, so it keeps working;
+// the numbers are for `make bench`, not asserted.
+func TestBenchSetup(t *testing.T) {
+	w := newWorld(t)
+	runs := 5
+	if n, err := strconv.Atoi(os.Getenv("FS_NET_BENCH_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	res, err := BenchSetup(context.Background(), w.hostConfig(t), Policy{AllowOut: []string{"0.0.0.0/0"}, DenyOut: []string{"denied.test"}}, runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Runs != runs || res.Create <= 0 || len(res.Phases) != 6 {
+		t.Fatalf("BenchSetup = %+v", res)
+	}
+	t.Logf("create %v close %v phases %v", res.Create, res.Close, res.Phases)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // VM is one VM's network: its namespace, the tap the VMM attaches to, the
@@ -43,7 +44,18 @@ type VM struct {
 	stop     chan struct{}
 	done     sync.WaitGroup
 	closed   atomic.Bool
+	phases   []Phase
 }
+
+// Phase is one step of Create and how long it took.
+type Phase struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration"`
+}
+
+// SetupPhases says how long each step of Create took: namespace, link,
+// tap and addresses, rules, resolver and filter.
+func (v *VM) SetupPhases() []Phase { return slices.Clone(v.phases) }
 
 // policyState is what the enforcement points read for each packet,
 // query and connection; it is replaced whole.
@@ -70,6 +82,13 @@ func (h *Host) Create(ctx context.Context, id string, p Policy) (*VM, error) {
 	}
 	cu := cleanups{}
 	defer cu.run()
+	var phases []Phase
+	last := time.Now()
+	mark := func(name string) {
+		now := time.Now()
+		phases = append(phases, Phase{name, now.Sub(last)})
+		last = now
+	}
 	s, err := h.takeSlot()
 	if err != nil {
 		return nil, err
@@ -78,6 +97,7 @@ func (h *Host) Create(ctx context.Context, id string, p Policy) (*VM, error) {
 	v := &VM{h: h, id: id, slot: s, name: h.nsName(h.owner, s.n), hostIf: h.linkName(h.owner, s.n), stop: make(chan struct{})}
 	v.log = h.log.With("vm", id, "netns", v.name)
 	v.hostIP, v.peerIP = h.slotAddrs(s.n)
+	mark("slot")
 
 	if v.ns, err = createNamedNS(h.cfg.NetnsDir, v.name); err != nil {
 		return nil, err
@@ -87,6 +107,7 @@ func (h *Host) Create(ctx context.Context, id string, p Policy) (*VM, error) {
 		return nil, fmt.Errorf("netlink in %s: %w", v.name, err)
 	}
 	cu.add(v.nl.Close)
+	mark("namespace")
 
 	// The link: host end in the uplink, peer end created straight in the
 	// VM namespace.
@@ -100,9 +121,11 @@ func (h *Host) Create(ctx context.Context, id string, p Policy) (*VM, error) {
 	if err := v.setupUplinkEnd(); err != nil {
 		return nil, err
 	}
+	mark("link")
 	if err := v.setupNamespace(); err != nil {
 		return nil, err
 	}
+	mark("tap and addresses")
 	env := h.env()
 	st := &policyState{rules: rules, env: env, deniedByName: v.resolveDenied(ctx, rules)}
 	v.state.Store(st)
@@ -113,10 +136,13 @@ func (h *Host) Create(ctx context.Context, id string, p Policy) (*VM, error) {
 	if err := installVMRules(v.nft, vmRuleset{guest: g.Addr.Addr(), gateway: g.Gateway, proxyPort: h.cfg.ProxyPort, sets: newVMSets(rules, env, st.deniedByName)}); err != nil {
 		return nil, err
 	}
+	mark("rules")
 	if err := v.startServices(); err != nil {
 		return nil, err
 	}
 	cu.add(v.stopServices)
+	mark("resolver and filter")
+	v.phases = phases
 
 	h.mu.Lock()
 	if h.closed {
@@ -407,16 +433,16 @@ func (v *VM) Close() error {
 	close(v.stop)
 	v.stopServices()
 	v.done.Wait()
+	// One link deletion (the veth: both its ends go, so the host end's
+	// name is free for the slot's next user at once); the tap and the
+	// rules go with the namespace, which the kernel tears down in the
+	// background once the VMM has let go of the tap. Each deletion waits
+	// for an RCU grace period (20-40 ms here), hence only one.
 	var errs []error
-	for _, n := range []string{tapName, peerName} {
-		if l, err := v.nl.LinkByName(n); err == nil {
-			if err := v.nl.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("delete %s in %s: %w", n, v.name, err))
-			}
-		}
-	}
 	if l, err := v.h.nl.LinkByName(v.hostIf); err == nil {
-		v.h.nl.LinkDel(l)
+		if err := v.h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete link %s: %w", v.hostIf, err))
+		}
 	}
 	v.nft.CloseLasting()
 	v.nl.Close()
