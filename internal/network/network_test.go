@@ -166,6 +166,15 @@ func TestPolicyEnforcement(t *testing.T) {
 			c.Close()
 		}
 		wantRefused(t, "the host's own address", body, err)
+		for _, addr := range []string{"10.200.0.1:8080", "10.0.2.2:22", "10.0.2.2:15001", "127.0.0.1:15001"} {
+			c, err := g.dial(context.Background(), "tcp4", addr)
+			if err == nil {
+				fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: other.test\r\n\r\n")
+				body, err = readResponse(c)
+				c.Close()
+			}
+			wantRefused(t, "firesandbox's own address "+addr, body, err)
+		}
 		if m, err := g.resolve("10.0.2.2", "other.test", dns.TypeA); err != nil || strings.Join(aRecords(m), ",") != ipOther {
 			t.Errorf("resolve other.test = %v %v", m, err)
 		}

@@ -49,3 +49,19 @@ func FuzzPolicy(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseFirst feeds arbitrary first bytes of a connection to the
+// SNI/Host parser: it must never panic, and it must finish (done) once it
+// has maxPeek bytes, so a client cannot hold the filter forever.
+func FuzzParseFirst(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n"))
+	f.Add([]byte("\x16\x03\x01\x00\x05hello"))
+	f.Add([]byte("POS"))
+	f.Add([]byte("SSH-2.0-x\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) == 0 {
+			return
+		}
+		_, _ = parseFirst(b)
+	})
+}
