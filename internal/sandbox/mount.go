@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
-	"path/filepath"
 	"strings"
 
-	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/disk"
 )
 
 // Mount makes a host directory visible in the guest, read-only, as it was
@@ -72,16 +70,9 @@ func (m *Manager) packMounts(ctx context.Context, id string, mounts []Mount) ([]
 		if err := mt.Validate(); err != nil {
 			return fail(err)
 		}
-		v := filepath.Join(m.cfg.DataDir, "disks", fmt.Sprintf("%s-m%d.squashfs", id, i))
-		if err := os.MkdirAll(filepath.Dir(v), 0o700); err != nil {
+		v := disk.VolumePath(m.disksDir(), id, i)
+		if err := disk.Pack(ctx, mt.HostDir, v); err != nil {
 			return fail(err)
-		}
-		uid := fmt.Sprint(image.SandboxUID)
-		out, err := exec.CommandContext(ctx, "mksquashfs", mt.HostDir, v, "-comp", "zstd", "-noappend", "-quiet", "-no-progress",
-			"-force-uid", uid, "-force-gid", uid).CombinedOutput()
-		if err != nil {
-			os.Remove(v)
-			return fail(fmt.Errorf("pack mount %s: %v: %s", mt.HostDir, err, out))
 		}
 		vols = append(vols, v)
 	}

@@ -11,6 +11,12 @@ import (
 	"github.com/firesandbox/firesandbox/internal/image"
 )
 
+// Streams receive a run's output as it is produced. Nil writers discard.
+type Streams struct {
+	Stdout, Stderr               io.Writer
+	CompileStdout, CompileStderr io.Writer
+}
+
 // RunRequest is a one-shot run: files in, program output and result out.
 type RunRequest struct {
 	Language string
