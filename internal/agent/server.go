@@ -139,6 +139,8 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 					_ = s.answer(w, r.ID, nil, s.cfg.startPrewarm(&r))
 				}()
 			}
+		case agentproto.MsgNetConfig:
+			err = s.handleNetConfig(w, f)
 		case agentproto.MsgCancel:
 			var r agentproto.CancelRequest
 			if err = agentproto.DecodeJSON(f, &r); err == nil {
