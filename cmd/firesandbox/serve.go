@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -88,23 +89,34 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	idle := f.idleHibernate
-	if idle == 0 {
-		idle = -1 // api.Config: negative disables
-	}
-	cfg := api.Config{
-		Listen: f.listen, APIKey: f.apiKey, MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait,
-		MaxTimeout: f.maxTimeout, IdleHibernate: idle, MaxBody: f.maxBody, Pools: pools, ShutdownGrace: f.grace,
-	}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, ShutdownGrace: f.grace}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate, Pools: pools}
+	if err := scfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	release, err := g.serviceLock(0)
+	if err != nil {
+		return err
+	}
+	defer release()
 	log := g.logger()
 	mgr, err := g.manager()
 	if err != nil {
 		return err
 	}
-	srv, err := api.Open(cfg, mgr, api.WithLogger(log))
+	svc, err := sandbox.OpenService(mgr, scfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := svc.Close(context.Background()); cerr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
+		}
+	}()
+	srv, err := api.Open(cfg, svc, api.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -112,9 +124,16 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), srv.Shutdown(context.Background()))
 	}
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s (native API /v1, Piston /api/v2)\n", ln.Addr())
-	served := make(chan error, 1)
+	uln, err := listenSocket(g.socketPath())
+	if err != nil {
+		ln.Close()
+		return errors.Join(err, srv.Shutdown(context.Background()))
+	}
+	defer os.Remove(g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(uln) }()
 	select {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
@@ -122,7 +141,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {
-		err = <-served
+		err = errors.Join(<-served, <-served)
 	}
 	return errors.Join(err, serr)
 }

@@ -338,5 +338,6 @@ func init() {
 		agentproto.MsgUpload:     (*Server).handleUpload,
 		agentproto.MsgDownload:   (*Server).handleDownload,
 		agentproto.MsgWatch:      (*Server).handleWatch,
+		agentproto.MsgNetConfig:  (*Server).handleNetConfig,
 	}
 }

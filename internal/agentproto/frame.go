@@ -79,7 +79,7 @@ var msgNames = map[MsgType]string{
 	MsgListProcs: "list-processes", MsgProcessList: "process-list", MsgAck: "ack",
 	MsgStat: "stat", MsgListDir: "list-dir", MsgMkdir: "mkdir", MsgMove: "move", MsgRemove: "remove",
 	MsgEntries: "entries", MsgUpload: "upload", MsgChunk: "chunk", MsgDownload: "download",
-	MsgWatch: "watch", MsgWatchEvents: "watch-events",
+	MsgWatch: "watch", MsgWatchEvents: "watch-events", MsgNetConfig: "net-config",
 }
 
 func (t MsgType) String() string {

@@ -110,15 +110,12 @@ func (m *Manager) chooseAccel(ctx context.Context, k *guestkernel.Kernel, img *i
 	}
 
 	c = AccelChoice{Key: key, Accel: qemu.AccelKVM, Reason: "a probe VM booted under KVM", Probed: time.Now().UTC()}
-	vm, err := m.boot(ctx, probe, k, img, m.shape(Shape{}), kvmProbeTimeout)
-	if err != nil {
+	if err := m.probeBoot(ctx, probe, k, img, kvmProbeTimeout); err != nil {
 		if ctx.Err() != nil {
 			return "", "", ctx.Err()
 		}
 		first, _, _ := strings.Cut(err.Error(), "\n")
 		c.Accel, c.Reason = qemu.AccelTCG, "KVM probe failed: "+first
-	} else {
-		vm.Close()
 	}
 	b, _ := json.MarshalIndent(c, "", "  ")
 	_ = os.WriteFile(cache, b, 0o644)

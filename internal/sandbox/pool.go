@@ -85,7 +85,11 @@ func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool, mounts []
 	if p := m.Pool(e.Name); p != nil && !cold && len(mounts) == 0 {
 		return p.Get(ctx)
 	}
-	vm, err := m.acquire(ctx, e, cold, Shape{}, mounts)
+	t, err := m.Template(ctx, e, Shape{})
+	if err != nil {
+		return nil, false, err
+	}
+	vm, err := m.Start(ctx, t, StartOptions{Cold: cold, Mounts: mounts})
 	return vm, false, err
 }
 
