@@ -199,7 +199,9 @@ func (c *Client) sendCancel(id uint32) {
 // the channel is closed and every call fails at once.
 func (c *Client) write(t MsgType, v any) error {
 	if err := c.w.WriteJSON(t, v); err != nil {
-		c.conn.Close()
+		if !errors.Is(err, ErrTooLarge) && !errors.Is(err, errEncode) { // nothing was written: the channel is fine
+			c.conn.Close()
+		}
 		return fmt.Errorf("send %s: %w", t, err)
 	}
 	return nil

@@ -190,3 +190,18 @@ func TestWritesHaveDeadlines(t *testing.T) {
 		t.Fatal("the channel stayed open after a failed write")
 	}
 }
+
+// A request too large for one frame fails alone; the channel stays up.
+func TestOversizedRequestKeepsChannel(t *testing.T) {
+	c, g := newFakeGuest(t)
+	big := []File{{Path: "a", Content: bytes.Repeat([]byte("x"), 2<<20)}, {Path: "b", Content: bytes.Repeat([]byte("x"), 2<<20)}}
+	if _, err := c.Exec(context.Background(), ExecRequest{Argv: []string{"true"}, Files: big}, nil, nil); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Exec of 4 MiB of files = %v, want ErrTooLarge", err)
+	}
+	ch := startExec(context.Background(), c, "ok")
+	req := g.nextExec()
+	g.send(MsgExit, ExitResult{ID: req.ID})
+	if r := wait(t, ch); r.err != nil {
+		t.Fatalf("the next exec: %v", r.err)
+	}
+}

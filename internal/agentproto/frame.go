@@ -184,13 +184,16 @@ func (w *Writer) WriteFrame(t MsgType, payload []byte) error {
 	return err
 }
 
+// errEncode marks a message that could not be encoded (nothing was sent).
+var errEncode = errors.New("encode")
+
 // WriteJSON writes a frame whose payload is v encoded as JSON.
 func (w *Writer) WriteJSON(t MsgType, v any) error {
 	var payload []byte
 	if v != nil {
 		var err error
 		if payload, err = json.Marshal(v); err != nil {
-			return fmt.Errorf("encode %s: %w", t, err)
+			return fmt.Errorf("%w %s: %v", errEncode, t, err)
 		}
 	}
 	return w.WriteFrame(t, payload)
