@@ -10,8 +10,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/buildinfo"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/spf13/cobra"
 )
 
@@ -29,6 +31,7 @@ const (
 
 type globalFlags struct {
 	dataDir   string
+	runDir    string
 	driver    string
 	accel     string
 	memoryMiB int
@@ -38,7 +41,9 @@ type globalFlags struct {
 }
 
 func (g *globalFlags) config() sandbox.Config {
-	return sandbox.Config{DataDir: g.dataDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format}
+	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format,
+		// Pulled snapshots are restored only if signed by a trusted key.
+		Snapshots: snapshot.Config{TrustedKeys: splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))}}
 }
 
 func (g *globalFlags) logger() *slog.Logger {
@@ -83,6 +88,7 @@ default /var/lib/firesandbox).`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory: kernels, images, snapshots, state ($FIRESANDBOX_DATA)")
+	pf.StringVar(&g.runDir, "run-dir", envOr("FIRESANDBOX_RUN", sandbox.DefaultRunDir), "directory for VM sockets and logs and serve's unix socket; one per serve ($FIRESANDBOX_RUN)")
 	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "auto"), "VMM driver: auto (firecracker where usable, else qemu), qemu or firecracker ($FIRESANDBOX_DRIVER)")
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
 	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
@@ -90,7 +96,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newKeyCmd(g), newServeCmd(g), newSandboxCmd(g))
 	return root
 }
 
@@ -105,7 +111,8 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintf(os.Stderr, "firesandbox: %v\n", err)
+		// Errors can carry guest text (a console tail, an agent message).
+		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", agentproto.TerminalSafe(err.Error()))
 		if isUsage(err) {
 			os.Exit(exitUsage)
 		}

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -54,7 +54,7 @@ hibernates running sandboxes and stops its pools.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
 	fl.StringVar(&f.apiKey, "api-key", os.Getenv("FIRESANDBOX_API_KEY"), "API key clients must send ($FIRESANDBOX_API_KEY)")
-	fl.StringVar(&f.pools, "pool", "python=1", "warm pool sizes, lang=N,... (\"\" for none)")
+	fl.StringVar(&f.pools, "pool", "python=1..4", "warm pools: lang=N (fixed) or lang=MIN..MAX (MIN idle, more while runs come in), comma-separated (\"\" for none)")
 	fl.IntVar(&f.maxVMs, "max-vms", 0, "VMs serving requests at once, runs and live sandboxes (default: number of CPUs)")
 	fl.IntVar(&f.queue, "queue", 0, "requests that may wait for a VM before 429 (default 4 x --max-vms)")
 	fl.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "how long a request waits for a VM before 503")
@@ -65,20 +65,23 @@ hibernates running sandboxes and stops its pools.`,
 	return cmd
 }
 
-// parsePools parses "python=2,go=1".
-func parsePools(s string) (map[string]int, error) {
-	out := map[string]int{}
+// parsePools parses "python=2,go=1..4".
+func parsePools(s string) (map[string]sandbox.PoolRange, error) {
+	out := map[string]sandbox.PoolRange{}
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
 		lang, n, ok := strings.Cut(part, "=")
-		size, err := strconv.Atoi(n)
-		if !ok || lang == "" || err != nil || size < 0 {
-			return nil, usagef("--pool %q: want lang=N,... with N >= 0", part)
+		if !ok || lang == "" {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX,...", part)
 		}
-		out[lang] = size
+		r, err := sandbox.ParsePoolRange(n)
+		if err != nil {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX with 0 <= MIN <= MAX <= 64", part)
+		}
+		out[lang] = r
 	}
 	return out, nil
 }
@@ -88,23 +91,34 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	idle := f.idleHibernate
-	if idle == 0 {
-		idle = -1 // api.Config: negative disables
-	}
-	cfg := api.Config{
-		Listen: f.listen, APIKey: f.apiKey, MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait,
-		MaxTimeout: f.maxTimeout, IdleHibernate: idle, MaxBody: f.maxBody, Pools: pools, ShutdownGrace: f.grace,
-	}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, ShutdownGrace: f.grace}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate, Pools: pools}
+	if err := scfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	release, err := g.serviceLock(0)
+	if err != nil {
+		return err
+	}
+	defer release()
 	log := g.logger()
 	mgr, err := g.manager()
 	if err != nil {
 		return err
 	}
-	srv, err := api.Open(cfg, mgr, api.WithLogger(log))
+	svc, err := sandbox.OpenService(mgr, scfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := svc.Close(context.Background()); cerr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
+		}
+	}()
+	srv, err := api.Open(cfg, svc, api.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -112,9 +126,16 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), srv.Shutdown(context.Background()))
 	}
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s (native API /v1, Piston /api/v2)\n", ln.Addr())
-	served := make(chan error, 1)
+	uln, err := listenSocket(g.socketPath())
+	if err != nil {
+		ln.Close()
+		return errors.Join(err, srv.Shutdown(context.Background()))
+	}
+	defer os.Remove(g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(uln) }()
 	select {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
@@ -122,7 +143,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {
-		err = <-served
+		err = errors.Join(<-served, <-served)
 	}
 	return errors.Join(err, serr)
 }

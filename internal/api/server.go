@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/api/judge0"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/pool"
@@ -35,38 +34,25 @@ var ErrBadBody = errors.New("invalid request body")
 // ErrUnauthorized means the API key is missing or wrong.
 var ErrUnauthorized = errors.New("unauthorized")
 
-// Config configures a Server. Zero fields take the defaults noted.
+// Config configures a Server: the HTTP side. What is shared with other
+// front ends (VM limits, pools, sandboxes) is the Service's configuration.
+// Zero fields take the defaults noted.
 type Config struct {
 	// Listen is the address served; default 127.0.0.1:7070. Anything but
 	// a loopback address requires APIKey.
-	Listen string `json:"listen"`
+	Listen string `json:"listen" toml:"listen"`
 	// APIKey, if set, is required on every endpoint but /healthz.
-	APIKey string `json:"-"`
-	// StateDir holds state.db and sandboxes/; default the Manager's
-	// data directory.
-	StateDir string `json:"state_dir"`
-	// MaxVMs caps VMs serving requests at once (runs and live
-	// sandboxes; warm pools not counted); default the number of CPUs.
-	MaxVMs int `json:"max_vms"`
-	// Queue is how many requests may wait for a VM; default 4*MaxVMs.
-	Queue int `json:"queue"`
-	// QueueWait is how long one waits before a 503; default 30s.
-	QueueWait time.Duration `json:"queue_wait"`
+	APIKey string `json:"-" toml:"-"`
 	// MaxTimeout caps every wall-clock limit a request asks for; default 60s.
-	MaxTimeout time.Duration `json:"max_timeout"`
-	// IdleHibernate hibernates sandboxes unused this long; default 10m,
-	// negative never (sandboxes may still set their own).
-	IdleHibernate time.Duration `json:"idle_hibernate"`
+	MaxTimeout time.Duration `json:"max_timeout" toml:"max_timeout"`
 	// MaxBody caps a request body; default 32 MiB.
-	MaxBody int64 `json:"max_body"`
+	MaxBody int64 `json:"max_body" toml:"max_body"`
 	// MaxOutput caps each of stdout and stderr a request may ask for;
 	// default 16 MiB.
-	MaxOutput int64 `json:"max_output"`
-	// Pools are warm pool sizes by language.
-	Pools map[string]int `json:"pools"`
+	MaxOutput int64 `json:"max_output" toml:"max_output"`
 	// ShutdownGrace is how long Shutdown lets runs finish before
 	// cancelling them; default 30s.
-	ShutdownGrace time.Duration `json:"shutdown_grace"`
+	ShutdownGrace time.Duration `json:"shutdown_grace" toml:"shutdown_grace"`
 }
 
 // DefaultListen is where serve listens unless told otherwise.
@@ -76,20 +62,8 @@ func (c *Config) setDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
-	if c.MaxVMs == 0 {
-		c.MaxVMs = runtime.NumCPU()
-	}
-	if c.Queue == 0 {
-		c.Queue = 4 * c.MaxVMs
-	}
-	if c.QueueWait == 0 {
-		c.QueueWait = 30 * time.Second
-	}
 	if c.MaxTimeout == 0 {
 		c.MaxTimeout = 60 * time.Second
-	}
-	if c.IdleHibernate == 0 {
-		c.IdleHibernate = 10 * time.Minute
 	}
 	if c.MaxBody == 0 {
 		c.MaxBody = 32 << 20
@@ -117,17 +91,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: listening on %s exposes the API beyond this host: set an API key (--api-key or $FIRESANDBOX_API_KEY), or listen on 127.0.0.1", sandbox.ErrBadRequest, listen)
 	}
 	switch {
-	case c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.MaxTimeout < 0 || c.MaxBody < 0 || c.MaxOutput < 0 || c.ShutdownGrace < 0:
+	case c.MaxTimeout < 0 || c.MaxBody < 0 || c.MaxOutput < 0 || c.ShutdownGrace < 0:
 		return fmt.Errorf("%w: limits must not be negative", sandbox.ErrBadRequest)
 	case c.MaxTimeout > time.Hour:
 		return fmt.Errorf("%w: max timeout %s: at most 1h", sandbox.ErrBadRequest, c.MaxTimeout)
 	case c.MaxBody > 1<<30:
 		return fmt.Errorf("%w: max body %d: at most 1 GiB", sandbox.ErrBadRequest, c.MaxBody)
-	}
-	for lang, n := range c.Pools {
-		if n < 0 || n > 64 {
-			return fmt.Errorf("%w: pool %s=%d: want 0-64", sandbox.ErrBadRequest, lang, n)
-		}
 	}
 	return nil
 }
@@ -145,10 +114,11 @@ func IsLoopback(host string) bool {
 // Server is the HTTP API and everything it owns.
 type Server struct {
 	cfg  Config
+	svc  *sandbox.Service
 	mgr  *sandbox.Manager
-	db   *state.DB
 	sbx  *sandbox.Sandboxes
-	lim  *Limiter
+	lim  *sandbox.Limiter
+	j0   *judge0.Handler
 	met  *metrics
 	log  *slog.Logger
 	keyH [sha256.Size]byte
@@ -160,7 +130,6 @@ type Server struct {
 	inflight sync.WaitGroup
 
 	closeOnce sync.Once
-	closeErr  error
 }
 
 // Option configures a Server.
@@ -169,51 +138,24 @@ type Option func(*Server)
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
-// Open opens the state database (reconciling what a previous process
-// left), starts the warm pools and returns a Server ready to Serve. The
-// Server closes the Manager's pools on Shutdown; the Manager stays the
-// caller's.
-func Open(cfg Config, mgr *sandbox.Manager, opts ...Option) (*Server, error) {
+// Open returns a Server over svc, ready to Serve. Shutdown stops the
+// HTTP side; svc stays the caller's to close afterwards.
+func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if cfg.StateDir == "" {
-		cfg.StateDir = mgr.Config().DataDir
-	}
-	s := &Server{cfg: cfg, mgr: mgr, log: slog.New(slog.DiscardHandler), met: newMetrics()}
+	s := &Server{cfg: cfg, svc: svc, mgr: svc.Manager, sbx: svc.Sandboxes, lim: svc.Limiter,
+		log: slog.New(slog.DiscardHandler), met: newMetrics()}
 	for _, o := range opts {
 		o(s)
 	}
 	s.keyH = sha256.Sum256([]byte(cfg.APIKey))
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("open server: %w", err)
-	}
-	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
-	if err != nil {
-		return nil, err
-	}
-	s.db = db
-	s.lim = NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait)
-	idle := cfg.IdleHibernate
-	if idle < 0 {
-		idle = 0
-	}
-	s.sbx, err = sandbox.OpenSandboxes(mgr, db, sandbox.SandboxesConfig{
-		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: idle,
-	}, s.lim, s.log.With("component", "sandboxes"))
-	if err != nil {
-		db.Close()
+	var err error
+	if s.j0, err = openJudge0(s); err != nil {
 		return nil, err
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	for lang, n := range cfg.Pools {
-		if err := mgr.StartPool(s.base, lang, n, true /* warm */); err != nil {
-			s.cancel()
-			mgr.Close()
-			return nil, errors.Join(fmt.Errorf("start pool %s: %w", lang, err), s.sbx.Close(context.Background()), db.Close())
-		}
-	}
 	s.handler = s.routes()
 	s.http = &http.Server{
 		Handler:           s.handler,
@@ -221,7 +163,15 @@ func Open(cfg Config, mgr *sandbox.Manager, opts ...Option) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return s.base },
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// A unix socket's peers were let in by its file permissions
+		// (owner only): they need no API key.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if c.LocalAddr().Network() == "unix" {
+				return context.WithValue(ctx, localConnKey{}, true)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
 }
@@ -241,11 +191,11 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting requests, lets running ones finish for the
-// grace period and then cancels them (their VMs are destroyed), hibernates
-// the running sandboxes, stops the pools and closes the database.
+// grace period and then cancels them (their VMs are destroyed). The
+// Service (sandboxes, pools, database) is closed by its owner afterwards.
 func (s *Server) Shutdown(ctx context.Context) error {
+	var shutdownErr error
 	s.closeOnce.Do(func() {
-		var errs []error
 		gctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
 		err := s.http.Shutdown(gctx)
 		cancel()
@@ -255,18 +205,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel() // cancels every request's context: runs stop, VMs go
 		s.http.Close()
 		s.inflight.Wait()
-		if err := s.sbx.Close(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("hibernate sandboxes: %w", err))
+		// Judge0's workers stop taking submissions; a running one is
+		// requeued by the next start.
+		if err := s.j0.Close(ctx); err != nil {
+			shutdownErr = err
 		}
-		if err := s.mgr.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("stop pools: %w", err))
-		}
-		if err := s.db.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close state: %w", err))
-		}
-		s.closeErr = errors.Join(errs...)
 	})
-	return s.closeErr
+	return shutdownErr
 }
 
 func (s *Server) routes() http.Handler {
@@ -293,6 +238,10 @@ func (s *Server) routes() http.Handler {
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
 		handle("POST "+prefix+"/execute", s.handleExecute)
 	}
+	for _, p := range judge0.Paths { // Judge0 clients use these at the root, or under /judge0
+		mux.Handle(p, s.j0)
+	}
+	mux.Handle("/judge0/", http.StripPrefix("/judge0", s.j0))
 	handle("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: no endpoint %s %s", errNoRoute, r.Method, r.URL.Path))
 	})
@@ -334,7 +283,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		rc := http.NewResponseController(sw)
 		// Whole requests can take a queue wait, a VM and a run; streams
 		// extend nothing, so the budget covers the longest legal request.
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.QueueWait + 2*s.cfg.MaxTimeout + 2*time.Minute))
+		_ = rc.SetWriteDeadline(time.Now().Add(s.svc.Config().QueueWait + 2*s.cfg.MaxTimeout + 2*time.Minute))
 		if r.Body != nil && r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodDelete {
 			// Read the whole (bounded) body under its own deadline, so a
 			// slow sender cannot hold a request open and a fast handler
@@ -358,10 +307,13 @@ func stack() []byte {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if s.cfg.APIKey == "" {
+	if s.cfg.APIKey == "" || r.Context().Value(localConnKey{}) != nil {
 		return true
 	}
 	key := r.Header.Get("X-API-Key")
+	if key == "" {
+		key = r.Header.Get("X-Auth-Token") // Judge0's header
+	}
 	if a := r.Header.Get("Authorization"); key == "" && len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
 		key = strings.TrimSpace(a[7:])
 	}
@@ -464,9 +416,9 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "sandbox_lost"
 	case errors.Is(err, sandbox.ErrSandboxBusy), errors.Is(err, state.ErrConflict):
 		return http.StatusConflict, "sandbox_busy"
-	case errors.Is(err, ErrQueueFull):
+	case errors.Is(err, sandbox.ErrQueueFull):
 		return http.StatusTooManyRequests, "queue_full"
-	case errors.Is(err, ErrQueueTimeout):
+	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(err, pool.ErrClosed):
 		return http.StatusServiceUnavailable, "shutting_down"
@@ -528,4 +480,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// localConnKey marks requests that came over the owner-only unix socket.
+type localConnKey struct{}
+
+// tenantKey carries the authenticated tenant in a request's context.
+type tenantKey struct{}
+
+// tenantOf is the tenant a request acts for: "" (the only tenant) unless
+// the authentication middleware said otherwise.
+func tenantOf(r *http.Request) string {
+	t, _ := r.Context().Value(tenantKey{}).(string)
+	return t
 }

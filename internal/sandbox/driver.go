@@ -14,11 +14,7 @@ import (
 // probe boots img on kernel k.
 func (m *Manager) Driver(ctx context.Context, k *guestkernel.Kernel, img *image.Image) (vmm.Driver, error) {
 	return m.drivers.Driver(ctx, drivers.Probe{Key: k.ID(), Boot: func(ctx context.Context, d vmm.Driver) error {
-		vm, err := m.boot(ctx, d, k, img, m.shape(Shape{}), drivers.ProbeTimeout)
-		if err != nil {
-			return err
-		}
-		return vm.Close()
+		return m.probeBoot(ctx, d, k, img, drivers.ProbeTimeout)
 	}})
 }
 

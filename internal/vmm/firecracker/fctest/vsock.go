@@ -9,13 +9,14 @@ import (
 	"strings"
 
 	"github.com/firesandbox/firesandbox/internal/agent"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 )
 
 // channelOf returns the agent channel named on a kernel command line.
 func channelOf(cmdline string) string {
 	ch := ""
 	for _, f := range strings.Fields(cmdline) {
-		if v, ok := strings.CutPrefix(f, agent.ArgChannel+"="); ok {
+		if v, ok := strings.CutPrefix(f, agentproto.ArgChannel+"="); ok {
 			ch = v // the last one wins, as in the agent
 		}
 	}
