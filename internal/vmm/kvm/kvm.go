@@ -5,7 +5,6 @@
 package kvm
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -21,9 +20,6 @@ const (
 	kvmGetAPIVersion = 0xAE00
 	apiVersion       = 12
 )
-
-// ErrUnusable wraps every reason Open gives.
-var ErrUnusable = errors.New("kvm: not usable")
 
 // Open checks that the device exists, is a character device, opens
 // read-write for this process and speaks API version 12.

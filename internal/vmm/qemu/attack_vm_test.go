@@ -289,3 +289,42 @@ func TestRAMFileAttack(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleFloodIsBounded boots a guest whose kernel prints everything
+// it can to the serial console (every initcall, every log level): what
+// the driver keeps of it is bounded, no file grows with it, and the tail
+// is the newest output.
+func TestConsoleFloodIsBounded(t *testing.T) {
+	fx := vmmtest.FixturesFromEnv(t)
+	d := newDriver(t, qemu.Config{Accel: testutil.RequireVMs(t).Accel})
+	base, err := os.MkdirTemp("/tmp", "vmt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	cfg := vmmtest.Config(d, fx, base, "flood")
+	cfg.Cmdline = append(cfg.Cmdline, "loglevel=8", "ignore_loglevel", "initcall_debug")
+	ctx := context.Background()
+	m, err := d.Boot(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop(ctx)
+	c := vmmtest.Connect(t, m) // boot is over: the kernel has said its piece
+	c.Close()
+	con := m.Console(1 << 30)
+	if len(con) != 64<<10 {
+		t.Fatalf("console keeps %d bytes; want exactly its 64 KiB bound after a flood", len(con))
+	}
+	if strings.Contains(con, "Linux version") {
+		t.Fatalf("the first boot line is still there: the flood did not exceed the bound, the test proves nothing")
+	}
+	filepath.WalkDir(cfg.RunDir, func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			if fi, err := e.Info(); err == nil && fi.Size() > 64<<10 {
+				t.Errorf("%s grew to %d bytes with the console", p, fi.Size())
+			}
+		}
+		return nil
+	})
+}
