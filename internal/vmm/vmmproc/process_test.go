@@ -121,7 +121,12 @@ func TestFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Stop(time.Second)
-	if !f.Done() || alive(p.PID()) && !p.Done() {
+	if !f.Done() {
+		t.Fatal("Stop of a followed process returned before it exited")
+	}
+	select {
+	case <-p.Exited(): // its parent (us) sees the exit too
+	case <-time.After(5 * time.Second):
 		t.Fatal("followed process survived Stop")
 	}
 }
