@@ -47,10 +47,16 @@ func (g *globalFlags) serviceLock(wait time.Duration) (release func(), err error
 }
 
 // listenSocket opens serve's unix socket, owner-only, replacing a stale
-// one a killed serve left (the service lock says none is alive).
+// one a killed serve left. A socket something still answers on belongs to
+// another serve (of another data directory): that is an error, not ours
+// to take.
 func listenSocket(p string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", p, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s is served by another firesandbox: give each serve its own --run-dir", p)
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
