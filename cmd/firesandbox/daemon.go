@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,8 +18,17 @@ import (
 )
 
 // socketPath is where a serve of this data directory answers on a unix
-// socket: in its run directory, reachable only by its owner.
-func (g *globalFlags) socketPath() string { return filepath.Join(g.runDir, "api.sock") }
+// socket: in its run directory, reachable only by its owner. The name
+// says which data directory it serves, so serves of several data
+// directories can share a run directory and a command finds its own.
+func (g *globalFlags) socketPath() string {
+	abs, err := filepath.Abs(g.dataDir)
+	if err != nil || abs == sandbox.DefaultDataDir {
+		return filepath.Join(g.runDir, "api.sock")
+	}
+	h := sha256.Sum256([]byte(abs))
+	return filepath.Join(g.runDir, "api-"+hex.EncodeToString(h[:4])+".sock")
+}
 
 // serviceLock is held by whoever manages the sandboxes of a data
 // directory: a serve for its whole life, or a CLI command that runs the
