@@ -34,7 +34,9 @@ func newServeCmd(g *globalFlags) *cobra.Command {
 		Short: "Serve the HTTP API (native JSON and Piston v2)",
 		Long: `Serve the HTTP API: the native JSON API under /v1 (languages, one-shot
 runs, streaming runs, long-lived sandboxes), Piston v2 compatibility under
-/api/v2 (runtimes, execute), /healthz and /metrics (Prometheus).
+/api/v2 (runtimes, execute, and the interactive WebSocket connect), the
+Judge0 CE API (/submissions, /languages, ...), /healthz and /metrics
+(Prometheus).
 
 It listens on 127.0.0.1:7070 unless told otherwise; listening on anything
 but a loopback address needs an API key (--api-key or $FIRESANDBOX_API_KEY),
