@@ -305,9 +305,38 @@ def split_mark(buf, mark):
     return False, buf[:cut + 1], buf[cut + 1:], b""
 
 
+def die_with_parent():
+    """A context without its server is unreachable: it goes too."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def hang_up(conn):
+    """Ends a connection for its peer now: a plain close waits for every
+    reference (the watcher's recv, a makefile) to go."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+def close_other_fds(*keep):
+    """A forked child keeps only stdio and the descriptors it needs."""
+    last = 2
+    for fd in sorted(keep):
+        os.closerange(last + 1, fd)
+        last = fd
+    os.closerange(last + 1, os.sysconf("SC_OPEN_MAX"))
+
+
 def serve_context(listener, language, cwd, env):
     """The life of one context process: one execution at a time."""
     os.setsid()
+    die_with_parent()
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -338,7 +367,8 @@ def serve_context(listener, language, cwd, env):
 
         emit = Emitter(conn)
         try:
-            req = json.loads(conn.makefile("r").readline(MAX_LINE) or "{}")
+            with conn.makefile("r") as f:
+                req = json.loads(f.readline(MAX_LINE) or "{}")
             threading.Thread(target=watch, daemon=True).start()
             saved = {}
             for k, v in (req.get("env_vars") or {}).items():
@@ -365,10 +395,7 @@ def serve_context(listener, language, cwd, env):
             emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": format_tb(e)})
             emit({"type": "end_of_execution"})
         finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+            hang_up(conn)
 
 
 # ---------------------------------------------------------------- server
@@ -448,6 +475,7 @@ class Server:
                 os.close(fd)
         self.ctl.close()
         self.listener.close()
+        close_other_fds(gate)
         os.setpgid(0, 0)
         os.read(gate, 1)  # the agent has moved us into the exec's cgroup
         os.close(gate)
@@ -471,16 +499,18 @@ class Server:
     # Relays' requests.
     def on_client(self, listener):
         conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(10)
+        conn.settimeout(10)
+        try:
+            with conn.makefile("r") as f:
+                req = read_line(f)
+            send_line(conn, self.handle(req or {}))
+        except (OSError, ValueError) as e:
             try:
-                req = read_line(conn.makefile("r"))
-                send_line(conn, self.handle(req or {}))
-            except (OSError, ValueError) as e:
-                try:
-                    send_line(conn, {"error": str(e), "status": 400})
-                except OSError:
-                    pass
+                send_line(conn, {"error": str(e), "status": 400})
+            except OSError:
+                pass
+        finally:
+            hang_up(conn)
 
     def handle(self, req):
         op = req.get("op")
@@ -526,8 +556,7 @@ class Server:
                 if self.ctl is not None:
                     self.ctl.close()
                 self.listener.close()
-                for other in self.contexts.values():
-                    os.close(other["pidfd"])
+                close_other_fds(lst.fileno())
                 serve_context(lst, language, cwd, env)
             finally:
                 os._exit(0)

@@ -587,6 +587,9 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 		keep = append(keep, sb)
 	}
 	less := func(a, b state.Sandbox) bool { // the page order: a first
+		if a.ID == b.ID {
+			return false
+		}
 		if !a.CreatedAt.Equal(b.CreatedAt) {
 			return a.CreatedAt.Before(b.CreatedAt) == asc
 		}

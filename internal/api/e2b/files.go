@@ -192,7 +192,10 @@ func (h *Handler) readUpload(r *http.Request, sb state.Sandbox) ([]agentproto.Fi
 		if len(files) == agentproto.MaxFiles {
 			return nil, badRequest("more than %d files in one upload", agentproto.MaxFiles)
 		}
-		name := part.FileName()
+		// Not part.FileName(): it keeps only the base name, and E2B's
+		// SDKs send the whole path there.
+		_, disp, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+		name := disp["filename"]
 		if query != "" && (name == "" || name == "blob") {
 			name = query
 		}
