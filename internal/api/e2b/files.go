@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -22,7 +23,7 @@ import (
 )
 
 // maxTransfer is the default bound of one upload or download.
-const maxTransfer = agentproto.MaxFileTransfer
+const maxTransfer = agentproto.MaxTransfer
 
 // User names as E2B's SDKs send them.
 const (
@@ -47,24 +48,10 @@ func userOf(r *http.Request) (string, error) {
 	if u == e2bUser {
 		u = ""
 	}
-	if !validUser(u) {
-		return "", badRequest("user %q: want a user name", u)
+	if err := agentproto.ValidateUser(u); err != nil {
+		return "", badRequest("user: %v", err)
 	}
 	return u, nil
-}
-
-// validUser accepts "" or a name of the kind useradd accepts.
-func validUser(u string) bool {
-	if len(u) > 32 {
-		return false
-	}
-	for i := 0; i < len(u); i++ {
-		c := u[i]
-		if !('a' <= c && c <= 'z' || c == '_' || i > 0 && ('0' <= c && c <= '9' || c == '-')) {
-			return false
-		}
-	}
-	return true
 }
 
 // homeOf is the E2B home and default working directory of a sandbox's
@@ -86,16 +73,6 @@ func guestPath(sb state.Sandbox, p string) (string, error) {
 	return path.Clean(p), nil
 }
 
-// homeRel is p relative to the home: the sandboxes' file transfers work
-// below it.
-func homeRel(sb state.Sandbox, abs string) (string, error) {
-	home := homeOf(sb)
-	if !strings.HasPrefix(abs, home+"/") {
-		return "", fmt.Errorf("%w: file transfers outside %s (%s)", errUnsupported, home, abs)
-	}
-	return strings.TrimPrefix(abs, home+"/"), nil
-}
-
 // entryOut is envd's upload answer for one file.
 type entryOut struct {
 	Path string `json:"path"`
@@ -105,92 +82,78 @@ type entryOut struct {
 
 // upload is envd's POST /files: multipart (one part per file, its file
 // name the path) or octet-stream (the path in the query), gzip allowed.
+// Each file streams to the agent, created with its parents by the user.
 func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 	t := targetOf(r.Context())
-	files, err := h.readUpload(r, t.sb)
+	opts, err := fileOpts(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return
-	}
-	out := make([]entryOut, 0, len(files))
-	rel := make([]agentproto.File, 0, len(files))
-	for _, f := range files {
-		p, err := homeRel(t.sb, f.Path)
-		if err != nil {
-			h.fail(w, r, err)
-			return
-		}
-		rel = append(rel, agentproto.File{Path: p, Content: f.Content, Mode: 0o644})
-		out = append(out, entryOut{Path: f.Path, Name: path.Base(f.Path), Type: "file"})
-	}
-	if err := h.deps.Sandboxes.WriteFiles(r.Context(), t.sb.Tenant, t.sb.ID, rel); err != nil {
-		h.fail(w, r, h.fileError(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// readUpload reads an upload's files, with absolute paths, each within
-// the size bound.
-func (h *Handler) readUpload(r *http.Request, sb state.Sandbox) ([]agentproto.File, error) {
-	if _, err := userOf(r); err != nil {
-		return nil, err
 	}
 	body := io.Reader(r.Body)
 	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
 		zr, err := gzip.NewReader(r.Body)
 		if err != nil {
-			return nil, badRequest("gzip body: %v", err)
+			h.fail(w, r, badRequest("gzip body: %v", err))
+			return
 		}
 		defer zr.Close()
 		body = zr
 	}
-	readAll := func(rd io.Reader, name string) ([]byte, error) {
-		b, err := io.ReadAll(io.LimitReader(rd, h.cfg.MaxUpload+1))
-		if err != nil {
-			return nil, badRequest("read %s: %v", name, err)
-		}
-		if int64(len(b)) > h.cfg.MaxUpload {
-			return nil, fmt.Errorf("%w: %s is over %d bytes", errTooLarge, name, h.cfg.MaxUpload)
-		}
-		return b, nil
+	out := []entryOut{}
+	put := func(p string, rd io.Reader) error {
+		lim := &limitedReader{r: rd, n: h.cfg.MaxUpload}
+		return h.deps.Sandboxes.WithAgent(r.Context(), t.sb.Tenant, t.sb.ID, func(ctx context.Context, _ state.Sandbox, a *agentproto.Client) error {
+			fi, err := a.Upload(ctx, p, lim, -1, 0o644, opts...)
+			if lim.over {
+				return fmt.Errorf("%w: %s is over %d bytes", errTooLarge, p, h.cfg.MaxUpload)
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, entryOut{Path: fi.Path, Name: path.Base(fi.Path), Type: "file"})
+			return nil
+		})
 	}
 	query := r.URL.Query().Get("path")
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != "multipart/form-data" {
 		if query == "" {
-			return nil, badRequest("an octet-stream upload needs ?path=")
+			h.fail(w, r, badRequest("an octet-stream upload needs ?path="))
+			return
 		}
-		p, err := guestPath(sb, query)
+		p, err := guestPath(t.sb, query)
+		if err == nil {
+			err = put(p, body)
+		}
 		if err != nil {
-			return nil, err
+			h.fail(w, r, h.fileError(err))
+			return
 		}
-		b, err := readAll(body, p)
-		if err != nil {
-			return nil, err
-		}
-		return []agentproto.File{{Path: p, Content: b}}, nil
+		writeJSON(w, http.StatusOK, out)
+		return
 	}
 	if params["boundary"] == "" {
-		return nil, badRequest("multipart upload without a boundary")
+		h.fail(w, r, badRequest("multipart upload without a boundary"))
+		return
 	}
 	mr := multipart.NewReader(body, params["boundary"])
-	var files []agentproto.File
-	total := int64(0)
-	for {
+	for n := 0; ; n++ {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return nil, badRequest("multipart upload: %v", err)
+			h.fail(w, r, badRequest("multipart upload: %v", err))
+			return
 		}
 		if part.FormName() != "file" {
 			part.Close()
 			continue
 		}
-		if len(files) == agentproto.MaxFiles {
-			return nil, badRequest("more than %d files in one upload", agentproto.MaxFiles)
+		if n >= agentproto.MaxFiles {
+			h.fail(w, r, badRequest("more than %d files in one upload", agentproto.MaxFiles))
+			return
 		}
 		// Not part.FileName(): it keeps only the base name, and E2B's
 		// SDKs send the whole path there.
@@ -199,30 +162,61 @@ func (h *Handler) readUpload(r *http.Request, sb state.Sandbox) ([]agentproto.Fi
 		if query != "" && (name == "" || name == "blob") {
 			name = query
 		}
-		p, err := guestPath(sb, name)
-		if err != nil {
-			return nil, err
+		p, err := guestPath(t.sb, name)
+		if err == nil {
+			err = put(p, part)
 		}
-		b, err := readAll(part, p)
 		part.Close()
 		if err != nil {
-			return nil, err
+			h.fail(w, r, h.fileError(err))
+			return
 		}
-		if total += int64(len(b)); total > h.cfg.MaxUpload {
-			return nil, fmt.Errorf("%w: the upload is over %d bytes", errTooLarge, h.cfg.MaxUpload)
-		}
-		files = append(files, agentproto.File{Path: p, Content: b})
 	}
-	if len(files) == 0 {
-		return nil, badRequest("a multipart upload needs a part named \"file\"")
+	if len(out) == 0 {
+		h.fail(w, r, badRequest("a multipart upload needs a part named \"file\""))
+		return
 	}
-	return files, nil
+	writeJSON(w, http.StatusOK, out)
 }
 
-// download is envd's GET /files.
+// fileOpts are a /files call's agent options: its user.
+func fileOpts(r *http.Request) ([]agentproto.FileOption, error) {
+	user, err := userOf(r)
+	if err != nil || user == "" {
+		return nil, err
+	}
+	return []agentproto.FileOption{agentproto.AsUser(user)}, nil
+}
+
+// limitedReader reads at most n bytes and notes an attempt to read more.
+type limitedReader struct {
+	r    io.Reader
+	n    int64
+	over bool
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		var one [1]byte
+		if k, _ := l.r.Read(one[:]); k > 0 {
+			l.over = true
+			return 0, errTooLarge
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	k, err := l.r.Read(p)
+	l.n -= int64(k)
+	return k, err
+}
+
+// download is envd's GET /files: the file streams from the agent.
 func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 	t := targetOf(r.Context())
-	if _, err := userOf(r); err != nil {
+	opts, err := fileOpts(r)
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -231,32 +225,64 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	rel, err := homeRel(t.sb, p)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	data, err := h.deps.Sandboxes.ReadFile(r.Context(), t.sb.Tenant, t.sb.ID, rel, h.cfg.MaxUpload)
-	if err != nil {
+	sw := &startWriter{w: w, name: path.Base(p)}
+	err = h.deps.Sandboxes.WithAgent(r.Context(), t.sb.Tenant, t.sb.ID, func(ctx context.Context, _ state.Sandbox, a *agentproto.Client) error {
+		_, err := a.Download(ctx, p, sw, h.cfg.MaxUpload, opts...)
+		return err
+	})
+	switch {
+	case err != nil && !sw.started:
 		h.fail(w, r, h.fileError(err))
-		return
+	case err != nil: // mid-body: all that is left is to cut the response
+		panic(http.ErrAbortHandler)
+	case !sw.started: // an empty file
+		sw.start()
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": path.Base(p)}))
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(data)
+}
+
+// startWriter sends the download's headers with its first bytes, so an
+// error before them can still be an error status.
+type startWriter struct {
+	w       http.ResponseWriter
+	name    string
+	started bool
+}
+
+func (s *startWriter) start() {
+	s.started = true
+	s.w.Header().Set("Content-Type", "application/octet-stream")
+	s.w.Header().Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": s.name}))
+	s.w.WriteHeader(http.StatusOK)
+}
+
+func (s *startWriter) Write(b []byte) (int, error) {
+	if !s.started {
+		s.start()
+	}
+	return s.w.Write(b)
 }
 
 // errTooLarge: an upload over the bound (507 is envd's "no space").
 var errTooLarge = errors.New("too large")
 
 // fileError gives the agent's file errors envd's statuses: the SDK turns
-// 404 into FileNotFoundError.
+// 404 into FileNotFoundError, 400 into InvalidArgumentError.
 func (h *Handler) fileError(err error) error {
 	var ae *agentproto.AgentError
-	if errors.As(err, &ae) && ae.Code == agentproto.CodeNotFound {
-		return fmt.Errorf("%w: %s", errNotFound, ae.Message)
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case agentproto.CodeNotFound:
+			return fmt.Errorf("%w: %s", errNotFound, ae.Message)
+		case agentproto.CodeInvalid, agentproto.CodeExists:
+			return badRequest("%s", ae.Message)
+		case agentproto.CodePermission:
+			return fmt.Errorf("%w: %s", errUnauthorized, ae.Message)
+		case agentproto.CodeTooLarge:
+			return fmt.Errorf("%w: %s", errTooLarge, ae.Message)
+		}
+	}
+	if errors.Is(err, agentproto.ErrMalformed) {
+		return badRequest("%v", err)
 	}
 	return err
 }
