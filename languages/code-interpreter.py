@@ -123,13 +123,23 @@ class Emitter:
 
 
 class Stream(io.TextIOBase):
+    """A cell's stdout or stderr: whole lines become events (print's text
+    and its newline arrive as one), the rest at flush and at the end."""
+
     def __init__(self, kind, emit):
-        self.kind, self.emit = kind, emit
+        self.kind, self.emit, self.buf = kind, emit, ""
 
     def write(self, s):
-        if s:
-            self.emit({"type": self.kind, "text": s})
+        self.buf += s
+        if "\n" in self.buf:
+            done, _, self.buf = self.buf.rpartition("\n")
+            self.emit({"type": self.kind, "text": done + "\n"})
         return len(s)
+
+    def flush(self):
+        if self.buf:
+            self.emit({"type": self.kind, "text": self.buf})
+            self.buf = ""
 
     def writable(self):
         return True
@@ -198,7 +208,8 @@ class PythonKernel:
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
         self.ns["display"] = lambda *objs: [emit(dict(rich(o), type="result", is_main_result=False)) for o in objs]
         out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = Stream("stdout", emit), Stream("stderr", emit)
+        streams = Stream("stdout", emit), Stream("stderr", emit)
+        sys.stdout, sys.stderr = streams
         value = None
         try:
             tree = ast.parse(code, name, "exec")
@@ -209,10 +220,14 @@ class PythonKernel:
             if last is not None:
                 value = eval(compile(last, name, "eval"), self.ns)
         except BaseException as e:  # SystemExit and KeyboardInterrupt too: the context lives on
+            for st in streams:
+                st.flush()
             self.flush_figures(emit)
             emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": format_tb(e)})
             return
         finally:
+            for st in streams:
+                st.flush()
             sys.stdout, sys.stderr = out, err
         self.flush_figures(emit)
         if value is not None:

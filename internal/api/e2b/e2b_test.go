@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-		"net/http"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"

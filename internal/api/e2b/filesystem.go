@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+	"regexp"
 	"sync"
 	"time"
 
@@ -219,6 +220,9 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 		select {
 		case evs := <-events:
 			for _, ev := range evs {
+				if uploadTemp.MatchString(path.Base(ev.Name)) {
+					continue
+				}
 				if err := st.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: eventOf(ev)}}); err != nil {
 					return err
 				}
@@ -239,6 +243,10 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 		}
 	}
 }
+
+// uploadTemp matches the temporary file the agent writes an upload to
+// before renaming it into place: E2B's watchers never see such a file.
+var uploadTemp = regexp.MustCompile(`^\..+\.upload-[0-9a-f]+$`)
 
 // watcher is a CreateWatcher watch whose events wait for
 // GetWatcherEvents.
@@ -264,6 +272,9 @@ func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Requ
 		wt.mu.Lock()
 		defer wt.mu.Unlock()
 		for _, ev := range b.Events {
+			if uploadTemp.MatchString(path.Base(ev.Name)) {
+				continue
+			}
 			if len(wt.events) >= maxWatcherEvents {
 				wt.lost = true
 				return

@@ -128,7 +128,7 @@ func kinds(evs []map[string]any, typ string) []map[string]any {
 func TestInterpreterContextsKeepState(t *testing.T) {
 	ip := startInterp(t)
 	evs := ip.run(relayRequest{Code: "x = 6\nprint('hello')\nx * 7"})
-	if s := kinds(evs, "stdout"); len(s) == 0 || s[0]["text"] != "hello" {
+	if s := kinds(evs, "stdout"); len(s) != 1 || s[0]["text"] != "hello\n" {
 		t.Fatalf("stdout: %v", evs)
 	}
 	res := kinds(evs, "result")
