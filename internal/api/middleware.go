@@ -192,7 +192,16 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, rc *http.Respo
 	start := time.Now()
 	deadline := start.Add(s.cfg.BodyTimeout)
 	_ = rc.SetReadDeadline(deadline)
-	defer rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort, as above
+	defer func() {
+		if err == nil {
+			_ = rc.SetReadDeadline(time.Time{})
+		} else {
+			// The server would read what is left of the body after the
+			// handler (to reuse the connection): make that fail at once,
+			// so the connection closes instead of waiting for the client.
+			_ = rc.SetReadDeadline(time.Now())
+		}
+	}()
 	body := http.MaxBytesReader(w, r.Body, limit)
 	buf := make([]byte, 0, size)
 	for {
