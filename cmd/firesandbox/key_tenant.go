@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/state"
 	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/spf13/cobra"
@@ -102,7 +103,7 @@ func newKeyLsCmd(g *globalFlags) *cobra.Command {
 					if !k.LastUsedAt.IsZero() {
 						used = k.LastUsedAt.Format(time.RFC3339)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, tenant.Display(k.Tenant), escapeTerminal(k.Name), k.CreatedAt.Format(time.RFC3339), used)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, tenant.Display(k.Tenant), agentproto.TerminalSafe(k.Name), k.CreatedAt.Format(time.RFC3339), used)
 				}
 				return tw.Flush()
 			})

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
@@ -157,7 +156,7 @@ func outputLimit(l agentproto.Limits, e *image.Entry) int64 {
 	if e != nil && e.Limits.OutputBytes > 0 {
 		return e.Limits.OutputBytes
 	}
-	return agent.DefaultLimits.OutputBytes
+	return agentproto.DefaultLimits.OutputBytes
 }
 
 // captureFor returns a capture sized for req's limits.
