@@ -81,9 +81,10 @@ func TestServeAttacks(t *testing.T) {
 		t.Logf("all %d connections closed within %s", n, worst.Round(time.Millisecond))
 	})
 
-	// noVM fails the test if any VM starts while fn runs.
+	// noVM fails the test if a VM starts while fn runs.
 	noVM := func(t *testing.T, fn func()) {
 		t.Helper()
+		base := h.qemus()
 		stop := make(chan struct{})
 		var seen atomic.Bool
 		go func() {
@@ -93,7 +94,7 @@ func TestServeAttacks(t *testing.T) {
 					return
 				default:
 				}
-				if h.qemus() > 0 {
+				if h.qemus() > base {
 					seen.Store(true)
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -102,7 +103,7 @@ func TestServeAttacks(t *testing.T) {
 		fn()
 		time.Sleep(200 * time.Millisecond)
 		close(stop)
-		if seen.Load() || h.qemus() > 0 {
+		if seen.Load() || h.qemus() > base {
 			t.Fatal("a VM was started for a request that is refused")
 		}
 	}
@@ -174,12 +175,27 @@ func TestServeAttacks(t *testing.T) {
 		}
 		defer c.Close()
 		c.(*net.TCPConn).SetReadBuffer(4096)
-		body := `{"language":"python","code":"while True: print('y'*4096)","limits":{"timeout_ms":3000}}`
+		// 100 KB/s: it runs to its 3 s limit without reaching the output cap.
+		body := `{"language":"python","code":"import time\nwhile True:\n    print('y'*1000, flush=True)\n    time.sleep(0.01)","limits":{"timeout_ms":3000}}`
 		fmt.Fprintf(c, "POST /v1/run/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-		h.waitQemus(1, time.Minute)
+		// Read until the program's output flows (its VM is up), then stop.
+		c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("no output came: %v", err)
+			}
+			if strings.Contains(line, `"type":"output"`) {
+				break
+			}
+		}
 		start := time.Now()
 		// Never read: the program ends at its 3 s limit, and its VM with it.
 		h.waitQemus(0, 3*time.Second+20*time.Second)
+		if d := time.Since(start); d < 2*time.Second {
+			t.Fatalf("the VM went after %s: the program did not run to its limit", d)
+		}
 		t.Logf("VM gone %s after it started, the client still connected and not reading", time.Since(start).Round(time.Millisecond))
 	})
 
