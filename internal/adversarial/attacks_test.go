@@ -81,12 +81,13 @@ func TestServeAttacks(t *testing.T) {
 		t.Logf("all %d connections closed within %s", n, worst.Round(time.Millisecond))
 	})
 
-	// noVM fails the test if a VM starts while fn runs.
+	// noVM fails the test if a VM starts while fn runs: every VM has a
+	// run directory of its own, named by a fresh id.
 	noVM := func(t *testing.T, fn func()) {
 		t.Helper()
-		base := h.qemus()
+		before := h.vmIDs()
 		stop := make(chan struct{})
-		var seen atomic.Bool
+		var started atomic.Value
 		go func() {
 			for {
 				select {
@@ -94,17 +95,23 @@ func TestServeAttacks(t *testing.T) {
 					return
 				default:
 				}
-				if h.qemus() > base {
-					seen.Store(true)
+				for id := range h.vmIDs() {
+					if !before[id] {
+						started.Store(id)
+					}
 				}
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond)
 			}
 		}()
 		fn()
-		time.Sleep(200 * time.Millisecond)
 		close(stop)
-		if seen.Load() || h.qemus() > base {
-			t.Fatal("a VM was started for a request that is refused")
+		for id := range h.vmIDs() {
+			if !before[id] {
+				started.Store(id)
+			}
+		}
+		if id := started.Load(); id != nil {
+			t.Fatalf("VM %s was started for a request that is refused", id)
 		}
 	}
 

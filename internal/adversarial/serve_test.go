@@ -100,6 +100,19 @@ func (h *home) qemus() int {
 	return len(strings.Fields(string(out)))
 }
 
+// vmIDs are the VMs that have a run directory now (a VM's run directory
+// lives as long as it does).
+func (h *home) vmIDs() map[string]bool {
+	ids := map[string]bool{}
+	ents, _ := os.ReadDir(h.run)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "vm-") {
+			ids[e.Name()] = true
+		}
+	}
+	return ids
+}
+
 // waitQemus waits (bounded) until n QEMU processes of h run.
 func (h *home) waitQemus(n int, within time.Duration) {
 	h.t.Helper()
