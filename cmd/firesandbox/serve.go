@@ -16,6 +16,8 @@ import (
 )
 
 type serveFlags struct {
+	poolRanges    map[string]sandbox.PoolRange // from the config file
+	maxOutput     int64                        // from the config file
 	listen        string
 	apiKey        string
 	pools         string
@@ -43,7 +45,9 @@ func newServeCmd(g *globalFlags) *cobra.Command {
 		Short: "Serve the HTTP API (native JSON and Piston v2)",
 		Long: `Serve the HTTP API: the native JSON API under /v1 (languages, one-shot
 runs, streaming runs, long-lived sandboxes), Piston v2 compatibility under
-/api/v2 (runtimes, execute), /healthz and /metrics (Prometheus).
+/api/v2 (runtimes, execute, and the interactive WebSocket connect), the
+Judge0 CE API (/submissions, /languages, ...), /healthz and /metrics
+(Prometheus).
 
 It listens on 127.0.0.1:7070 unless told otherwise; listening on anything
 but a loopback address needs API keys: --api-key (or $FIRESANDBOX_API_KEY),
@@ -65,7 +69,12 @@ hibernates running sandboxes and stops its pools.`,
   curl -s localhost:7070/api/v2/execute -d '{"language":"python","version":"*","files":[{"content":"print(1)"}]}'
   FIRESANDBOX_API_KEY=secret firesandbox serve --listen 0.0.0.0:7070 --pool python=2`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, &f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.fromFile(cmd, g.file.Serve); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), g, &f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
@@ -98,6 +107,37 @@ hibernates running sandboxes and stops its pools.`,
 	return cmd
 }
 
+// fromFile takes the config file's [serve] settings for every flag the
+// command line left alone.
+func (f *serveFlags) fromFile(cmd *cobra.Command, c serveConfig) error {
+	unset := func(name string) bool { return !cmd.Flags().Changed(name) }
+	if c.Listen != "" && unset("listen") {
+		f.listen = c.Listen
+	}
+	if len(c.Pools) > 0 && unset("pool") {
+		f.poolRanges = c.Pools
+	}
+	for _, o := range []struct {
+		flag string
+		set  bool
+		do   func()
+	}{
+		{"max-vms", c.MaxVMs != 0, func() { f.maxVMs = c.MaxVMs }},
+		{"queue", c.Queue != 0, func() { f.queue = c.Queue }},
+		{"queue-wait", c.QueueWait != 0, func() { f.queueWait = c.QueueWait }},
+		{"max-timeout", c.MaxTimeout != 0, func() { f.maxTimeout = c.MaxTimeout }},
+		{"idle-hibernate", c.IdleHibernate != 0, func() { f.idleHibernate = c.IdleHibernate }},
+		{"max-body", c.MaxBody != 0, func() { f.maxBody = c.MaxBody }},
+		{"shutdown-grace", c.ShutdownGrace != 0, func() { f.grace = c.ShutdownGrace }},
+	} {
+		if o.set && unset(o.flag) {
+			o.do()
+		}
+	}
+	f.maxOutput = c.MaxOutput
+	return nil
+}
+
 // parsePools parses "python=2,go=1..4".
 func parsePools(s string) (map[string]sandbox.PoolRange, error) {
 	out := map[string]sandbox.PoolRange{}
@@ -120,11 +160,14 @@ func parsePools(s string) (map[string]sandbox.PoolRange, error) {
 }
 
 func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
-	pools, err := parsePools(f.pools)
-	if err != nil {
-		return err
+	pools := f.poolRanges
+	if pools == nil {
+		var err error
+		if pools, err = parsePools(f.pools); err != nil {
+			return err
+		}
 	}
-	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, ShutdownGrace: f.grace,
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, MaxOutput: f.maxOutput, ShutdownGrace: f.grace,
 		RequireKey: f.requireKey, MaxConns: f.maxConns, BodyTimeout: f.bodyTimeout, AllowedHosts: f.allowedHosts,
 		AllowedOrigins: f.allowedOrigin, Quota: f.quota, Caps: f.caps}
 	if err := cfg.Validate(); err != nil {

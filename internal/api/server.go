@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/api/e2b"
 	"github.com/firesandbox/firesandbox/internal/api/judge0"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
@@ -167,6 +168,7 @@ type Server struct {
 	sbx    *sandbox.Sandboxes
 	lim    *sandbox.Limiter
 	j0     *judge0.Handler
+	e2b    *e2b.Handler
 	met    *metrics
 	log    *slog.Logger
 	keys   *tenant.Store
@@ -225,6 +227,9 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	if s.j0, err = openJudge0(s); err != nil {
 		return nil, err
 	}
+	if s.e2b, err = openE2B(s); err != nil {
+		return nil, err
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -247,6 +252,10 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	// h2c too: E2B's envd clients may speak HTTP/2 without TLS.
+	s.http.Protocols = new(http.Protocols)
+	s.http.Protocols.SetHTTP1(true)
+	s.http.Protocols.SetUnencryptedHTTP2(true)
 	return s, nil
 }
 
@@ -316,15 +325,17 @@ func (s *Server) routes() http.Handler {
 	for _, prefix := range []string{"/api/v2", "/api/v2/piston"} { // the latter is emkc.org's public path
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
 		handle("POST "+prefix+"/execute", s.handleExecute)
+		handle("GET "+prefix+"/connect", s.handleConnect) // WebSocket
 	}
 	for _, p := range judge0.Paths { // Judge0 clients use these at the root, or under /judge0
 		mux.Handle(p, s.j0)
 	}
 	mux.Handle("/judge0/", http.StripPrefix("/judge0", s.j0))
+	s.e2b.Routes(mux) // E2B's control plane; its data plane goes by header (e2bFront)
 	handle("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: no endpoint %s %s", errNoRoute, r.Method, r.URL.Path))
 	})
-	return s.middleware(mux)
+	return s.e2bFront(s.middleware(mux))
 }
 
 var errNoRoute = errors.New("not found")
