@@ -94,11 +94,9 @@ func (h *home) cli(ctx context.Context, args ...string) (stdout, stderr string, 
 	return o.String(), e.String(), code
 }
 
-// qemus counts the QEMU processes of h's VMs.
-func (h *home) qemus() int {
-	out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+h.run).Output()
-	return len(strings.Fields(string(out)))
-}
+// qemus counts the VMM processes of the serves and commands this test
+// started (one home at a time runs).
+func (h *home) qemus() int { return testutil.VMMProcesses() }
 
 // vmIDs are the VMs that have a run directory now (a VM's run directory
 // lives as long as it does).
