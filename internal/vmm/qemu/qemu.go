@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 )
@@ -246,8 +247,8 @@ func (d *Driver) BaseCmdline() []string {
 		"tsc=reliable", "cryptomgr.notests", "init_on_alloc=0",
 		"lsm=capability", "audit=0", "no_timer_check", "random.trust_cpu=on",
 		"nowatchdog", "pci=off", "8250.nr_uarts=1",
-		"fs.channel=virtio-port:" + AgentPortName,
 	}
+	args = append(args, agentproto.Boot{Channel: agentproto.VirtioPortChannel(AgentPortName)}.MustArgs()...)
 	if d.cfg.Accel == AccelTCG {
 		args = append(args, "mitigations=off")
 	}
