@@ -70,9 +70,11 @@ test-adversarial: build kernel image
 
 # Each fuzz target for a bounded time; new findings land in testdata/fuzz
 # (commit them with the fix). FUZZ_TARGETS is package:target pairs.
-FUZZTIME ?= 30s
+FUZZTIME ?= 20s
 FUZZ_TARGETS := internal/api:FuzzRunRequest internal/api:FuzzPistonExecute internal/api:FuzzPaths \
-	internal/api:FuzzJSONText internal/api:FuzzBrowserGuard
+	internal/api:FuzzJSONText internal/api:FuzzBrowserGuard \
+	internal/agentproto:FuzzReadFrame internal/agentproto:FuzzParseBoot internal/agentproto:FuzzGuestPaths \
+	internal/network:FuzzPolicy internal/network:FuzzParseFirst
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn ($(FUZZTIME))"; \
