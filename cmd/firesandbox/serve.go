@@ -26,6 +26,7 @@ type serveFlags struct {
 	idleHibernate time.Duration
 	maxBody       int64
 	grace         time.Duration
+	cluster       clusterFlags
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -63,6 +64,7 @@ hibernates running sandboxes and stops its pools.`,
 	fl.DurationVar(&f.idleHibernate, "idle-hibernate", 10*time.Minute, "hibernate sandboxes unused this long (0: never)")
 	fl.Int64Var(&f.maxBody, "max-body", 32<<20, "largest request body in bytes")
 	fl.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "how long runs may finish on shutdown before they are cancelled")
+	f.cluster.register(fl)
 	return cmd
 }
 
@@ -107,6 +109,19 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs)
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		scfg.Directory = node
+		// Last, after the sandboxes were hibernated into S3: hand them over.
+		defer func() {
+			if cerr := node.Close(context.Background()); cerr != nil {
+				fmt.Fprintf(os.Stderr, "firesandbox: leave cluster: %v\n", cerr)
+			}
+		}()
+	}
 	svc, err := sandbox.OpenService(mgr, scfg, log)
 	if err != nil {
 		return err
@@ -116,7 +131,14 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
 		}
 	}()
-	srv, err := api.Open(cfg, svc, api.WithLogger(log))
+	apiOpts := []api.Option{api.WithLogger(log)}
+	if node != nil {
+		if err := node.Attach(ctx, svc.Sandboxes); err != nil {
+			return err
+		}
+		apiOpts = append(apiOpts, clusterOuter(node, svc))
+	}
+	srv, err := api.Open(cfg, svc, apiOpts...)
 	if err != nil {
 		return err
 	}
@@ -130,7 +152,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 		return errors.Join(err, srv.Shutdown(context.Background()))
 	}
 	defer os.Remove(g.socketPath())
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2%s)\n", ln.Addr(), g.socketPath(), describeNode(node))
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- srv.Serve(uln) }()
@@ -138,6 +160,11 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "firesandbox: shutting down: finishing runs, hibernating sandboxes")
+	}
+	if node != nil { // no new sandboxes here; the balancer sees /healthz fail
+		if derr := node.Drain(context.Background()); derr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: drain: %v\n", derr)
+		}
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/api/judge0"
+	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/pool"
@@ -122,6 +123,8 @@ type Server struct {
 	met  *metrics
 	log  *slog.Logger
 	keyH [sha256.Size]byte
+	// outer, if set, wraps the handler (WithOuter).
+	outer func(http.Handler) http.Handler
 
 	http     *http.Server
 	handler  http.Handler
@@ -137,6 +140,11 @@ type Option func(*Server)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithOuter wraps the whole API in h, outside every middleware: a
+// cluster's router (cluster.Node.Handler) forwards requests for sandboxes
+// other hosts own before this host authenticates or reads them.
+func WithOuter(h func(http.Handler) http.Handler) Option { return func(s *Server) { s.outer = h } }
 
 // Open returns a Server over svc, ready to Serve. Shutdown stops the
 // HTTP side; svc stays the caller's to close afterwards.
@@ -157,6 +165,9 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
+	if s.outer != nil {
+		s.handler = s.outer(s.handler)
+	}
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -420,6 +431,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusTooManyRequests, "queue_full"
 	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
+	case errors.Is(err, cluster.ErrFull):
+		return http.StatusServiceUnavailable, "cluster_full"
+	case errors.Is(err, cluster.ErrUnavailable), errors.Is(err, cluster.ErrFenced):
+		return http.StatusServiceUnavailable, "cluster_unavailable"
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(err, pool.ErrClosed):
 		return http.StatusServiceUnavailable, "shutting_down"
 	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, vmm.ErrUnavailable):

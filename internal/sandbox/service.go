@@ -30,6 +30,9 @@ type ServiceConfig struct {
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
 	// Pools are warm pool sizes by language.
 	Pools map[string]int `json:"pools" toml:"pools"`
+	// Directory, if set, shares the sandboxes with other hosts (see
+	// SandboxesConfig.Directory).
+	Directory Directory `json:"-" toml:"-"`
 }
 
 func (c *ServiceConfig) setDefaults(mgr *Manager) {
@@ -92,7 +95,7 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	}
 	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait)}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
-		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate,
+		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, Directory: cfg.Directory,
 	}, svc.Limiter, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()
