@@ -167,8 +167,15 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hop := r.Header.Get(HopHeader) != ""
-	if id := rt.routes.SandboxID(r); id != "" && !hop {
-		rt.toOwner(w, r, id)
+	if id := rt.routes.SandboxID(r); id != "" {
+		if !hop {
+			rt.toOwner(w, r, id)
+			return
+		}
+		if !rt.haveLocal(r.Context(), id) && rt.arriving(w, r, id) {
+			return
+		}
+		rt.next.ServeHTTP(w, r)
 		return
 	}
 	switch {
@@ -204,6 +211,9 @@ func (rt *router) toOwner(w http.ResponseWriter, r *http.Request, id string) {
 		writeRouteError(w, r, http.StatusServiceUnavailable, "directory_unavailable",
 			fmt.Sprintf("sandbox %s is not on host %s and the cluster directory does not answer: %v", id, rt.n.id, err))
 	case e.Owner == rt.n.id:
+		if !rt.haveLocal(r.Context(), id) && rt.movingHere(w, r, e) {
+			return
+		}
 		rt.next.ServeHTTP(w, r)
 	case e.Owner == "":
 		w.Header().Set("Retry-After", "2")
@@ -220,6 +230,36 @@ func (rt *router) toOwner(w http.ResponseWriter, r *http.Request, id string) {
 		}
 		p.ServeHTTP(w, r)
 	}
+}
+
+// haveLocal says this host has a record of sandbox id.
+func (rt *router) haveLocal(ctx context.Context, id string) bool {
+	if rt.n.local == nil {
+		return false
+	}
+	_, err := rt.n.local.Record(ctx, id)
+	return err == nil
+}
+
+// arriving answers a forwarded request for a sandbox this host does not
+// have yet, if the directory says it is this host's: the takeover has
+// claimed it and is still pulling it.
+func (rt *router) arriving(w http.ResponseWriter, r *http.Request, id string) bool {
+	e, err := rt.n.dir.Get(r.Context(), id)
+	return err == nil && e.Owner == rt.n.id && rt.movingHere(w, r, e)
+}
+
+// movingHere answers 503 for a sandbox this host owns but has no record
+// of yet (being pulled from S3); false if it is not such a sandbox.
+func (rt *router) movingHere(w http.ResponseWriter, r *http.Request, e Entry) bool {
+	if e.State != "hibernated" && e.State != "lost" {
+		return false
+	}
+	rt.n.wake() // the sync imports what this host owns and lacks
+	w.Header().Set("Retry-After", "1")
+	writeRouteError(w, r, http.StatusServiceUnavailable, "sandbox_moving",
+		fmt.Sprintf("sandbox %s is being moved to host %s; retry shortly", e.ID, rt.n.id))
+	return true
 }
 
 // proxy returns the reverse proxy to an owner's address.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,6 +71,7 @@ type Node struct {
 	draining       bool
 	local          Local
 	garbage        map[string]bool // S3 names nobody needs
+	creating       map[string]bool // admitted here, not yet recorded locally
 
 	kick    chan struct{}
 	stop    chan struct{}
@@ -88,7 +91,7 @@ func Open(ctx context.Context, cfg Config, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, id: id, log: slog.New(slog.DiscardHandler), load: func() int { return 0 },
-		garbage: map[string]bool{}, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		garbage: map[string]bool{}, creating: map[string]bool{}, kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	for _, o := range opts {
 		o(n)
 	}
@@ -348,6 +351,12 @@ func (n *Node) sync(ctx context.Context) error {
 	if !ok || !n.connected() {
 		return fmt.Errorf("%w: no current lease", ErrUnavailable)
 	}
+	// What this host owns is read before what it has, so a create that
+	// lands in between is in the second list, never only in the first.
+	owned, err := n.dir.Owned(ctx, n.id)
+	if err != nil {
+		return err
+	}
 	locals, err := n.local.Records(ctx)
 	if err != nil {
 		return err
@@ -390,13 +399,12 @@ func (n *Node) sync(ctx context.Context) error {
 			}
 		}
 	}
-	owned, err := n.dir.Owned(ctx, n.id)
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
 	for _, e := range owned {
-		if here[e.ID] {
+		if here[e.ID] || n.isCreating(e.ID) {
 			continue
+		}
+		if _, err := n.local.Record(ctx, e.ID); err == nil {
+			continue // arrived since the list was read
 		}
 		switch e.State {
 		case state.Hibernated:
@@ -449,6 +457,9 @@ func (n *Node) collect(ctx context.Context) {
 	}
 	n.mu.Unlock()
 	for _, name := range names {
+		if !n.unused(ctx, name) {
+			continue
+		}
 		err := n.remote.DeleteDir(ctx, name)
 		if err == nil || errors.Is(err, snapshot.ErrNotFound) {
 			n.mu.Lock()
@@ -458,6 +469,29 @@ func (n *Node) collect(ctx context.Context) {
 	}
 }
 
+// unused says nobody can want the hibernation stored under name any
+// more: its sandbox is gone, or has moved on to a newer generation and
+// does not name it. A failed push of the current generation is not
+// garbage yet: it is pushed again.
+func (n *Node) unused(ctx context.Context, name string) bool {
+	rest, ok := strings.CutPrefix(name, "sandboxes/")
+	id, genS, ok2 := strings.Cut(rest, "/")
+	gen, err := strconv.ParseInt(genS, 10, 64)
+	if !ok || !ok2 || err != nil {
+		return false
+	}
+	e, err := n.dir.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return true
+	case err != nil || e.Remote == name:
+		return false
+	case e.State == state.Deleted || e.State == state.Lost:
+		return true
+	}
+	return e.Generation > gen
+}
+
 // Admit implements sandbox.Directory: the directory must admit a new
 // sandbox here, race-free against every other create.
 func (n *Node) Admit(ctx context.Context, sb state.Sandbox) error {
@@ -465,7 +499,28 @@ func (n *Node) Admit(ctx context.Context, sb state.Sandbox) error {
 	if !ok {
 		return fmt.Errorf("%w: host %s cannot reach the directory; creates wait until it can", ErrUnavailable, n.id)
 	}
-	return n.dir.Admit(ctx, l, sb)
+	n.mu.Lock()
+	n.creating[sb.ID] = true
+	n.mu.Unlock()
+	err := n.dir.Admit(ctx, l, sb)
+	if err != nil {
+		n.created(sb.ID)
+	}
+	return err
+}
+
+// isCreating says sandbox id is being created here: admitted, perhaps
+// not yet in the local records.
+func (n *Node) isCreating(id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.creating[id]
+}
+
+func (n *Node) created(id string) {
+	n.mu.Lock()
+	delete(n.creating, id)
+	n.mu.Unlock()
 }
 
 // Begin implements sandbox.Directory. A resume needs the directory's
@@ -492,6 +547,9 @@ func (n *Node) Begin(ctx context.Context, sb state.Sandbox, during state.State) 
 // Changed implements sandbox.Directory: it records sb's new state, if
 // the directory answers; the sync catches up otherwise.
 func (n *Node) Changed(ctx context.Context, sb state.Sandbox) {
+	if sb.State != state.Creating {
+		defer n.created(sb.ID) // the create ended, one way or the other
+	}
 	l, ok := n.current()
 	if !ok || !n.connected() {
 		return
@@ -522,6 +580,11 @@ func (n *Node) Hibernated(ctx context.Context, sb state.Sandbox, spec snapshot.S
 // pushLocked uploads a hibernation and records it; the caller holds the
 // sandbox's lock.
 func (n *Node) pushLocked(ctx context.Context, sb state.Sandbox, spec snapshot.Spec, dir, disk string) error {
+	// Stored already (a sync that raced the hibernation's own push)? A
+	// second push would replace the manifest under a name others rely on.
+	if e, err := n.dir.Get(ctx, sb.ID); err == nil && e.Remote != "" && e.Generation == sb.Generation {
+		return nil
+	}
 	start := time.Now()
 	name, err := pushHibernation(ctx, n.remote, sb, spec, dir, disk)
 	if err != nil {
@@ -600,4 +663,21 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	n.dir.Close()
 	return err
+}
+
+// Crash stops the node as if its process had died: no more heartbeats,
+// no writes, no leaving. Its sandboxes are taken over once its lease runs
+// out. Tests use it to kill a host in-process; a host whose local state
+// can no longer be trusted may use it too.
+func (n *Node) Crash() {
+	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		return
+	}
+	n.stopped, n.replaced = true, true
+	n.mu.Unlock()
+	close(n.stop)
+	n.wg.Wait()
+	n.dir.Close()
 }
