@@ -1,7 +1,8 @@
 # firesandbox: run untrusted code in microVMs.
 #
 #   make setup   install host packages, build, install, prepare kernel + python image (root)
-#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable)
+#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable), test-cluster included
+#   make test-cluster  many hosts on loopback: PostgreSQL, MinIO, HAProxy, three serves
 #   make bench   cold-boot timings and image format comparison
 
 PREFIX    ?= /usr/local
@@ -15,7 +16,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps build install kernel image test-images test test-unit bench clean minio test-languages
+.PHONY: all setup deps build install kernel image test-images test test-unit test-cluster bench clean minio test-languages
 
 all: build
 
@@ -52,11 +53,21 @@ TEST_LANGS := python bash c nodejs
 test-images: build
 	$(FS) image build $(TEST_LANGS)
 
-# VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server.
-# Both fail rather than skip here: a green `make test` means they ran.
+# VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server;
+# cluster tests a throwaway PostgreSQL and HAProxy (make deps installs
+# them). All fail rather than skip here: a green `make test` means they
+# ran. It runs test-cluster's tests too, in the same go test.
+TEST_ENV := FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 FIRESANDBOX_CLUSTER_TESTS=1
 test: build kernel image test-images minio
 	$(GO) vet ./...
-	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Many hosts on one machine: the directory's logic against a real
+# PostgreSQL, in-process hosts on the fake VMM, then three serve processes
+# with real VMs behind HAProxy, with MinIO for hibernations.
+test-cluster: build kernel image test-images minio
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./internal/cluster/...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m -run 'TestClusterVMs|TestServes' ./cmd/firesandbox/
 
 test-unit:
 	$(GO) test -count=1 ./...

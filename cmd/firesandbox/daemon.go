@@ -22,12 +22,28 @@ func (g *globalFlags) socketPath() string { return filepath.Join(g.runDir, "api.
 // serviceLock is held by whoever manages the sandboxes of a data
 // directory: a serve for its whole life, or a CLI command that runs the
 // service in-process for one command. Two managers would each believe
-// they own the same VMs.
+// they own the same VMs. The run directory is locked too: it holds the
+// VMs' sockets and serve's own, so two serves of different data
+// directories must not share one either.
 func (g *globalFlags) serviceLock(wait time.Duration) (release func(), err error) {
-	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
+	data, err := lockDir(g.dataDir, "service.lock", wait)
+	if err != nil {
+		return nil, fmt.Errorf("%s is in use by another firesandbox (a serve, or a sandbox command still running): %w", g.dataDir, err)
+	}
+	run, err := lockDir(g.runDir, "serve.lock", wait)
+	if err != nil {
+		data()
+		return nil, fmt.Errorf("run directory %s is in use by another firesandbox; give each serve its own --run-dir: %w", g.runDir, err)
+	}
+	return func() { run(); data() }, nil
+}
+
+// lockDir takes an exclusive lock on dir/name, waiting up to wait.
+func lockDir(dir, name string, wait time.Duration) (release func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(g.dataDir, "service.lock")
+	p := filepath.Join(dir, name)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
@@ -40,7 +56,7 @@ func (g *globalFlags) serviceLock(wait time.Duration) (release func(), err error
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("%s is in use by another firesandbox (a serve, or a sandbox command still running): %w", g.dataDir, err)
+			return nil, err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -482,7 +482,9 @@ func TestClusterFake(t *testing.T) {
 		if _, code := owner.create(); code != 503 {
 			t.Fatalf("create while PostgreSQL is down: %d, want 503", code)
 		}
-		pgHandle.Start()
+		if err := pgHandle.Start(); err != nil {
+			t.Fatal(err)
+		}
 		c.eventually(10*time.Second, "directory back", func() bool {
 			_, code := h1.create()
 			return code == 201

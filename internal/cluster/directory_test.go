@@ -486,7 +486,9 @@ func TestDirectory(t *testing.T) {
 		if took := time.Since(start); took > 5*time.Second {
 			t.Fatalf("admit took %s with the server down", took)
 		}
-		pg.Start()
+		if err := pg.Start(); err != nil {
+			t.Fatal(err)
+		}
 		// The pool reconnects by itself.
 		deadline := time.Now().Add(10 * time.Second)
 		for {
