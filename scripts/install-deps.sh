@@ -33,7 +33,8 @@ apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $backports qemu-system-x86 qemu-system-data
 apt-get install -y -q --no-install-recommends \
-  squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev
+  squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev \
+  iproute2 nftables passt
 # The cluster tests (make test-cluster) run a throwaway PostgreSQL and an
 # HAProxy on loopback; they start their own servers, not these packages'.
 apt-get install -y -q --no-install-recommends postgresql-15 haproxy

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,34 +18,27 @@ import (
 )
 
 // socketPath is where a serve of this data directory answers on a unix
-// socket: in its run directory, reachable only by its owner.
-func (g *globalFlags) socketPath() string { return filepath.Join(g.runDir, "api.sock") }
+// socket: in its run directory, reachable only by its owner. The name
+// says which data directory it serves, so serves of several data
+// directories can share a run directory and a command finds its own.
+func (g *globalFlags) socketPath() string {
+	abs, err := filepath.Abs(g.dataDir)
+	if err != nil || abs == sandbox.DefaultDataDir {
+		return filepath.Join(g.runDir, "api.sock")
+	}
+	h := sha256.Sum256([]byte(abs))
+	return filepath.Join(g.runDir, "api-"+hex.EncodeToString(h[:4])+".sock")
+}
 
 // serviceLock is held by whoever manages the sandboxes of a data
 // directory: a serve for its whole life, or a CLI command that runs the
 // service in-process for one command. Two managers would each believe
-// they own the same VMs. The run directory is locked too: it holds the
-// VMs' sockets and serve's own, so two serves of different data
-// directories must not share one either.
+// they own the same VMs.
 func (g *globalFlags) serviceLock(wait time.Duration) (release func(), err error) {
-	data, err := lockDir(g.dataDir, "service.lock", wait)
-	if err != nil {
-		return nil, fmt.Errorf("%s is in use by another firesandbox (a serve, or a sandbox command still running): %w", g.dataDir, err)
-	}
-	run, err := lockDir(g.runDir, "serve.lock", wait)
-	if err != nil {
-		data()
-		return nil, fmt.Errorf("run directory %s is in use by another firesandbox; give each serve its own --run-dir: %w", g.runDir, err)
-	}
-	return func() { run(); data() }, nil
-}
-
-// lockDir takes an exclusive lock on dir/name, waiting up to wait.
-func lockDir(dir, name string, wait time.Duration) (release func(), err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(dir, name)
+	p := filepath.Join(g.dataDir, "service.lock")
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
@@ -56,17 +51,23 @@ func lockDir(dir, name string, wait time.Duration) (release func(), err error) {
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
 			f.Close()
-			return nil, err
+			return nil, fmt.Errorf("%s is in use by another firesandbox (a serve, or a sandbox command still running): %w", g.dataDir, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // listenSocket opens serve's unix socket, owner-only, replacing a stale
-// one a killed serve left (the service lock says none is alive).
+// one a killed serve left. A socket something still answers on belongs to
+// another serve (of another data directory): that is an error, not ours
+// to take.
 func listenSocket(p string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", p, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s is served by another firesandbox: give each serve its own --run-dir", p)
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

@@ -11,13 +11,15 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/cluster/clustertest"
 	"github.com/firesandbox/firesandbox/internal/testutil"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 )
 
 // Several serves on one machine, each with its own data directory, run
 // directory and port: none touches another's VMs, disks or sockets.
 
 // plantVM leaves what a VM of owner pid leaves in a run directory: its
-// owner record, its run directory and its RAM file.
+// owner record, its run directory with the VMM's record, and its RAM
+// file (elsewhere, named by the record).
 func plantVM(t *testing.T, runDir, id string, pid int) (dir, ram string) {
 	t.Helper()
 	os.MkdirAll(filepath.Join(runDir, "owners"), 0o700)
@@ -26,10 +28,11 @@ func plantVM(t *testing.T, runDir, id string, pid int) (dir, ram string) {
 	}
 	dir = filepath.Join(runDir, id)
 	os.MkdirAll(dir, 0o700)
-	os.WriteFile(filepath.Join(dir, "console.log"), []byte("x"), 0o600)
-	ram = filepath.Join("/dev/shm", "firesandbox-"+id+".ram")
+	ram = filepath.Join(t.TempDir(), id+".ram")
 	os.WriteFile(ram, []byte("x"), 0o600)
-	t.Cleanup(func() { os.Remove(ram) })
+	if err := vmmproc.WriteRecord(dir, vmmproc.Record{PID: pid, Paths: []string{ram}}); err != nil {
+		t.Fatal(err)
+	}
 	return dir, ram
 }
 
@@ -59,35 +62,37 @@ func TestServesShareAMachine(t *testing.T) {
 	}
 	a := start("a", testutil.FakeDataDir(t, "python"), t.TempDir())
 	b := start("b", testutil.FakeDataDir(t, "python"), t.TempDir())
-	for _, s := range []*serveProc{a, b} {
-		if !exists(filepath.Join(s.run, "api.sock")) {
-			t.Fatalf("%s has no socket in its own run directory", s.name)
+	// A third serve of another data directory may share a's run
+	// directory: its socket has its own name, its VMs their own ids.
+	c := start("c", testutil.FakeDataDir(t, "python"), a.run)
+	socks, _ := filepath.Glob(filepath.Join(a.run, "api*.sock"))
+	if len(socks) != 2 {
+		t.Fatalf("sockets in the shared run directory: %v; want one per serve", socks)
+	}
+	// Two serves of one data directory would each believe they own its VMs.
+	cmd := exec.Command(bin, "--data-dir", a.data, "--run-dir", t.TempDir(), "serve", "--listen", clustertest.FreeAddr(t), "--pool", "")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "is in use by another firesandbox") {
+		t.Fatalf("a second serve of a's data directory: %v %s; want it refused", err, out)
+	}
+	for _, s := range []*serveProc{a, b, c} {
+		if code := call(t, "GET", s.url()+"/healthz", nil, nil); code != 200 {
+			t.Fatalf("%s: %d", s.name, code)
 		}
 	}
 
-	refused := func(data, run, want string) {
-		t.Helper()
-		cmd := exec.Command(bin, "--data-dir", data, "--run-dir", run, "serve", "--listen", clustertest.FreeAddr(t), "--pool", "")
-		out, err := cmd.CombinedOutput()
-		if err == nil || !strings.Contains(string(out), want) {
-			t.Fatalf("serve %s %s: %v %s; want it refused with %q", data, run, err, out, want)
-		}
-	}
-	refused(t.TempDir(), a.run, "give each serve its own --run-dir")
-	refused(a.data, t.TempDir(), "is in use by another firesandbox")
-	if resp := call(t, "GET", a.url()+"/healthz", nil, nil); resp != 200 {
-		t.Fatalf("a after the refused starts: %d", resp)
-	}
-
-	// What a killed a left behind is swept by the next a; b's VMs, alive
-	// or dead, are b's business and stay.
+	// What a killed a left behind is swept by the next a; live VMs of
+	// the serves beside it, in its run directory or their own, stay.
 	aDead, aRAM := plantVM(t, a.run, "vm-aaaaaaaaaa", deadPID(t))
+	cLive, cRAM := plantVM(t, c.run, "vm-cccccccccc", c.proc.Cmd.Process.Pid)
 	bLive, bRAM := plantVM(t, b.run, "vm-bbbbbbbbbb", b.proc.Cmd.Process.Pid)
-	bDead, _ := plantVM(t, b.run, "vm-cccccccccc", deadPID(t))
+	bDead, _ := plantVM(t, b.run, "vm-dddddddddd", deadPID(t))
 	a.kill()
 	a.start()
 	if exists(aDead) || exists(aRAM) {
 		t.Fatalf("a's restart left its dead VM's run directory (%v) or RAM file (%v)", exists(aDead), exists(aRAM))
+	}
+	if !exists(cLive) || !exists(cRAM) {
+		t.Fatalf("a's sweep removed c's live VM from the run directory they share")
 	}
 	if !exists(bLive) || !exists(bRAM) || !exists(bDead) {
 		t.Fatalf("a's sweep touched b's run directory: live %v ram %v dead %v", exists(bLive), exists(bRAM), exists(bDead))

@@ -248,6 +248,7 @@ func (s *Server) routes() http.Handler {
 	for _, prefix := range []string{"/api/v2", "/api/v2/piston"} { // the latter is emkc.org's public path
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
 		handle("POST "+prefix+"/execute", s.handleExecute)
+		handle("GET "+prefix+"/connect", s.handleConnect) // WebSocket
 	}
 	for _, p := range judge0.Paths { // Judge0 clients use these at the root, or under /judge0
 		mux.Handle(p, s.j0)

@@ -28,8 +28,8 @@ type ServiceConfig struct {
 	// IdleHibernate hibernates sandboxes unused this long by default; zero
 	// never (sandboxes may still set their own).
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
-	// Pools are warm pool sizes by language.
-	Pools map[string]int `json:"pools" toml:"pools"`
+	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
+	Pools map[string]PoolRange `json:"pools" toml:"pools"`
 	// Directory, if set, shares the sandboxes with other hosts (see
 	// SandboxesConfig.Directory).
 	Directory Directory `json:"-" toml:"-"`
@@ -55,9 +55,9 @@ func (c *ServiceConfig) Validate() error {
 	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 {
 		return fmt.Errorf("%w: limits must not be negative", ErrBadRequest)
 	}
-	for lang, n := range c.Pools {
-		if n < 0 || n > 64 {
-			return fmt.Errorf("%w: pool %s=%d: want 0-64", ErrBadRequest, lang, n)
+	for lang, r := range c.Pools {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("pool %s: %w", lang, err)
 		}
 	}
 	return nil

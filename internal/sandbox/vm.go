@@ -146,7 +146,11 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	if vm.volumes, err = m.packMounts(ctx, id, o.Mounts); err != nil {
 		return fail(err)
 	}
-	mach, err := t.Driver.Boot(ctx, m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes))
+	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Boot(ctx, cfg)
 	if err != nil {
 		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
 	}
@@ -176,7 +180,11 @@ func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk st
 		vm.Close()
 		return nil, err
 	}
-	mach, err := t.Driver.Restore(ctx, snapDir, m.machineConfig(t, id, vm.disk, nil, nil))
+	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Restore(ctx, snapDir, cfg)
 	if err != nil {
 		return fail(err)
 	}
@@ -206,7 +214,7 @@ func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) er
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
-		if vm.Machine.Wait(ctx) == nil {
+		if err := vm.Machine.Wait(ctx); err == nil || errors.Is(err, vmm.ErrExited) {
 			cancel() // the VMM exited: stop waiting for a Hello
 		}
 	}()
