@@ -124,7 +124,12 @@ func (s *serveProc) vms() int {
 		if err != nil {
 			continue
 		}
-		if bytes.Contains(b, []byte("qemu-system")) && bytes.Contains(b, []byte(s.run+"/")) {
+		if !bytes.HasPrefix(b, []byte("qemu-system")) {
+			continue
+		}
+		// A confined QEMU runs in its VM's directory under the run dir.
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if strings.HasPrefix(cwd, s.run+"/") || bytes.Contains(b, []byte(s.run+"/")) {
 			n++
 		}
 	}
