@@ -295,6 +295,16 @@ func (h *fakeHost) localIDs() map[string]state.State {
 	return out
 }
 
+// other returns a live host that is not h.
+func other(hosts []*fakeHost, h *fakeHost) *fakeHost {
+	for _, o := range hosts {
+		if o != h && !o.down {
+			return o
+		}
+	}
+	return nil
+}
+
 func TestClusterFake(t *testing.T) {
 	c := newFakeCluster(t)
 	h1, h2, h3 := c.start("h1"), c.start("h2"), c.start("h3")
@@ -456,23 +466,28 @@ func TestClusterFake(t *testing.T) {
 
 	t.Run("a clean stop moves its sandboxes", func(t *testing.T) {
 		z := h2.mustCreate()
-		if c.entry(z).Owner != "h2" {
-			t.Skip("z did not land on h2")
-		}
-		h2.write(z, "z.txt", "zed\n")
-		h2.stop(true)
-		c.eventually(10*time.Second, "z adopted", func() bool { o := c.entry(z).Owner; return o != "h2" && o != "" })
-		out, code, _ := h3.execSettled(z, "cat", "z.txt")
+		o := c.hosts[c.entry(z).Owner]
+		o.write(z, "z.txt", "zed\n")
+		o.stop(true)
+		c.eventually(10*time.Second, "z adopted", func() bool { w := c.entry(z).Owner; return w != o.name && w != "" })
+		out, code, _ := other(all, o).execSettled(z, "cat", "z.txt")
 		if code != 200 || out != "zed\n" {
 			t.Fatalf("exec z after its host stopped: %d %q", code, out)
 		}
-		h2 = c.start("h2")
-		c.eventually(5*time.Second, "h2 dropped z", func() bool { _, ok := h2.localIDs()[z]; return !ok })
+		c.start(o.name)
+		c.eventually(5*time.Second, o.name+" dropped z", func() bool { _, ok := o.localIDs()[z]; return !ok })
 	})
 
 	t.Run("PostgreSQL stopped for a while: live sandboxes keep serving, creates get 503, nothing is taken over", func(t *testing.T) {
-		w := h3.mustCreate()
-		owner := c.hosts[c.entry(w).Owner]
+		asleep := h3.mustCreate()
+		owner := c.hosts[c.entry(asleep).Owner]
+		if code := owner.call("POST", "/v1/sandboxes/"+asleep+"/hibernate", nil, nil); code != 200 {
+			t.Fatalf("hibernate: %d", code)
+		}
+		w := owner.mustCreate() // the room the hibernation freed
+		if o := c.entry(w).Owner; o != owner.name {
+			t.Fatalf("a create on %s with room landed on %s", owner.name, o)
+		}
 		pgHandle.Stop()
 		time.Sleep(2 * fakeTTL)
 		out, code, _ := owner.exec(w, "echo", "still here")
@@ -481,6 +496,14 @@ func TestClusterFake(t *testing.T) {
 		}
 		if _, code := owner.create(); code != 503 {
 			t.Fatalf("create while PostgreSQL is down: %d, want 503", code)
+		}
+		// A hibernated sandbox stays so: another host might have taken it.
+		vms := len(owner.drv.Live())
+		if msg, code, ec := owner.exec(asleep, "echo"); code != 503 || ec != "cluster_unavailable" {
+			t.Fatalf("resume while PostgreSQL is down: %d %s %q, want 503", code, ec, msg)
+		}
+		if n := len(owner.drv.Live()); n != vms {
+			t.Fatalf("%d VMs on %s, %d before: the hibernated sandbox must not have resumed", n, owner.name, vms)
 		}
 		if err := pgHandle.Start(); err != nil {
 			t.Fatal(err)
@@ -498,17 +521,18 @@ func TestClusterFake(t *testing.T) {
 				t.Fatalf("exec via %s after the outage: %d %q", h.name, code, out)
 			}
 		}
+		if out, code, _ := h1.execSettled(asleep, "echo", "awake"); code != 200 || out != "awake\n" {
+			t.Fatalf("resume after the outage: %d %q", code, out)
+		}
 	})
 
 	t.Run("MinIO stopped during a hibernate: no half-written snapshot is ever used", func(t *testing.T) {
 		v := h1.mustCreate()
-		if c.entry(v).Owner != "h1" {
-			t.Skip("v did not land on h1")
-		}
-		h1.write(v, "v.txt", "vee\n")
+		o := c.hosts[c.entry(v).Owner]
+		o.write(v, "v.txt", "vee\n")
 		c.s3.Stop()
 		var out sbOut
-		if code := h1.call("POST", "/v1/sandboxes/"+v+"/hibernate", nil, &out); code != 200 || out.State != "hibernated" {
+		if code := o.call("POST", "/v1/sandboxes/"+v+"/hibernate", nil, &out); code != 200 || out.State != "hibernated" {
 			t.Fatalf("hibernate with S3 down: %d %+v (it must still hibernate here)", code, out)
 		}
 		if e := c.entry(v); e.State != state.Hibernated || e.Remote != "" {
@@ -518,25 +542,25 @@ func TestClusterFake(t *testing.T) {
 		c.eventually(10*time.Second, "pending hibernation stored", func() bool { return c.entry(v).Remote != "" })
 		// And one that never reached S3 is lost with its host, never
 		// resumed from whatever got there.
-		u := h1.mustCreate()
-		if c.entry(u).Owner != "h1" {
-			t.Skip("u did not land on h1")
+		u := o.mustCreate()
+		if w := c.entry(u).Owner; w != o.name {
+			t.Fatalf("a create on %s with room landed on %s", o.name, w)
 		}
 		c.s3.Stop()
-		if code := h1.call("POST", "/v1/sandboxes/"+u+"/hibernate", nil, &out); code != 200 {
+		if code := o.call("POST", "/v1/sandboxes/"+u+"/hibernate", nil, &out); code != 200 {
 			t.Fatalf("hibernate u: %d", code)
 		}
-		h1.kill()
+		o.kill()
 		c.s3.Start()
-		c.eventually(10*time.Second, "u settled", func() bool { return c.entry(u).Owner != "h1" })
+		c.eventually(10*time.Second, "u settled", func() bool { return c.entry(u).Owner != o.name })
 		if e := c.entry(u); e.State != state.Lost || !strings.Contains(e.Reason, "before its hibernation was stored in S3") {
 			t.Fatalf("u: %+v", e)
 		}
-		msg, code, _ := h2.execSettled(u, "echo")
+		msg, code, _ := other(all, o).execSettled(u, "echo")
 		if code != 409 || !strings.Contains(msg, "S3") {
 			t.Fatalf("exec u: %d %q", code, msg)
 		}
-		if out, code, _ := h3.execSettled(v, "cat", "v.txt"); code != 200 || out != "vee\n" {
+		if out, code, _ := other(all, o).execSettled(v, "cat", "v.txt"); code != 200 || out != "vee\n" {
 			t.Fatalf("v, stored once S3 came back, after its host died: %d %q", code, out)
 		}
 	})
