@@ -30,14 +30,6 @@ once. Exits 1 if the chosen driver is not usable.`,
 	}
 }
 
-// vmmConfig is the drivers configuration doctor checks: the one serve and
-// run use.
-func vmmConfig(g *globalFlags) drivers.Config {
-	c := drivers.Default()
-	c.Driver, c.Accel = g.driver, g.accel
-	return c
-}
-
 func doctor(ctx context.Context, g *globalFlags) bool {
 	p := func(f string, a ...any) { fmt.Printf(f+"\n", a...) }
 	list := func(prefix string, items []string) {
@@ -45,7 +37,7 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 			p("    %s %s", prefix, it)
 		}
 	}
-	ch, err := drivers.New(vmmConfig(g), drivers.WithAccelCache(g.dataDir))
+	ch, err := drivers.New(g.vmmConfig(), drivers.WithAccelCache(g.dataDir))
 	if err != nil {
 		p("configuration: %v", err)
 		return false

@@ -14,6 +14,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -43,6 +44,52 @@ func (c *clusterFlags) register(fl *pflag.FlagSet) {
 		"key that signs the hibernations this host stores in S3 (default <data-dir>/keys/snapshot-signing.key if it exists) ($FIRESANDBOX_SIGNING_KEY)")
 	fl.DurationVar(&c.heartbeat, "heartbeat", 2*time.Second, "how often this host renews its lease in the directory")
 	fl.DurationVar(&c.ttl, "cluster-ttl", 10*time.Second, "a host silent this long is dead and its sandboxes are taken over (the same on every host)")
+}
+
+// clusterConfig is the config file's [cluster] table: the same settings
+// as serve's cluster flags, which win over it (and so does the
+// environment they read).
+type clusterConfig struct {
+	URL        string        `toml:"url"`
+	Advertise  string        `toml:"advertise"`
+	HostID     string        `toml:"host_id"`
+	Capacity   int           `toml:"capacity"`
+	Remote     string        `toml:"remote"`
+	SigningKey string        `toml:"signing_key"`
+	Heartbeat  time.Duration `toml:"heartbeat"`
+	TTL        time.Duration `toml:"ttl"`
+}
+
+// fromFile takes the [cluster] settings the command line and the
+// environment left alone.
+func (c *clusterFlags) fromFile(cmd *cobra.Command, fc clusterConfig) {
+	unset := func(flag, env string) bool {
+		return !cmd.Flags().Changed(flag) && (env == "" || os.Getenv(env) == "")
+	}
+	for _, s := range []struct {
+		dst       *string
+		v         string
+		flag, env string
+	}{
+		{&c.url, fc.URL, "cluster", "FIRESANDBOX_CLUSTER"},
+		{&c.advertise, fc.Advertise, "advertise", "FIRESANDBOX_ADVERTISE"},
+		{&c.hostID, fc.HostID, "host-id", "FIRESANDBOX_HOST_ID"},
+		{&c.remote, fc.Remote, "remote", "FIRESANDBOX_REMOTE"},
+		{&c.signingKey, fc.SigningKey, "signing-key", "FIRESANDBOX_SIGNING_KEY"},
+	} {
+		if s.v != "" && unset(s.flag, s.env) {
+			*s.dst = s.v
+		}
+	}
+	if fc.Capacity != 0 && unset("capacity", "") {
+		c.capacity = fc.Capacity
+	}
+	if fc.Heartbeat != 0 && unset("heartbeat", "") {
+		c.heartbeat = fc.Heartbeat
+	}
+	if fc.TTL != 0 && unset("cluster-ttl", "") {
+		c.ttl = fc.TTL
+	}
 }
 
 // openNode joins the cluster, if --cluster is set; nil otherwise.
@@ -119,6 +166,12 @@ func clusterRoutes(lim *sandbox.Limiter) cluster.Routes {
 // clusterOuter wraps the API in the node's router.
 func clusterOuter(node *cluster.Node, svc *sandbox.Service) api.Option {
 	return api.WithOuter(func(h http.Handler) http.Handler { return node.Handler(h, clusterRoutes(svc.Limiter)) })
+}
+
+// clusterKeys keeps API keys and quota overrides in the directory, so
+// every host sees the same ones.
+func clusterKeys(node *cluster.Node) api.Option {
+	return api.WithKeyStore(cluster.NewKeys(node.Directory()))
 }
 
 func describeNode(node *cluster.Node) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/cluster/clustertest"
 	"github.com/firesandbox/firesandbox/internal/state"
+	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -414,54 +416,23 @@ func TestDirectory(t *testing.T) {
 		}
 	})
 
-	t.Run("tenants and keys are shared", func(t *testing.T) {
-		d := openTestDirectory(t, pg.NewDatabase(t))
-		d2 := openTestDirectory(t, strings.Replace(d.pool.Config().ConnString(), "", "", 1))
-		if err := d.PutTenant(ctx, Tenant{Name: "acme", Quotas: []byte(`{"sandboxes":3}`)}); err != nil {
+	t.Run("keys and quota overrides are shared, and behave as the state database's", func(t *testing.T) {
+		url := pg.NewDatabase(t)
+		d1, d2 := openTestDirectory(t, url), openTestDirectory(t, url)
+		db, err := state.Open(filepath.Join(t.TempDir(), "state.db"))
+		if err != nil {
 			t.Fatal(err)
 		}
-		hash := []byte("0123456789abcdef0123456789abcdef")
-		if err := d.PutKey(ctx, Key{ID: "k1", Tenant: "acme", Name: "ci", Hash: hash}); err != nil {
+		defer db.Close()
+		local, err := tenant.OpenStore(db.SQL())
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := d.PutKey(ctx, Key{ID: "k2", Tenant: "acme", Hash: hash}); err == nil {
-			t.Fatal("a second key with the same hash was accepted")
-		}
-		if err := d.PutKey(ctx, Key{ID: "k3", Tenant: "nobody", Hash: []byte("x")}); err == nil {
-			t.Fatal("a key of a missing tenant was accepted")
-		}
-		k, err := d2.KeyByHash(ctx, hash)
-		if err != nil || k.Tenant != "acme" || !k.RevokedAt.IsZero() {
-			t.Fatalf("key seen from another host: %+v %v", k, err)
-		}
-		tn, err := d2.Tenant(ctx, "acme")
-		if err != nil || string(tn.Quotas) != `{"sandboxes": 3}` {
-			t.Fatalf("tenant seen from another host: %+v %q %v", tn, tn.Quotas, err)
-		}
-		if err := d.RevokeKey(ctx, "k1"); err != nil {
-			t.Fatal(err)
-		}
-		if k, _ := d2.KeyByHash(ctx, hash); k.RevokedAt.IsZero() {
-			t.Fatal("revocation not seen by another host")
-		}
-		if _, err := d2.KeyByHash(ctx, []byte("nope")); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("unknown key: %v", err)
-		}
-		l := register(t, d, "h", 9)
-		sb := admitRunning(t, d, l, "u1")
-		sb.Tenant = "acme"
-		if _, err := d.pool.Exec(ctx, `UPDATE sandboxes SET tenant = 'acme'`); err != nil {
-			t.Fatal(err)
-		}
-		u, err := d2.TenantUsage(ctx, "acme")
-		if err != nil || u.Live != 1 || u.MemoryMiB != 512 {
-			t.Fatalf("usage: %+v %v", u, err)
-		}
-		if err := d.DeleteTenant(ctx, "acme"); err != nil {
-			t.Fatal(err)
-		}
-		if keys, _ := d2.Keys(ctx, ""); len(keys) != 0 {
-			t.Fatalf("keys left after their tenant was deleted: %+v", keys)
+		for name, stores := range map[string][2]tenant.KeyStore{
+			"state database (one host)":     {local, local},
+			"cluster directory (two hosts)": {NewKeys(d1), NewKeys(d2)},
+		} {
+			t.Run(name, func(t *testing.T) { keyStoreContract(t, stores[0], stores[1]) })
 		}
 	})
 
@@ -540,3 +511,69 @@ func TestConfigValidate(t *testing.T) {
 }
 
 var _ = pgx.ErrNoRows
+
+// keyStoreContract checks what the API relies on of a tenant.KeyStore;
+// a and b are two hosts' views of one store.
+func keyStoreContract(t *testing.T, a, b tenant.KeyStore) {
+	ctx := context.Background()
+	secret, k, err := a.CreateKey(ctx, "acme", "ci")
+	if err != nil || !tenant.WellFormed(secret) || k.Tenant != "acme" || k.Name != "ci" || k.ID == "" {
+		t.Fatalf("create: %q %+v %v", secret, k, err)
+	}
+	if _, _, err := a.CreateKey(ctx, "Not A Name", ""); !errors.Is(err, tenant.ErrBadName) {
+		t.Fatalf("create for a bad tenant name: %v", err)
+	}
+	got, err := b.Lookup(ctx, secret)
+	if err != nil || got.Tenant != "acme" || got.ID != k.ID {
+		t.Fatalf("lookup on the other host: %+v %v", got, err)
+	}
+	if _, err := b.Lookup(ctx, tenant.NewSecret()); !errors.Is(err, tenant.ErrUnknownKey) {
+		t.Fatalf("lookup of a key never made: %v", err)
+	}
+	if _, err := b.Lookup(ctx, "not-a-key"); !errors.Is(err, tenant.ErrUnknownKey) {
+		t.Fatalf("lookup of garbage: %v", err)
+	}
+	secret2, _, err := a.CreateKey(ctx, "globex", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := b.Keys(ctx, "acme", false); err != nil || len(keys) != 1 || keys[0].ID != k.ID {
+		t.Fatalf("acme's keys: %+v %v", keys, err)
+	}
+	if keys, _ := b.Keys(ctx, "", true); len(keys) != 2 {
+		t.Fatalf("all keys: %+v", keys)
+	}
+	o := tenant.Override{Sandboxes: ptr(3)}
+	if err := a.SetQuota(ctx, "acme", o); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Quota(ctx, "acme"); err != nil || got.Sandboxes == nil || *got.Sandboxes != 3 {
+		t.Fatalf("quota on the other host: %+v %v", got, err)
+	}
+	if err := a.SetQuota(ctx, "initech", tenant.Override{VMs: ptr(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := b.Tenants(ctx); err != nil || strings.Join(ts, ",") != "acme,globex,initech" {
+		t.Fatalf("tenants: %v %v", ts, err)
+	}
+	if err := a.SetQuota(ctx, "initech", tenant.Override{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.Quota(ctx, "initech"); got != (tenant.Override{}) {
+		t.Fatalf("cleared quota: %+v", got)
+	}
+	if _, err := a.RemoveKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Lookup(ctx, secret); !errors.Is(err, tenant.ErrUnknownKey) {
+		t.Fatalf("a removed key on the other host: %v", err)
+	}
+	if rk, err := b.RemoveKey(ctx, secret2); err != nil || rk.Tenant != "globex" {
+		t.Fatalf("remove by the key itself: %+v %v", rk, err)
+	}
+	if _, err := a.RemoveKey(ctx, k.ID); !errors.Is(err, tenant.ErrNoKey) {
+		t.Fatalf("remove twice: %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

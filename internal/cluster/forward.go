@@ -33,9 +33,10 @@ type Routes struct {
 	Prefixes []string
 	// Headers name a sandbox id (E2B's data plane). Default E2b-Sandbox-Id.
 	Headers []string
-	// HostSuffix, if set (".sandbox.example.com"), also routes requests
-	// for Host "<port>-<id><suffix>", E2B's per-sandbox host names.
-	HostSuffix string
+	// HostPattern matches per-sandbox host names, its first group being
+	// the sandbox id. Default: E2B's PORT-ID.DOMAIN for this server's
+	// sandbox ids (DefaultHostPattern).
+	HostPattern *regexp.Regexp
 	// Creates are the "METHOD /path" requests that create a sandbox: they
 	// go to a host with room. Default: POST /v1/sandboxes, POST
 	// /sandboxes, POST /v2/sandboxes.
@@ -56,8 +57,10 @@ type Routes struct {
 var (
 	DefaultPrefixes = []string{"/v1/sandboxes/", "/sandboxes/", "/v2/sandboxes/"}
 	DefaultHeaders  = []string{"E2b-Sandbox-Id"}
-	DefaultCreates  = []string{"POST /v1/sandboxes", "POST /sandboxes", "POST /v2/sandboxes"}
-	DefaultOneShots = []string{"POST /v1/run", "POST /v1/run/stream", "POST /api/v2/execute", "POST /api/v2/piston/execute",
+	// DefaultHostPattern is E2B's per-port host name, PORT-ID.DOMAIN.
+	DefaultHostPattern = regexp.MustCompile(`^[0-9]{1,5}-(sb-[0-9a-f]{16})\.`)
+	DefaultCreates     = []string{"POST /v1/sandboxes", "POST /sandboxes", "POST /v2/sandboxes"}
+	DefaultOneShots    = []string{"POST /v1/run", "POST /v1/run/stream", "POST /api/v2/execute", "POST /api/v2/piston/execute",
 		"POST /submissions", "POST /submissions/batch", "POST /judge0/submissions", "POST /judge0/submissions/batch"}
 )
 
@@ -67,6 +70,9 @@ func (r *Routes) setDefaults() {
 	}
 	if r.Headers == nil {
 		r.Headers = DefaultHeaders
+	}
+	if r.HostPattern == nil {
+		r.HostPattern = DefaultHostPattern
 	}
 	if r.Creates == nil {
 		r.Creates = DefaultCreates
@@ -91,15 +97,9 @@ func (r *Routes) SandboxID(req *http.Request) string {
 			return ""
 		}
 	}
-	if r.HostSuffix != "" {
-		host := req.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		if label, ok := strings.CutSuffix(strings.ToLower(host), strings.ToLower(r.HostSuffix)); ok {
-			if port, id, ok := strings.Cut(label, "-"); ok && port != "" && strings.Trim(port, "0123456789") == "" && sandboxIDRe.MatchString(id) {
-				return id
-			}
+	if r.HostPattern != nil {
+		if m := r.HostPattern.FindStringSubmatch(req.Host); len(m) > 1 && sandboxIDRe.MatchString(m[1]) {
+			return m[1]
 		}
 	}
 	for _, p := range r.Prefixes {

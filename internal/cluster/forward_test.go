@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +98,24 @@ func serveH2C(t *testing.T, h http.Handler) string {
 	return "http://" + ln.Addr().String()
 }
 
+func TestSandboxIDOfHostName(t *testing.T) {
+	var r Routes
+	r.setDefaults()
+	for host, want := range map[string]string{
+		"49983-sb-0123456789abcdef.sandbox.example.com": "sb-0123456789abcdef",
+		"8080-sb-0123456789abcdef.localhost:7070":       "sb-0123456789abcdef",
+		"10-0-0-5.nip.io":           "",
+		"api.example.com":           "",
+		"49983-sb-0123.example.com": "",
+	} {
+		req, _ := http.NewRequest("GET", "http://x/health", nil)
+		req.Host = host
+		if got := r.SandboxID(req); got != want {
+			t.Errorf("host %s: sandbox %q, want %q", host, got, want)
+		}
+	}
+}
+
 func TestRouter(t *testing.T) {
 	ctx := context.Background()
 	pg := clustertest.StartPostgres(t)
@@ -137,7 +156,7 @@ func TestRouter(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"who": "entry", "path": r.URL.Path})
 	})
-	entryURL := serveH2C(t, n.Handler(next, Routes{Full: func() bool { return full }, HostSuffix: ".sbx.test"}))
+	entryURL := serveH2C(t, n.Handler(next, Routes{Full: func() bool { return full }, HostPattern: regexp.MustCompile(`^[0-9]+-(sb-[a-z]+)\.sbx\.test$`)}))
 
 	type answer struct {
 		Who, Hop, Path, Body, Xff, Host, Code, Message, Error string

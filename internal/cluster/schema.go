@@ -12,7 +12,7 @@ import (
 // first host of the new version to start; hosts of the old version keep
 // working on it as long as a migration only adds.
 var migrations = []string{
-	// 1: hosts, sandboxes, tenants and keys.
+	// 1: hosts, sandboxes, API keys and tenants' quota overrides.
 	`CREATE TABLE hosts (
 		id           text PRIMARY KEY,
 		address      text NOT NULL,
@@ -38,18 +38,18 @@ var migrations = []string{
 	);
 	CREATE INDEX sandboxes_owner_state ON sandboxes (owner, state);
 	CREATE INDEX sandboxes_tenant_state ON sandboxes (tenant, state);
-	CREATE TABLE tenants (
-		name       text PRIMARY KEY,
-		quotas     jsonb NOT NULL DEFAULT '{}',
-		created_at timestamptz NOT NULL DEFAULT now()
-	);
 	CREATE TABLE api_keys (
-		id         text PRIMARY KEY,
-		tenant     text NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
-		name       text NOT NULL DEFAULT '',
-		hash       bytea NOT NULL UNIQUE,
-		created_at timestamptz NOT NULL DEFAULT now(),
-		revoked_at timestamptz
+		hash         text PRIMARY KEY,
+		id           text NOT NULL UNIQUE,
+		tenant       text NOT NULL,
+		name         text NOT NULL DEFAULT '',
+		created_at   timestamptz NOT NULL DEFAULT now(),
+		last_used_at timestamptz
+	);
+	CREATE TABLE tenant_quotas (
+		tenant     text PRIMARY KEY,
+		quota      jsonb NOT NULL,
+		updated_at timestamptz NOT NULL DEFAULT now()
 	);
 	CREATE INDEX api_keys_tenant ON api_keys (tenant);`,
 }

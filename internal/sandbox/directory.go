@@ -82,7 +82,9 @@ func (s *Sandboxes) hibernationSpec(ctx context.Context, sb state.Sandbox) (*Tem
 func (s *Sandboxes) Records(ctx context.Context) ([]state.Sandbox, error) { return s.db.List(ctx) }
 
 // Record returns one local sandbox record, whoever its tenant is.
-func (s *Sandboxes) Record(ctx context.Context, id string) (state.Sandbox, error) { return s.db.Get(ctx, id) }
+func (s *Sandboxes) Record(ctx context.Context, id string) (state.Sandbox, error) {
+	return s.db.Get(ctx, id)
+}
 
 // Import adds a sandbox another host had: a hibernated one, or a lost or
 // deleted one (no files; fill is not called), so that its clients get

@@ -111,10 +111,6 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		return state.Sandbox{}, err
 	}
 	shape = s.mgr.shape(shape)
-	t, err := s.mgr.Template(ctx, e, shape)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
 	idle := req.IdleTimeout
 	if idle == 0 {
 		idle = s.cfg.IdleTimeout
@@ -123,6 +119,15 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		ID: newSandboxID(), Tenant: req.Tenant, Language: e.Name, Version: e.Version,
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, IdleTimeout: idle,
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
+	}
+	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	defer admitted()
+	t, err := s.mgr.Template(ctx, e, shape)
+	if err != nil {
+		return state.Sandbox{}, err
 	}
 	if req.Timeout > 0 {
 		sb.ExpiresAt = s.now().Add(req.Timeout)
@@ -202,8 +207,16 @@ func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
 // directory and stops its VM; its disk stays where it is. Hibernating a
 // hibernated sandbox does nothing.
 func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.Sandbox, error) {
-	if _, err := s.Get(ctx, tenant, id); err != nil {
+	sb, err := s.Get(ctx, tenant, id)
+	if err != nil {
 		return state.Sandbox{}, err
+	}
+	if sb.State == state.Running {
+		admitted, err := s.admitted(ctx, opHibernate, sb)
+		if err != nil {
+			return state.Sandbox{}, err
+		}
+		defer admitted()
 	}
 	b, err := s.boxFor(id)
 	if err != nil {
@@ -349,6 +362,11 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
+	admitted, err := s.admitted(ctx, opResume, sb)
+	if err != nil {
+		return err
+	}
+	defer admitted()
 	release, err := s.acquireSlot(ctx)
 	if err != nil {
 		return err
