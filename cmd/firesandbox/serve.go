@@ -218,7 +218,11 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 		if err := node.Attach(ctx, svc.Sandboxes); err != nil {
 			return err
 		}
-		apiOpts = append(apiOpts, clusterOuter(node, svc), clusterKeys(node))
+		shared, err := clusterShared(ctx, node)
+		if err != nil {
+			return err
+		}
+		apiOpts = append(append(apiOpts, clusterOuter(node, svc)), shared...)
 	}
 	srv, err := api.Open(cfg, svc, apiOpts...)
 	if err != nil {

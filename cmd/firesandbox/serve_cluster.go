@@ -168,10 +168,14 @@ func clusterOuter(node *cluster.Node, svc *sandbox.Service) api.Option {
 	return api.WithOuter(func(h http.Handler) http.Handler { return node.Handler(h, clusterRoutes(svc.Limiter)) })
 }
 
-// clusterKeys keeps API keys and quota overrides in the directory, so
-// every host sees the same ones.
-func clusterKeys(node *cluster.Node) api.Option {
-	return api.WithKeyStore(cluster.NewKeys(node.Directory()))
+// clusterShared are the API's options for what every host must share:
+// API keys and quota overrides, and the secret of E2B's access tokens.
+func clusterShared(ctx context.Context, node *cluster.Node) ([]api.Option, error) {
+	secret, err := node.Directory().Secret(ctx, "e2b-access-tokens", 32)
+	if err != nil {
+		return nil, err
+	}
+	return []api.Option{api.WithKeyStore(cluster.NewKeys(node.Directory())), api.WithE2BSecret(secret)}, nil
 }
 
 func describeNode(node *cluster.Node) string {

@@ -180,6 +180,8 @@ type Server struct {
 	selfAuth func(*http.Request) bool
 	// outer, if set, wraps the handler (WithOuter).
 	outer func(http.Handler) http.Handler
+	// e2bSecret, if set, keys E2B's access tokens (WithE2BSecret).
+	e2bSecret []byte
 
 	http       *http.Server
 	handler    http.Handler
@@ -205,6 +207,11 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 func WithSelfAuthenticated(match func(*http.Request) bool) Option {
 	return func(s *Server) { s.selfAuth = match }
 }
+
+// WithE2BSecret keys E2B's sandbox access tokens with secret instead of
+// the one beside the state database: a cluster's hosts share one, so a
+// token one host issued is good on the host a sandbox moves to.
+func WithE2BSecret(secret []byte) Option { return func(s *Server) { s.e2bSecret = secret } }
 
 // WithKeyStore keeps API keys and quota overrides in ks instead of the
 // state database: a cluster's shared directory (cluster.Keys).

@@ -123,9 +123,13 @@ func (c *fakeCluster) start(name string) *fakeHost {
 		t.Fatal(err)
 	}
 	lim := h.svc.Limiter
+	secret, err := h.node.Directory().Secret(context.Background(), "e2b-access-tokens", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.srv, err = api.Open(api.Config{Listen: h.addr}, h.svc, api.WithLogger(log), api.WithOuter(func(next http.Handler) http.Handler {
 		return h.node.Handler(next, cluster.Routes{Full: func() bool { st := lim.Stats(); return st.InUse >= st.Max }})
-	}))
+	}), api.WithKeyStore(cluster.NewKeys(h.node.Directory())), api.WithE2BSecret(secret))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,4 +568,55 @@ func TestClusterFake(t *testing.T) {
 			t.Fatalf("v, stored once S3 came back, after its host died: %d %q", code, out)
 		}
 	})
+	t.Run("E2B: a sandbox made through one host, its data plane through another, its token good after it moved", func(t *testing.T) {
+		var made struct {
+			SandboxID, EnvdAccessToken string
+		}
+		front := other(all, nil)
+		if code := front.call("POST", "/sandboxes", map[string]any{"templateID": "python"}, &made); code != 201 || made.EnvdAccessToken == "" {
+			t.Fatalf("E2B create via %s: %d %+v", front.name, code, made)
+		}
+		id := made.SandboxID
+		dp := func(h *fakeHost, method string, body string) (int, string) {
+			req, _ := http.NewRequest(method, "http://"+h.addr+"/files?path=e2b.txt", strings.NewReader(body))
+			req.Header.Set("E2b-Sandbox-Id", id)
+			req.Header.Set("E2b-Sandbox-Port", "49983")
+			req.Header.Set("X-Access-Token", made.EnvdAccessToken)
+			if method == "POST" {
+				req.Header.Set("Content-Type", "application/octet-stream")
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		o := c.hosts[c.entry(id).Owner]
+		up := other(all, o)
+		o.write(id, "e2b.txt", "through the data plane\n")
+		if code, b := dp(up, "GET", ""); code != 200 || b != "through the data plane\n" {
+			t.Fatalf("download via %s (owner %s): %d %s", up.name, o.name, code, b)
+		}
+		if code := up.call("POST", "/sandboxes/"+id+"/pause", nil, nil); code != 204 {
+			t.Fatalf("E2B pause via %s: %d", up.name, code)
+		}
+		o.kill()
+		c.eventually(10*time.Second, "the E2B sandbox taken over", func() bool { w := c.entry(id).Owner; return w != o.name && w != "" })
+		var code int
+		var b string
+		c.eventually(10*time.Second, "the E2B sandbox answering on its new host", func() bool {
+			var resumed map[string]any
+			if rc := other(all, o).call("POST", "/sandboxes/"+id+"/connect", map[string]any{"timeout": 60}, &resumed); rc != 200 && rc != 201 {
+				return false
+			}
+			code, b = dp(other(all, o), "GET", "")
+			return code != 503
+		})
+		if code != 200 || b != "through the data plane\n" {
+			t.Fatalf("download after the move, with the token the first host issued: %d %q", code, b)
+		}
+	})
+
 }

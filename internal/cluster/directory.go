@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -609,4 +610,24 @@ func (d *Directory) Prune(ctx context.Context, age time.Duration) (int, error) {
 		return 0, d.fail(ctx, "prune deleted sandboxes", err)
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// Secret returns the cluster's secret called name: size random bytes
+// made by the first host that asks, the same for every host after. It
+// keys what one host issues and another checks (E2B's access tokens).
+func (d *Directory) Secret(ctx context.Context, name string, size int) ([]byte, error) {
+	b := make([]byte, size)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	qctx, cancel := d.ctx(ctx)
+	defer cancel()
+	var v []byte
+	err := d.pool.QueryRow(qctx, `WITH ins AS (
+			INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value)
+		SELECT value FROM ins UNION ALL SELECT value FROM secrets WHERE name = $1 LIMIT 1`, name, b).Scan(&v)
+	if err != nil {
+		return nil, d.fail(ctx, "secret "+name, err)
+	}
+	return v, nil
 }

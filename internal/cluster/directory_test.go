@@ -428,11 +428,35 @@ func TestDirectory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for name, stores := range map[string][2]tenant.KeyStore{
-			"state database (one host)":     {local, local},
-			"cluster directory (two hosts)": {NewKeys(d1), NewKeys(d2)},
-		} {
-			t.Run(name, func(t *testing.T) { keyStoreContract(t, stores[0], stores[1]) })
+		t.Run("state database (one host)", func(t *testing.T) { keyStoreContract(t, local, local, func() {}) })
+		k1, k2 := NewKeys(d1), NewKeys(d2)
+		t.Run("cluster directory (two hosts)", func(t *testing.T) {
+			// The other host sees a removal once what it remembers is stale.
+			keyStoreContract(t, k1, k2, func() { k2.now = func() time.Time { return time.Now().Add(KeyFresh) } })
+		})
+	})
+
+	t.Run("a secret is made once and the same for every host", func(t *testing.T) {
+		url := pg.NewDatabase(t)
+		var wg sync.WaitGroup
+		got := make([][]byte, 6)
+		for i := range got {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d := openTestDirectory(t, url)
+				b, err := d.Secret(ctx, "e2b-access-tokens", 32)
+				if err != nil {
+					t.Error(err)
+				}
+				got[i] = b
+			}()
+		}
+		wg.Wait()
+		for _, b := range got {
+			if len(b) != 32 || string(b) != string(got[0]) {
+				t.Fatalf("secrets %x: want one 32-byte secret", got)
+			}
 		}
 	})
 
@@ -444,6 +468,17 @@ func TestDirectory(t *testing.T) {
 		}
 		defer d.Close()
 		l := register(t, d, "h", 2)
+		keys := NewKeys(d)
+		known, _, err := keys.CreateKey(ctx, "acme", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := keys.SetQuota(ctx, "acme", tenant.Override{Sandboxes: ptr(2)}); err != nil {
+			t.Fatal(err)
+		}
+		keys.Lookup(ctx, known)
+		keys.Quota(ctx, "acme")
+		keys.now = func() time.Time { return time.Now().Add(time.Hour) } // all of it stale
 		pg.Stop()
 		defer pg.Start()
 		start := time.Now()
@@ -456,6 +491,19 @@ func TestDirectory(t *testing.T) {
 		}
 		if took := time.Since(start); took > 5*time.Second {
 			t.Fatalf("admit took %s with the server down", took)
+		}
+		// Keys and quotas seen before the outage keep working; others wait.
+		if k, err := keys.Lookup(ctx, known); err != nil || k.Tenant != "acme" {
+			t.Fatalf("a known key during the outage: %+v %v", k, err)
+		}
+		if _, err := keys.Lookup(ctx, tenant.NewSecret()); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("an unseen key during the outage: %v, want ErrUnavailable", err)
+		}
+		if o, err := keys.Quota(ctx, "acme"); err != nil || o.Sandboxes == nil || *o.Sandboxes != 2 {
+			t.Fatalf("a known quota during the outage: %+v %v", o, err)
+		}
+		if o, err := keys.Quota(ctx, "globex"); err != nil || o != (tenant.Override{}) {
+			t.Fatalf("an unseen tenant's quota during the outage: %+v %v, want the defaults", o, err)
 		}
 		if err := pg.Start(); err != nil {
 			t.Fatal(err)
@@ -514,7 +562,7 @@ var _ = pgx.ErrNoRows
 
 // keyStoreContract checks what the API relies on of a tenant.KeyStore;
 // a and b are two hosts' views of one store.
-func keyStoreContract(t *testing.T, a, b tenant.KeyStore) {
+func keyStoreContract(t *testing.T, a, b tenant.KeyStore, later func()) {
 	ctx := context.Background()
 	secret, k, err := a.CreateKey(ctx, "acme", "ci")
 	if err != nil || !tenant.WellFormed(secret) || k.Tenant != "acme" || k.Name != "ci" || k.ID == "" {
@@ -565,6 +613,10 @@ func keyStoreContract(t *testing.T, a, b tenant.KeyStore) {
 	if _, err := a.RemoveKey(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := a.Lookup(ctx, secret); !errors.Is(err, tenant.ErrUnknownKey) {
+		t.Fatalf("a removed key where it was removed: %v", err)
+	}
+	later()
 	if _, err := b.Lookup(ctx, secret); !errors.Is(err, tenant.ErrUnknownKey) {
 		t.Fatalf("a removed key on the other host: %v", err)
 	}

@@ -14,15 +14,37 @@ import (
 )
 
 // Keys is a tenant.KeyStore in the shared directory: every host of the
-// cluster sees the same API keys (their hashes) and quota overrides, and
-// a key removed on one host stops working on all of them at once. Keys
+// cluster sees the same API keys (their hashes) and quota overrides. Keys
 // are made and hashed as tenant.Store makes them.
+//
+// What a host looked up is remembered for KeyFresh, so a request costs no
+// query most of the time, and a key removed on one host stops working on
+// the others within KeyFresh. While the directory does not answer, keys
+// and overrides this host has seen keep working (so live sandboxes go on
+// being served); keys it has not seen get ErrUnavailable (503), and a
+// tenant whose overrides it has not seen gets the server's defaults.
 type Keys struct {
 	d   *Directory
 	now func() time.Time
 
-	mu   sync.Mutex
-	used map[string]time.Time // hash -> when last_used_at was last written
+	mu     sync.Mutex
+	used   map[string]time.Time // hash -> when last_used_at was last written
+	seen   map[string]seenKey   // hash -> the key, when looked up
+	quotas map[string]seenQuota // tenant -> its overrides, when read
+}
+
+// KeyFresh is how long a looked-up key or quota is used without asking
+// the directory again.
+const KeyFresh = 5 * time.Second
+
+type seenKey struct {
+	k  tenant.Key
+	at time.Time
+}
+
+type seenQuota struct {
+	o  tenant.Override
+	at time.Time
 }
 
 var _ tenant.KeyStore = (*Keys)(nil)
@@ -31,7 +53,9 @@ var _ tenant.KeyStore = (*Keys)(nil)
 const usedEvery = time.Minute
 
 // NewKeys returns the key store of directory d.
-func NewKeys(d *Directory) *Keys { return &Keys{d: d, now: time.Now, used: map[string]time.Time{}} }
+func NewKeys(d *Directory) *Keys {
+	return &Keys{d: d, now: time.Now, used: map[string]time.Time{}, seen: map[string]seenKey{}, quotas: map[string]seenQuota{}}
+}
 
 func scanTenantKey(r pgx.Row) (tenant.Key, error) {
 	var k tenant.Key
@@ -92,6 +116,13 @@ func (s *Keys) RemoveKey(ctx context.Context, ref string) (tenant.Key, error) {
 	if err != nil {
 		return tenant.Key{}, s.d.fail(ctx, "remove key", err)
 	}
+	s.mu.Lock()
+	for h, sk := range s.seen {
+		if sk.k.ID == k.ID {
+			delete(s.seen, h)
+		}
+	}
+	s.mu.Unlock()
 	return k, nil
 }
 
@@ -102,16 +133,32 @@ func (s *Keys) Lookup(ctx context.Context, secret string) (tenant.Key, error) {
 		return tenant.Key{}, tenant.ErrUnknownKey
 	}
 	h := tenant.HashOf(secret)
+	now := s.now()
+	s.mu.Lock()
+	sk, ok := s.seen[h]
+	s.mu.Unlock()
+	if ok && now.Sub(sk.at) < KeyFresh {
+		return sk.k, nil
+	}
 	qctx, cancel := s.d.ctx(ctx)
 	defer cancel()
 	k, err := scanTenantKey(s.d.pool.QueryRow(qctx, `SELECT `+tenantKeyColumns+` FROM api_keys WHERE hash = $1`, h))
 	if errors.Is(err, pgx.ErrNoRows) {
+		s.mu.Lock()
+		delete(s.seen, h)
+		s.mu.Unlock()
 		return tenant.Key{}, tenant.ErrUnknownKey
 	}
 	if err != nil {
-		return tenant.Key{}, s.d.fail(ctx, "look up key", err)
+		err = s.d.fail(ctx, "look up key", err)
+		if ok && errors.Is(err, ErrUnavailable) {
+			return sk.k, nil // seen before the outage
+		}
+		return tenant.Key{}, err
 	}
-	now := s.now()
+	s.mu.Lock()
+	s.seen[h] = seenKey{k: k, at: now}
+	s.mu.Unlock()
 	s.mu.Lock()
 	due := now.Sub(s.used[h]) >= usedEvery
 	if due {
@@ -150,25 +197,42 @@ func (s *Keys) SetQuota(ctx context.Context, t string, o tenant.Override) error 
 	if err != nil {
 		return s.d.fail(ctx, "set quota of "+tenant.Display(t), err)
 	}
+	s.mu.Lock()
+	delete(s.quotas, t)
+	s.mu.Unlock()
 	return nil
 }
 
 // Quota implements tenant.KeyStore.
 func (s *Keys) Quota(ctx context.Context, t string) (tenant.Override, error) {
+	now := s.now()
+	s.mu.Lock()
+	sq, ok := s.quotas[t]
+	s.mu.Unlock()
+	if ok && now.Sub(sq.at) < KeyFresh {
+		return sq.o, nil
+	}
 	qctx, cancel := s.d.ctx(ctx)
 	defer cancel()
 	var raw []byte
-	err := s.d.pool.QueryRow(qctx, `SELECT quota FROM tenant_quotas WHERE tenant = $1`, t).Scan(&raw)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return tenant.Override{}, nil
-	}
-	if err != nil {
-		return tenant.Override{}, s.d.fail(ctx, "quota of "+tenant.Display(t), err)
-	}
 	var o tenant.Override
-	if err := json.Unmarshal(raw, &o); err != nil {
-		return tenant.Override{}, fmt.Errorf("quota of %s: stored value: %w", tenant.Display(t), err)
+	err := s.d.pool.QueryRow(qctx, `SELECT quota FROM tenant_quotas WHERE tenant = $1`, t).Scan(&raw)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		err = s.d.fail(ctx, "quota of "+tenant.Display(t), err)
+		if errors.Is(err, ErrUnavailable) {
+			return sq.o, nil // what was seen before the outage, else the defaults
+		}
+		return tenant.Override{}, err
+	default:
+		if err := json.Unmarshal(raw, &o); err != nil {
+			return tenant.Override{}, fmt.Errorf("quota of %s: stored value: %w", tenant.Display(t), err)
+		}
 	}
+	s.mu.Lock()
+	s.quotas[t] = seenQuota{o: o, at: now}
+	s.mu.Unlock()
 	return o, nil
 }
 

@@ -12,7 +12,8 @@ import (
 // first host of the new version to start; hosts of the old version keep
 // working on it as long as a migration only adds.
 var migrations = []string{
-	// 1: hosts, sandboxes, API keys and tenants' quota overrides.
+	// 1: hosts, sandboxes, API keys, tenants' quota overrides, and the
+	// secrets every host must share.
 	`CREATE TABLE hosts (
 		id           text PRIMARY KEY,
 		address      text NOT NULL,
@@ -45,6 +46,11 @@ var migrations = []string{
 		name         text NOT NULL DEFAULT '',
 		created_at   timestamptz NOT NULL DEFAULT now(),
 		last_used_at timestamptz
+	);
+	CREATE TABLE secrets (
+		name       text PRIMARY KEY,
+		value      bytea NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now()
 	);
 	CREATE TABLE tenant_quotas (
 		tenant     text PRIMARY KEY,
