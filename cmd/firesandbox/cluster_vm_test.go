@@ -396,6 +396,34 @@ func TestClusterVMs(t *testing.T) {
 		}
 	})
 
+	t.Run("an API key made for the cluster works on every host", func(t *testing.T) {
+		cmd := exec.Command(bin, "key", "create", "--cluster", url, "--tenant", "acme")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("key create --cluster: %v", err)
+		}
+		key := strings.TrimSpace(string(out))
+		for _, s := range hosts {
+			for _, c := range []struct {
+				key  string
+				want int
+			}{{key, 200}, {"e2b_" + strings.Repeat("0", 40), 401}} {
+				req, _ := http.NewRequest("GET", s.url()+"/v1/sandboxes", nil)
+				req.Header.Set("Authorization", "Bearer "+c.key)
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var list struct{ Sandboxes []apiAnswer }
+				json.NewDecoder(resp.Body).Decode(&list)
+				resp.Body.Close()
+				if resp.StatusCode != c.want || (c.want == 200 && len(list.Sandboxes) != 0) {
+					t.Fatalf("%s with key %.8s…: %d %+v; want %d (acme has no sandboxes)", s.name, c.key, resp.StatusCode, list, c.want)
+				}
+			}
+		}
+	})
+
 	t.Run("30 one-shot runs through the front all succeed", func(t *testing.T) {
 		var wg sync.WaitGroup
 		sem := make(chan struct{}, 6)
