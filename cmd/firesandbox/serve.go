@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
@@ -191,7 +192,13 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs)
+	var opened atomic.Pointer[sandbox.Service] // for the node's load reports, once open
+	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs, func() int {
+		if s := opened.Load(); s != nil {
+			return s.Limiter.Stats().InUse
+		}
+		return 0
+	})
 	if err != nil {
 		return err
 	}
@@ -208,6 +215,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	opened.Store(svc)
 	defer func() {
 		if cerr := svc.Close(context.Background()); cerr != nil {
 			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)

@@ -93,7 +93,8 @@ func (c *clusterFlags) fromFile(cmd *cobra.Command, fc clusterConfig) {
 }
 
 // openNode joins the cluster, if --cluster is set; nil otherwise.
-func openNode(ctx context.Context, g *globalFlags, c *clusterFlags, listen string, maxVMs int) (*cluster.Node, error) {
+// load reports the VMs in use with each heartbeat.
+func openNode(ctx context.Context, g *globalFlags, c *clusterFlags, listen string, maxVMs int, load func() int) (*cluster.Node, error) {
 	if c.url == "" {
 		return nil, nil
 	}
@@ -117,7 +118,7 @@ func openNode(ctx context.Context, g *globalFlags, c *clusterFlags, listen strin
 	if err := cfg.Validate(); err != nil {
 		return nil, usageError{err}
 	}
-	opts := []cluster.Option{cluster.WithLogger(g.logger().With("component", "cluster"))}
+	opts := []cluster.Option{cluster.WithLogger(g.logger().With("component", "cluster")), cluster.WithLoad(load)}
 	if c.remote != "" {
 		trustCfg := g.config().Snapshots
 		key := c.signingKey
