@@ -35,6 +35,9 @@ apt-get install -y -q --no-install-recommends $backports qemu-system-x86 qemu-sy
 apt-get install -y -q --no-install-recommends \
   squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev \
   iproute2 nftables passt
+# The cluster tests (make test-cluster) run a throwaway PostgreSQL and an
+# HAProxy on loopback; they start their own servers, not these packages'.
+apt-get install -y -q --no-install-recommends postgresql-15 haproxy
 
 if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
   # Debian's Go fetches the toolchain go.mod asks for from the module proxy.
