@@ -231,8 +231,11 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/sandboxes/{id}/exec/stream", s.handleExecStream)
 	handle("POST /v1/sandboxes/{id}/files", s.handleUpload)
 	handle("GET /v1/sandboxes/{id}/files", s.handleDownload)
-	handle("POST /v1/sandboxes/{id}/hibernate", s.handleHibernate)
+	handle("POST /v1/sandboxes/{id}/pause", s.handlePause)
+	handle("POST /v1/sandboxes/{id}/hibernate", s.handlePause)
 	handle("POST /v1/sandboxes/{id}/resume", s.handleResume)
+	handle("POST /v1/sandboxes/{id}/timeout", s.handleTimeout)
+	handle("POST /v1/sandboxes/{id}/fork", s.handleFork)
 
 	for _, prefix := range []string{"/api/v2", "/api/v2/piston"} { // the latter is emkc.org's public path
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
@@ -418,6 +421,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "sandbox_busy"
 	case errors.Is(err, sandbox.ErrQueueFull):
 		return http.StatusTooManyRequests, "queue_full"
+	case errors.Is(err, sandbox.ErrMemoryBudget):
+		return http.StatusServiceUnavailable, "memory_budget"
+	case errors.Is(err, vmm.ErrIncompatible):
+		return http.StatusConflict, "incompatible_snapshot"
 	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(err, pool.ErrClosed):

@@ -299,7 +299,7 @@ func (m *Mapper) Freeze(ctx context.Context, d *Device, newTop string) (Chain, e
 	d.dms = append(d.dms[:len(d.dms)-1], layer, d.Name)
 	d.loops = append(d.loops, newLoop)
 	d.Chain = frozen.With(newTop)
-	frozen.Layers = frozen.Layers[:k+1:k+1]
+	frozen.Layers = frozen.Layers[: k+1 : k+1]
 	return frozen, nil
 }
 

@@ -18,8 +18,8 @@ import (
 // uploaded relative to it and commands start in it.
 const WorkDir = "/home/sandbox"
 
-// Gate bounds how many VMs run at once. A live sandbox holds a slot until
-// it is hibernated or deleted.
+// Gate bounds how much work runs at once: an exec holds a slot while it
+// runs (see Limiter).
 type Gate interface {
 	Acquire(ctx context.Context) (release func(), err error)
 }
@@ -35,18 +35,49 @@ type SandboxesConfig struct {
 	// IdleCheck is how often idle and expired sandboxes are looked for;
 	// default 1s.
 	IdleCheck time.Duration
+	// Timeout is a sandbox's lifetime unless its create (or resume) says
+	// otherwise; default DefaultTimeout. MaxTimeout bounds what a request
+	// may ask for; default DefaultMaxTimeout.
+	Timeout, MaxTimeout time.Duration
+	// MaxForks bounds the children of one fork; default DefaultMaxForks.
+	MaxForks int
+}
+
+// Defaults of SandboxesConfig.
+const (
+	DefaultTimeout    = 5 * time.Minute
+	DefaultMaxTimeout = 24 * time.Hour
+	DefaultMaxForks   = 16
+)
+
+func (c *SandboxesConfig) setDefaults() {
+	if c.IdleCheck <= 0 {
+		c.IdleCheck = time.Second
+	}
+	if c.MaxTimeout <= 0 {
+		c.MaxTimeout = DefaultMaxTimeout
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = min(DefaultTimeout, c.MaxTimeout)
+	}
+	if c.MaxForks <= 0 {
+		c.MaxForks = DefaultMaxForks
+	}
 }
 
 // Sandboxes owns the long-lived sandboxes: their persisted records (the
 // truth about each one's state) and the live VMs of the running ones.
 // Operations on one sandbox are serialised against create, hibernate,
-// resume and delete by a per-sandbox lock; execs may overlap.
+// resume, fork and delete by a per-sandbox lock; execs may overlap. A live
+// VM holds its memory in the MemoryBudget; an exec holds a work slot
+// (Gate) while it runs.
 //
-//	sbx, _ := sandbox.OpenSandboxes(mgr, db, cfg, gate, log) // reconciles
+//	sbx, _ := sandbox.OpenSandboxes(mgr, db, cfg, gate, budget, log) // reconciles
 //	sb, _ := sbx.Create(ctx, sandbox.CreateRequest{Language: "python"})
 //	res, _ := sbx.Exec(ctx, "", sb.ID, agentproto.ExecRequest{Argv: argv}, w, w)
 //	_, _ = sbx.Hibernate(ctx, "", sb.ID)  // VM gone, memory and disk on storage
 //	res, _ = sbx.Exec(ctx, "", sb.ID, ...) // resumes first
+//	kids, _ := sbx.Fork(ctx, "", sb.ID, sandbox.ForkRequest{Count: 2}) // sb runs on
 //	sbx.Close(ctx)                        // hibernates what still runs
 //
 // Every method that names a sandbox takes the caller's tenant: a sandbox
@@ -55,7 +86,8 @@ type Sandboxes struct {
 	mgr  *Manager
 	db   *state.DB
 	cfg  SandboxesConfig
-	gate Gate
+	gate Gate          // work slots, for execs; nil: unbounded
+	mem  *MemoryBudget // live VMs; nil: unbounded
 	log  *slog.Logger
 	now  func() time.Time
 
@@ -73,7 +105,7 @@ type box struct {
 	// operations of the transition table.
 	mu       sync.RWMutex
 	vm       *VM    // the live VM while the record says running
-	release  func() // frees vm's gate slot
+	release  func() // frees vm's memory reservation
 	lastUsed atomic.Int64
 	// stopOps is cancelled by Delete so running execs end promptly.
 	opsCtx  context.Context
@@ -83,20 +115,18 @@ type box struct {
 // OpenSandboxes reconciles what a previous process left in db (running
 // sandboxes lost their VMs, complete snapshots are resumable) and starts
 // the loop that hibernates idle sandboxes and ends expired ones.
-func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, log *slog.Logger) (*Sandboxes, error) {
+func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, mem *MemoryBudget, log *slog.Logger) (*Sandboxes, error) {
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: sandboxes directory not set", ErrBadRequest)
 	}
-	if cfg.IdleCheck <= 0 {
-		cfg.IdleCheck = time.Second
-	}
+	cfg.setDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
 	}
-	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, log: log, now: time.Now,
+	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, mem: mem, log: log, now: time.Now,
 		boxes: map[string]*box{}, stop: make(chan struct{})}
 	if err := s.reconcile(context.Background()); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
@@ -145,6 +175,10 @@ func snapshotComplete(dir string) bool {
 const (
 	snapshotDirName = "snapshot"
 	diskName        = "disk.ext4"
+	// forkDirPrefix, after a dot, names a fork in progress in the
+	// sandboxes directory: the parent saved for its children. It has no
+	// record, so the sweep removes one a crash left.
+	forkDirPrefix = "fork-"
 )
 
 // sweep removes the directories of sandboxes that no longer exist and
@@ -236,6 +270,9 @@ outer:
 
 // Counts returns how many sandboxes are in each state.
 func (s *Sandboxes) Counts(ctx context.Context) (map[state.State]int, error) { return s.db.Count(ctx) }
+
+// Config returns the effective configuration.
+func (s *Sandboxes) Config() SandboxesConfig { return s.cfg }
 
 // Live returns how many sandboxes have a running VM.
 func (s *Sandboxes) Live() int {

@@ -120,7 +120,7 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 	t.Spec = snapshot.Spec{
 		Language: img.Language, Driver: d.Name(), DriverVersion: ver, Machine: accelOf(d),
 		KernelID: k.ID(), ImageID: img.ID,
-		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
+		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, AgentProtocol: agentproto.ProtocolVersion,
 	}
 	if pe := m.prewarmEntry(e); pe != nil {
 		t.Spec.Runtime = pe.RuntimeID()
