@@ -33,7 +33,8 @@ apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $backports qemu-system-x86 qemu-system-data
 apt-get install -y -q --no-install-recommends \
-  squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev
+  squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev \
+  iproute2 nftables passt
 
 if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
   # Debian's Go fetches the toolchain go.mod asks for from the module proxy.

@@ -147,7 +147,7 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		plainReady.add(r.Ready)
 		plainFirst.add(r.Total)
 	}
-	if err := mgr.StartPool(ctx, lang, 1, true /* warm */); err != nil {
+	if err := mgr.StartPool(ctx, lang, sandbox.PoolRange{Min: 1, Max: 1}, true /* warm */); err != nil {
 		return err
 	}
 	p := mgr.Pool(e.Name)
@@ -164,7 +164,7 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		}
 		poolFirst.add(r.Total)
 	}
-	mgr.StartPool(ctx, lang, 0, false)
+	mgr.StartPool(ctx, lang, sandbox.PoolRange{}, false)
 
 	fmt.Println("\nTime to the program's result (includes starting the VM and running the test program).")
 	fmt.Println("\"snapshot restore\" and the pool use the prewarmed runtime where the language has one:")

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/buildinfo"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
@@ -110,7 +111,8 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintf(os.Stderr, "firesandbox: %v\n", err)
+		// Errors can carry guest text (a console tail, an agent message).
+		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", agentproto.TerminalSafe(err.Error()))
 		if isUsage(err) {
 			os.Exit(exitUsage)
 		}

@@ -143,7 +143,7 @@ func newSandboxLsCmd(g *globalFlags) *cobra.Command {
 					}
 					st := sb.State
 					if sb.Reason != "" {
-						st += " (" + escapeTerminal(sb.Reason) + ")"
+						st += " (" + agentproto.TerminalSafe(sb.Reason) + ")"
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", sb.ID, sb.Language, st, shape,
 						sb.CreatedAt.Local().Format(time.DateTime), sb.LastUsedAt.Local().Format(time.DateTime))
@@ -180,11 +180,15 @@ A single COMMAND with spaces and no ARGs is a shell line (sh -c).`,
 				in.Cmd, in.Command = nil, args[1]
 			}
 			var res *client.Result
+			stdout, flushOut := guestWriter(os.Stdout)
+			stderr, flushErr := guestWriter(os.Stderr)
 			err = withAPI(cmd, g, func(c *client.Client) error {
 				var err error
-				res, err = c.Exec(cmd.Context(), args[0], in, os.Stdout, os.Stderr)
+				res, err = c.Exec(cmd.Context(), args[0], in, stdout, stderr)
 				return err
 			})
+			flushOut()
+			flushErr()
 			if err != nil {
 				return err
 			}

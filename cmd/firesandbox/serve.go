@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -55,7 +54,7 @@ hibernates running sandboxes and stops its pools.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
 	fl.StringVar(&f.apiKey, "api-key", os.Getenv("FIRESANDBOX_API_KEY"), "API key clients must send ($FIRESANDBOX_API_KEY)")
-	fl.StringVar(&f.pools, "pool", "python=1", "warm pool sizes, lang=N,... (\"\" for none)")
+	fl.StringVar(&f.pools, "pool", "python=1..4", "warm pools: lang=N (fixed) or lang=MIN..MAX (MIN idle, more while runs come in), comma-separated (\"\" for none)")
 	fl.IntVar(&f.maxVMs, "max-vms", 0, "VMs serving requests at once, runs and live sandboxes (default: number of CPUs)")
 	fl.IntVar(&f.queue, "queue", 0, "requests that may wait for a VM before 429 (default 4 x --max-vms)")
 	fl.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "how long a request waits for a VM before 503")
@@ -66,20 +65,23 @@ hibernates running sandboxes and stops its pools.`,
 	return cmd
 }
 
-// parsePools parses "python=2,go=1".
-func parsePools(s string) (map[string]int, error) {
-	out := map[string]int{}
+// parsePools parses "python=2,go=1..4".
+func parsePools(s string) (map[string]sandbox.PoolRange, error) {
+	out := map[string]sandbox.PoolRange{}
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
 		lang, n, ok := strings.Cut(part, "=")
-		size, err := strconv.Atoi(n)
-		if !ok || lang == "" || err != nil || size < 0 {
-			return nil, usagef("--pool %q: want lang=N,... with N >= 0", part)
+		if !ok || lang == "" {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX,...", part)
 		}
-		out[lang] = size
+		r, err := sandbox.ParsePoolRange(n)
+		if err != nil {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX with 0 <= MIN <= MAX <= 64", part)
+		}
+		out[lang] = r
 	}
 	return out, nil
 }

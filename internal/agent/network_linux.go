@@ -17,19 +17,21 @@ import (
 // default route and resolver. The host sends it after boot and after every
 // restore; clones share the snapshot's MAC and address, each in its own
 // namespace on the host.
-func (s *Server) handleNetConfig(w *agentproto.Writer, f agentproto.Frame) error {
+func (srv *Server) handleNetConfig(s *session, f agentproto.Frame) {
 	var r agentproto.NetConfigRequest
-	if err := agentproto.DecodeJSON(f, &r); err != nil {
-		return err
+	if !decode(s, f, &r) {
+		return
 	}
-	p, err := r.Parse()
-	if err == nil {
-		err = netConfigure(p)
-	}
-	if err != nil {
-		s.log.Info("network configuration failed", "err", err)
-	}
-	return s.answer(w, r.ID, nil, err)
+	s.goOp(func() {
+		p, err := r.Parse()
+		if err == nil {
+			err = netConfigure(p)
+		}
+		if err != nil {
+			srv.log.Info("network configuration failed", "err", err)
+		}
+		s.answer(r.ID, agentproto.MsgFileData, agentproto.FileData{ID: r.ID}, err)
+	})
 }
 
 // netConfigure applies a configuration to this machine's network: only as

@@ -81,6 +81,5 @@ func (c *Client) ConfigureNetwork(ctx context.Context, req NetConfigRequest) err
 	if _, err := req.Parse(); err != nil {
 		return err
 	}
-	_, err := c.request(ctx, MsgNetConfig, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
-	return err
+	return c.roundTrip(ctx, MsgNetConfig, MsgFileData, nil, func(id uint32) any { req.ID = id; return req })
 }

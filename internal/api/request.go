@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
@@ -98,7 +97,7 @@ func (s *Server) limits(field string, l LimitsIn, memCapBytes int64) (agentproto
 		{"timeout_ms", l.TimeoutMillis, maxWall},
 		{"memory_bytes", l.MemoryBytes, memCapBytes},
 		{"output_bytes", l.OutputBytes, s.cfg.MaxOutput},
-		{"procs", l.Procs, agent.MaxLimits.Procs},
+		{"procs", l.Procs, agentproto.MaxLimits.Procs},
 	} {
 		if c.v < 0 {
 			return agentproto.Limits{}, fmt.Errorf("%w: %s.%s is %d: must not be negative", sandbox.ErrBadRequest, field, c.name, c.v)
@@ -118,7 +117,7 @@ func (s *Server) capDefault(l agentproto.Limits, e *image.Entry) agentproto.Limi
 	if l.WallMillis != 0 {
 		return l
 	}
-	def := agent.DefaultLimits.WallMillis
+	def := agentproto.DefaultLimits.WallMillis
 	if e != nil && e.Limits.WallMillis > 0 {
 		def = e.Limits.WallMillis
 	}

@@ -193,7 +193,7 @@ func (s *Sandboxes) ReadFile(ctx context.Context, tenant, id, rel string, maxByt
 	var data []byte
 	err := s.withVM(ctx, tenant, id, func(ctx context.Context, _ state.Sandbox, vm *VM) error {
 		var err error
-		data, err = vm.Agent.ReadFile(ctx, path.Join(WorkDir, rel), maxBytes)
+		data, err = vm.Agent.ReadFile(ctx, path.Join(WorkDir, rel), maxBytes, agentproto.Within(WorkDir)) // no symlink leads out
 		return err
 	})
 	return data, err

@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path"
 	"strings"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/disk"
 )
 
@@ -42,8 +42,10 @@ func (m Mount) Validate() error {
 		return fmt.Errorf("%w: mount: %s is not a directory", ErrBadRequest, m.HostDir)
 	}
 	g := m.GuestDir
-	if !path.IsAbs(g) || path.Clean(g) != g || g == "/" || strings.ContainsAny(g, " ,@\t\n\"'") || len(g) > 200 {
-		return fmt.Errorf("%w: mount: guest path %q: want a clean absolute path other than / without spaces, commas or @", ErrBadRequest, g)
+	// The kernel command line carries it: no control character, blank or
+	// separator may pass (a carriage return once injected an argument).
+	if err := agentproto.ValidateMountDir(g); err != nil {
+		return fmt.Errorf("%w: mount: %v", ErrBadRequest, err)
 	}
 	for _, sys := range []string{"/proc", "/sys", "/dev", "/tmp"} {
 		if g == sys || strings.HasPrefix(g, sys+"/") {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
 )
@@ -161,7 +160,7 @@ const execMargin = 30 * time.Second
 // execBounded runs one exec with a host-side deadline, so an agent that
 // stops answering cannot hang the caller.
 func execBounded(ctx context.Context, vm *VM, req agentproto.ExecRequest, stdout, stderr io.Writer) (*agentproto.ExitResult, error) {
-	wall := time.Duration(max(req.Limits.WallMillis, agent.DefaultLimits.WallMillis)) * time.Millisecond
+	wall := time.Duration(max(req.Limits.WallMillis, agentproto.DefaultLimits.WallMillis)) * time.Millisecond
 	ctx, cancel := context.WithTimeout(ctx, wall+execMargin)
 	defer cancel()
 	return vm.Agent.Exec(ctx, req, stdout, stderr)

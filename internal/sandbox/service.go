@@ -42,8 +42,8 @@ type ServiceConfig struct {
 	// IdleHibernate hibernates sandboxes unused this long by default; zero
 	// never (sandboxes may still set their own).
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
-	// Pools are warm pool sizes by language.
-	Pools map[string]int `json:"pools" toml:"pools"`
+	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
+	Pools map[string]PoolRange `json:"pools" toml:"pools"`
 }
 
 func (c *ServiceConfig) setDefaults(mgr *Manager) {
@@ -61,8 +61,8 @@ func (c *ServiceConfig) setDefaults(mgr *Manager) {
 	}
 	if c.MemoryBudgetMiB == 0 {
 		pooled := 0
-		for _, n := range c.Pools {
-			pooled += n
+		for _, r := range c.Pools {
+			pooled += r.Max
 		}
 		c.MemoryBudgetMiB = defaultMemoryBudget(hostMemoryMiB(), c.MaxVMs, pooled, mgr.Config().MemoryMiB)
 	}
@@ -80,9 +80,9 @@ func (c *ServiceConfig) Validate() error {
 	if c.MaxForks > 256 {
 		return fmt.Errorf("%w: max forks %d: at most 256", ErrBadRequest, c.MaxForks)
 	}
-	for lang, n := range c.Pools {
-		if n < 0 || n > 64 {
-			return fmt.Errorf("%w: pool %s=%d: want 0-64", ErrBadRequest, lang, n)
+	for lang, r := range c.Pools {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("pool %s: %w", lang, err)
 		}
 	}
 	return nil

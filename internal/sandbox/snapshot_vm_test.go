@@ -137,7 +137,7 @@ func TestSnapshotRestoredRuns(t *testing.T) {
 func TestPoolHandsOutFreshVMs(t *testing.T) {
 	m := snapshotManager(t)
 	ctx := context.Background()
-	if err := m.StartPool(ctx, "python", 2, true /* warm */); err != nil {
+	if err := m.StartPool(ctx, "python", PoolRange{Min: 2, Max: 2}, true /* warm */); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { m.Close(); noLeftovers(t, m) }()
@@ -227,7 +227,7 @@ func TestPrewarmedRunsAreFresh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !res.Run.Prewarmed {
-			t.Fatalf("run did not use the prewarmed runtime: %+v", res.Run)
+			t.Fatalf("run did not use the prewarmed runtime: %+v\nconsole: %s", res.Run, vm.Machine.Console(4096))
 		}
 		return out.String() + errb.String(), res.Run
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -132,10 +131,14 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 		disks = append(disks, vmm.Disk{ID: did, Path: l.Path(), ReadOnly: true})
 		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
 	}
+	args, err := agentproto.Boot{Root: refs, RootFS: img.Format}.Args()
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", e.Name, err)
+	}
 	t.Base = vmm.Config{
 		Kernel: k.Vmlinux, Initrd: k.Initramfs, VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB,
 		Disks:   disks,
-		Cmdline: []string{"fs.root=" + strings.Join(refs, ","), "fs.rootfs=" + img.Format},
+		Cmdline: args,
 	}
 	inputs := []string{filepath.Join(m.cfg.DataDir, "kernels", "current"), filepath.Join(k.Dir, "manifest.json")}
 	for _, l := range layers {
@@ -176,27 +179,29 @@ func accelOf(d vmm.Driver) string {
 
 // machineConfig is the configuration of one VM of t: the base plus its id,
 // run directory, writable disk and packed mounts.
-func (m *Manager) machineConfig(t *Template, id, disk string, mounts []Mount, volumes []string) vmm.Config {
+func (m *Manager) machineConfig(t *Template, id, disk string, mounts []Mount, volumes []string) (vmm.Config, error) {
 	cfg := t.Base
 	cfg.ID = id
 	cfg.RunDir = filepath.Join(m.cfg.RunDir, id)
 	cfg.Disks = append([]vmm.Disk(nil), t.Base.Disks...)
 	cfg.Cmdline = append([]string(nil), t.Base.Cmdline...)
 	caps := t.Driver.Capabilities()
+	var boot agentproto.Boot
 	if disk != "" {
 		cfg.Disks = append(cfg.Disks, vmm.Disk{ID: "upper", Path: disk})
-		cfg.Cmdline = append(cfg.Cmdline, "fs.upper="+vmm.GuestDiskRef(caps, len(cfg.Disks)-1, "upper"))
+		boot.Upper = vmm.GuestDiskRef(caps, len(cfg.Disks)-1, "upper")
 	}
-	var vols []string
 	for i, v := range volumes {
 		did := fmt.Sprintf("mount%d", i)
 		cfg.Disks = append(cfg.Disks, vmm.Disk{ID: did, Path: v, ReadOnly: true})
-		vols = append(vols, vmm.GuestDiskRef(caps, len(cfg.Disks)-1, did)+"@"+mounts[i].GuestDir)
+		boot.Mounts = append(boot.Mounts, agentproto.Mount{Disk: vmm.GuestDiskRef(caps, len(cfg.Disks)-1, did), Dir: mounts[i].GuestDir})
 	}
-	if len(vols) > 0 {
-		cfg.Cmdline = append(cfg.Cmdline, "fs.mounts="+strings.Join(vols, ","))
+	args, err := boot.Args()
+	if err != nil {
+		return vmm.Config{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	return cfg
+	cfg.Cmdline = append(cfg.Cmdline, args...)
+	return cfg, nil
 }
 
 // snapshot returns t's verified snapshot, creating it on first use and

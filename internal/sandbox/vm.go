@@ -182,7 +182,11 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	if vm.volumes, err = m.packMounts(ctx, id, o.Mounts); err != nil {
 		return fail(err)
 	}
-	mach, err := t.Driver.Boot(ctx, m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes))
+	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Boot(ctx, cfg)
 	if err != nil {
 		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
 	}
@@ -223,7 +227,11 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 		vm.Close()
 		return nil, err
 	}
-	mach, err := t.Driver.Restore(ctx, snapDir, m.machineConfig(t, id, vm.disk, nil, nil))
+	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Restore(ctx, snapDir, cfg)
 	if err != nil {
 		return fail(err)
 	}

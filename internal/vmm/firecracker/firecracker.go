@@ -10,11 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
 
@@ -285,10 +284,7 @@ func (d *Driver) bootArgs(cfg vmm.Config) string {
 		base = DefaultBootArgs()
 	}
 	args := append(append([]string{}, base...), cfg.Cmdline...)
-	args = append(args,
-		agent.ArgChannel+"=vsock:"+strconv.FormatUint(uint64(d.cfg.VsockPort), 10),
-		agent.ArgModules+"="+strings.Join(agentModules, ","),
-	)
+	args = append(args, agentproto.Boot{Channel: agentproto.VsockChannel(d.cfg.VsockPort), Modules: agentModules}.MustArgs()...)
 	return strings.Join(args, " ")
 }
 

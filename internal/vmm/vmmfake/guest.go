@@ -38,6 +38,50 @@ type Guest struct {
 	mu       sync.Mutex
 	identity string
 	running  map[uint32]context.CancelFunc
+	acks     map[uint32]chan struct{} // downloads in flight
+}
+
+// download sends b as the agent does: its description, then chunks, at
+// most agentproto.Window ahead of the host's acknowledgements.
+func (g *Guest) download(ctx context.Context, w *agentproto.Writer, r agentproto.FileRequest, b []byte, wg *sync.WaitGroup) error {
+	info := agentproto.FileInfo{Name: path.Base(r.Path), Path: r.Path, Type: agentproto.TypeFile, Size: int64(len(b)), Mode: 0o644}
+	if err := w.WriteJSON(agentproto.MsgEntries, agentproto.Entries{ID: r.ID, Entries: []agentproto.FileInfo{info}}); err != nil {
+		return err
+	}
+	acks := make(chan struct{}, agentproto.Window+1)
+	g.mu.Lock()
+	if g.acks == nil {
+		g.acks = map[uint32]chan struct{}{}
+	}
+	g.acks[r.ID] = acks
+	g.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() { g.mu.Lock(); delete(g.acks, r.ID); g.mu.Unlock() }()
+		inflight := 0
+		for {
+			for inflight >= agentproto.Window {
+				select {
+				case <-acks:
+					inflight--
+				case <-ctx.Done():
+					return
+				}
+			}
+			n := min(len(b), agentproto.MaxChunk)
+			flags := uint8(0)
+			if n == len(b) {
+				flags = agentproto.ChunkEOF
+			}
+			if w.WriteChunk(r.ID, flags, b[:n]) != nil || flags != 0 {
+				return
+			}
+			b = b[n:]
+			inflight++
+		}
+	}()
+	return nil
 }
 
 // Machine returns the guest's machine.
@@ -86,6 +130,11 @@ func (g *Guest) Serve(conn net.Conn) {
 			g.mu.Lock()
 			g.running[req.ID] = ecancel
 			g.mu.Unlock()
+			// As the agent does: Started (with a pid) before any output.
+			if err = w.WriteJSON(agentproto.MsgStarted, agentproto.Started{ID: req.ID, PID: 1000 + int(req.ID)}); err != nil {
+				ecancel()
+				break
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -114,8 +163,8 @@ func (g *Guest) Serve(conn net.Conn) {
 				}
 				err = w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: r.ID})
 			}
-		case agentproto.MsgReadFile:
-			var r agentproto.ReadFileRequest
+		case agentproto.MsgDownload:
+			var r agentproto.FileRequest
 			if err = agentproto.DecodeJSON(f, &r); err == nil {
 				b, rerr := g.m.mem.read(r.Path)
 				switch {
@@ -124,7 +173,20 @@ func (g *Guest) Serve(conn net.Conn) {
 				case int64(len(b)) > r.MaxBytes:
 					err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: r.ID, Message: "file too large", Code: agentproto.CodeTooLarge})
 				default:
-					err = w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: r.ID, Content: b})
+					err = g.download(ctx, w, r, b, &wg)
+				}
+			}
+		case agentproto.MsgAck: // a download's progress: the fake sends when it likes
+			var a agentproto.Ack
+			if err = agentproto.DecodeJSON(f, &a); err == nil {
+				g.mu.Lock()
+				ch := g.acks[a.ID]
+				g.mu.Unlock()
+				if ch != nil {
+					select {
+					case ch <- struct{}{}:
+					default:
+					}
 				}
 			}
 		case agentproto.MsgPrewarm:

@@ -53,6 +53,7 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agent"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 )
 
 // DefaultVersion is the version the fake reports unless told otherwise.
@@ -760,7 +761,7 @@ func (s *Server) loadSnapshot(body io.Reader) error {
 func channelOf(cmdline string) string {
 	ch := ""
 	for _, f := range strings.Fields(cmdline) {
-		if v, ok := strings.CutPrefix(f, agent.ArgChannel+"="); ok {
+		if v, ok := strings.CutPrefix(f, agentproto.ArgChannel+"="); ok {
 			ch = v // the last one wins, as in the agent
 		}
 	}
