@@ -325,6 +325,11 @@ type ExecIn struct {
 	Cwd       string            `json:"cwd,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	Limits    LimitsIn          `json:"limits"`
+	// Background starts the command and answers at once with its pid
+	// (201 {"pid": N}); it runs on, and GET .../processes/{pid}/stream
+	// (or /ws) streams its output. Its limits are the agent's background
+	// defaults unless given.
+	Background bool `json:"background,omitempty"`
 }
 
 func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
@@ -358,13 +363,17 @@ func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
 		}
 		env = append(env, k+"="+v)
 	}
-	return agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim}, nil
+	return agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim, Background: in.Background}, nil
 }
 
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	req, err := s.parseExec(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if req.Background {
+		s.handleBackground(w, r, req)
 		return
 	}
 	c := &capture{}
@@ -384,6 +393,10 @@ func (s *Server) handleExecStream(w http.ResponseWriter, r *http.Request) {
 	req, err := s.parseExec(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if req.Background {
+		s.writeError(w, r, fmt.Errorf("%w: a background command answers with its pid: use POST .../exec, then GET .../processes/{pid}/stream", sandbox.ErrBadRequest))
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())

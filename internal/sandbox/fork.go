@@ -103,6 +103,7 @@ func (s *Sandboxes) saveParent(ctx context.Context, id string, t *Template, dir 
 	if err != nil {
 		return err
 	}
+	b.cutSessions() // its agent connection is about to close
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	sb, err := s.db.Get(ctx, id)

@@ -220,6 +220,7 @@ func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.San
 	if err != nil {
 		return state.Sandbox{}, err
 	}
+	b.cutSessions()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := s.hibernateLocked(ctx, id, b); err != nil {
@@ -461,6 +462,7 @@ func (s *Sandboxes) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			b.cutSessions()
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			if b.vm == nil {

@@ -110,6 +110,34 @@ type box struct {
 	// stopOps is cancelled by Delete so running execs end promptly.
 	opsCtx  context.Context
 	stopOps context.CancelFunc
+
+	// Sessions (a process's output streamed to a client, a terminal, a
+	// watch) can last for hours, so instead of waiting for them, a pause
+	// or fork cuts them; the processes run on in the guest.
+	smu        sync.Mutex
+	sessions   context.Context
+	endSession context.CancelFunc
+}
+
+// sessionCtx is cancelled by the next cutSessions.
+func (b *box) sessionCtx() context.Context {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	if b.sessions == nil {
+		b.sessions, b.endSession = context.WithCancel(b.opsCtx)
+	}
+	return b.sessions
+}
+
+// cutSessions ends every session on the box, so an operation that needs
+// the box to itself gets it.
+func (b *box) cutSessions() {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	if b.endSession != nil {
+		b.endSession()
+		b.sessions, b.endSession = nil, nil
+	}
 }
 
 // OpenSandboxes reconciles what a previous process left in db (running
