@@ -330,6 +330,11 @@ type ExecIn struct {
 	// (or /ws) streams its output. Its limits are the agent's background
 	// defaults unless given.
 	Background bool `json:"background,omitempty"`
+	// OpenStdin keeps the command's stdin open after Stdin, for POST
+	// .../processes/{pid}/stdin, until closed there. Tag names it in the
+	// process list.
+	OpenStdin bool   `json:"open_stdin,omitempty"`
+	Tag       string `json:"tag,omitempty"`
 }
 
 func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
@@ -363,7 +368,8 @@ func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
 		}
 		env = append(env, k+"="+v)
 	}
-	return agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim, Background: in.Background}, nil
+	return agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim,
+		Background: in.Background, OpenStdin: in.OpenStdin, Tag: in.Tag}, nil
 }
 
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
