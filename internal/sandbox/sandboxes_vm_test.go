@@ -89,6 +89,9 @@ func TestSandboxesOnVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustState(t, s, a.ID, state.Running)
+		if boot := sh(t, s, a.ID, "cat /proc/sys/kernel/random/boot_id"); boot != parentBoot {
+			t.Errorf("the fork changed the parent's boot id: %s -> %s", parentBoot, boot)
+		}
 		sum := sh(t, s, a.ID, "md5sum d/blob")
 		rnd := map[string]string{a.ID: sh(t, s, a.ID, `python3 -c 'import os; print(os.urandom(16).hex())'`)}
 		for _, k := range kids {
