@@ -83,46 +83,48 @@ func (s *Sandboxes) Fork(ctx context.Context, tenant, id string, req ForkRequest
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
-	if err := s.saveParent(ctx, id, t, dir); err != nil {
+	saved, err := s.saveParent(ctx, id, t, dir)
+	if err != nil {
 		releaseAll()
 		return nil, err
 	}
-	saved := time.Since(start)
-	kids, err := s.startChildren(ctx, parent, t, dir, releases, lifetime)
+	took := time.Since(start)
+	kids, err := s.startChildren(ctx, parent, t, saved, releases, lifetime)
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("sandbox forked", "op", "fork", "sandbox", id, "children", len(kids), "saved", saved, "took", time.Since(start))
+	s.log.Info("sandbox forked", "op", "fork", "sandbox", id, "children", len(kids), "saved", took, "took", time.Since(start))
 	return kids, nil
 }
 
 // saveParent saves the running sandbox id into dir for its children and
 // lets it run on, under its lock and the forking state.
-func (s *Sandboxes) saveParent(ctx context.Context, id string, t *Template, dir string) error {
+func (s *Sandboxes) saveParent(ctx context.Context, id string, t *Template, dir string) (saved ForkSnapshot, err error) {
 	b, err := s.boxFor(id)
 	if err != nil {
-		return err
+		return saved, err
 	}
 	b.cutSessions() // its agent connection is about to close
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	sb, err := s.db.Get(ctx, id)
 	if err != nil {
-		return err
+		return saved, err
 	}
 	if err := usable(sb); err != nil {
-		return err
+		return saved, err
 	}
 	if err := s.liveVM(ctx, sb, b); err != nil {
-		return err
+		return saved, err
 	}
 	vm := b.vm
 	if diff := vm.Template.Spec.Diff(t.Spec); len(diff) > 0 {
-		return fmt.Errorf("%w: fork %s: the sandbox runs on what this host no longer has (%v); its children could not be restored. The sandbox keeps running; pause and resume it on a host with the same kernel, image and VMM to fork it",
+		return saved, fmt.Errorf("%w: fork %s: the sandbox runs on what this host no longer has (%v); its children could not be restored. The sandbox keeps running; pause and resume it on a host with the same kernel, image and VMM to fork it",
 			vmm.ErrIncompatible, id, diff)
 	}
-	return s.transition(context.WithoutCancel(ctx), id, opFork, func(ctx context.Context) (state.Change, error) {
-		if err := s.mgr.Fork(ctx, vm, dir); err != nil {
+	err = s.transition(context.WithoutCancel(ctx), id, opFork, func(ctx context.Context) (state.Change, error) {
+		var err error
+		if saved, err = s.mgr.Fork(ctx, vm, dir); err != nil {
 			if !vm.alive() {
 				s.dropVM(b)
 				return state.Change{}, lost("fork failed and the VM is gone: "+err.Error(), err)
@@ -132,11 +134,12 @@ func (s *Sandboxes) saveParent(ctx context.Context, id string, t *Template, dir 
 		b.lastUsed.Store(s.now().UnixNano())
 		return state.Change{}, nil
 	})
+	return saved, err
 }
 
-// startChildren restores one child per reservation from the fork saved in
-// dir, a few at once. If any fails, the others are deleted again.
-func (s *Sandboxes) startChildren(ctx context.Context, parent state.Sandbox, t *Template, dir string, releases []func(), lifetime time.Duration) ([]state.Sandbox, error) {
+// startChildren restores one child per reservation from the fork saved,
+// a few at once. If any fails, the others are deleted again.
+func (s *Sandboxes) startChildren(ctx context.Context, parent state.Sandbox, t *Template, saved ForkSnapshot, releases []func(), lifetime time.Duration) ([]state.Sandbox, error) {
 	kids := make([]state.Sandbox, len(releases))
 	errs := make([]error, len(releases))
 	var wg sync.WaitGroup
@@ -154,7 +157,7 @@ func (s *Sandboxes) startChildren(ctx context.Context, parent state.Sandbox, t *
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			kids[i], errs[i] = s.launch(ctx, child, release, func(ctx context.Context, disk string) (*VM, error) {
-				return s.mgr.StartFork(ctx, t, dir, disk)
+				return s.mgr.StartFork(ctx, t, saved, disk)
 			})
 		}()
 	}

@@ -225,45 +225,51 @@ func (m *Manager) Resume(ctx context.Context, t *Template, dir, disk string) (*V
 	return vm, nil
 }
 
+// ForkSnapshot is a running VM saved by Fork for its children: the
+// directory, and what the VM was made from.
+type ForkSnapshot struct {
+	Dir  string
+	Spec snapshot.Spec
+}
+
 // Fork saves a running VM whole into dir, which must exist and be empty
 // (memory, device state and, for a shape with a disk, a copy of the disk
 // taken while the VM is paused), and lets it run on: the parent of a
-// fork, with its clock set again. Children start from dir with
-// StartFork, each with its own disk. On error the VM runs on if it can.
-func (m *Manager) Fork(ctx context.Context, vm *VM, dir string) error {
+// fork, with its clock set again. Children start from it with StartFork,
+// each with its own disk. The directory is not sealed: it lives only
+// while its children start, in this process, which wrote it. On error
+// the VM runs on if it can.
+func (m *Manager) Fork(ctx context.Context, vm *VM, dir string) (ForkSnapshot, error) {
 	ctx = context.WithoutCancel(ctx) // a half-done fork must not strand the parent paused
 	if err := m.save(ctx, vm, dir); err != nil {
-		return fmt.Errorf("fork: %w", err)
+		return ForkSnapshot{}, fmt.Errorf("fork: %w", err)
 	}
 	var err error
 	if vm.disk != "" {
 		_, err = disk.Clone(ctx, vm.disk, filepath.Join(dir, snapshotDisk))
 	}
-	if err == nil {
-		err = sealHibernation(dir, vm.Template.Spec)
-	}
 	if cerr := m.continueVM(ctx, vm); cerr != nil {
-		return errors.Join(fmt.Errorf("fork: resume the parent: %w", cerr), err)
+		return ForkSnapshot{}, errors.Join(fmt.Errorf("fork: resume the parent: %w", cerr), err)
 	}
 	// The parent was paused: its clock lags. It keeps its identity.
 	if rerr := m.resync(ctx, vm, vm.identity); rerr != nil {
 		m.log.Warn("fork: resync the parent", "op", "fork", "vm", vm.Machine.ID(), "err", rerr)
 	}
 	if err != nil {
-		return fmt.Errorf("fork: %w", err)
+		return ForkSnapshot{}, fmt.Errorf("fork: %w", err)
 	}
-	return nil
+	return ForkSnapshot{Dir: dir, Spec: vm.Template.Spec}, nil
 }
 
-// StartFork restores a child of a fork saved into dir by Fork, with its
-// own copy of the parent's disk at keep (for a shape with one). A host
-// whose kernel, image or VMM changed since the parent started refuses it
-// with ErrIncompatible; dir is left as it was, for the other children.
-func (m *Manager) StartFork(ctx context.Context, t *Template, dir, keep string) (*VM, error) {
-	if err := checkHibernation(dir, t.Spec); err != nil {
-		return nil, fmt.Errorf("fork: %w", err)
+// StartFork restores a child of a fork saved by Fork, with its own copy
+// of the parent's disk at keep (for a shape with one). A template made
+// for anything else than the parent (another kernel, image or VMM)
+// refuses it with ErrIncompatible.
+func (m *Manager) StartFork(ctx context.Context, t *Template, fs ForkSnapshot, keep string) (*VM, error) {
+	if diff := fs.Spec.Diff(t.Spec); len(diff) > 0 {
+		return nil, fmt.Errorf("fork: %w: the parent ran on another host state (%v)", vmm.ErrIncompatible, diff)
 	}
-	vm, err := m.restoreCopy(ctx, t, dir, keep)
+	vm, err := m.restoreCopy(ctx, t, fs.Dir, keep)
 	if err != nil {
 		return nil, fmt.Errorf("fork: %w", err)
 	}
