@@ -1,7 +1,10 @@
 # firesandbox: run untrusted code in microVMs.
 #
 #   make setup   install host packages, build, install, prepare kernel + python image (root)
-#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable)
+#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable),
+#                the adversarial suite and the fuzz targets (bounded)
+#   make test-adversarial   each attack of the security suite against a real serve
+#   make fuzz    every fuzz target for FUZZTIME (default 30s) each
 #   make bench   cold-boot timings and image format comparison
 
 PREFIX    ?= /usr/local
@@ -15,7 +18,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps build install kernel image test-images test test-unit bench clean minio test-languages
+.PHONY: all setup deps build install kernel image test-images test test-unit bench clean minio test-languages test-adversarial fuzz
 
 all: build
 
@@ -54,9 +57,27 @@ test-images: build
 
 # VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server.
 # Both fail rather than skip here: a green `make test` means they ran.
+# ./... includes internal/adversarial, the security suite (see test-adversarial).
 test: build kernel image test-images minio
 	$(GO) vet ./...
 	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# The attacks of the security suite, each against a real serve with real
+# VMs (a built binary, killed with SIGKILL where the attack needs it).
+test-adversarial: build kernel image
+	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_BIN=$(CURDIR)/bin/firesandbox $(GO) test -count=1 -timeout 30m -v ./internal/adversarial/
+
+# Each fuzz target for a bounded time; new findings land in testdata/fuzz
+# (commit them with the fix). FUZZ_TARGETS is package:target pairs.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := internal/api:FuzzRunRequest internal/api:FuzzPistonExecute internal/api:FuzzPaths \
+	internal/api:FuzzJSONText internal/api:FuzzBrowserGuard
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) -parallel 2 ./$$pkg/; \
+	done
 
 test-unit:
 	$(GO) test -count=1 ./...

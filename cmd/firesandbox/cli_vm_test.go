@@ -165,7 +165,7 @@ func TestCLISandbox(t *testing.T) {
 			srv.Process.Signal(os.Interrupt)
 			srv.Wait()
 		}()
-		sock := filepath.Join(os.Getenv("FIRESANDBOX_RUN"), "api.sock")
+		sock := (&globalFlags{dataDir: data, runDir: os.Getenv("FIRESANDBOX_RUN")}).socketPath()
 		for i := 0; ; i++ {
 			if _, err := os.Stat(sock); err == nil {
 				break

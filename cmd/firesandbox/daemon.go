@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,8 +18,17 @@ import (
 )
 
 // socketPath is where a serve of this data directory answers on a unix
-// socket: in its run directory, reachable only by its owner.
-func (g *globalFlags) socketPath() string { return filepath.Join(g.runDir, "api.sock") }
+// socket: in its run directory, reachable only by its owner. The name
+// says which data directory it serves, so serves of several data
+// directories can share a run directory and a command finds its own.
+func (g *globalFlags) socketPath() string {
+	abs, err := filepath.Abs(g.dataDir)
+	if err != nil || abs == sandbox.DefaultDataDir {
+		return filepath.Join(g.runDir, "api.sock")
+	}
+	h := sha256.Sum256([]byte(abs))
+	return filepath.Join(g.runDir, "api-"+hex.EncodeToString(h[:4])+".sock")
+}
 
 // serviceLock is held by whoever manages the sandboxes of a data
 // directory: a serve for its whole life, or a CLI command that runs the
@@ -47,10 +58,16 @@ func (g *globalFlags) serviceLock(wait time.Duration) (release func(), err error
 }
 
 // listenSocket opens serve's unix socket, owner-only, replacing a stale
-// one a killed serve left (the service lock says none is alive).
+// one a killed serve left. A socket something still answers on belongs to
+// another serve (of another data directory): that is an error, not ours
+// to take.
 func listenSocket(p string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", p, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s is served by another firesandbox: give each serve its own --run-dir", p)
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

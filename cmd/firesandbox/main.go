@@ -13,7 +13,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/buildinfo"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
-	"github.com/firesandbox/firesandbox/internal/snapshot"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
 	"github.com/spf13/cobra"
 )
 
@@ -30,20 +30,33 @@ const (
 )
 
 type globalFlags struct {
-	dataDir   string
-	runDir    string
-	driver    string
-	accel     string
-	memoryMiB int
-	vcpus     int
-	verbose   bool
-	format    string
+	configPath string
+	file       fileConfig // the config file, read before every command
+	noJailer   bool
+	dataDir    string
+	runDir     string
+	driver     string
+	accel      string
+	memoryMiB  int
+	vcpus      int
+	verbose    bool
+	format     string
 }
 
 func (g *globalFlags) config() sandbox.Config {
+	snaps := g.file.Snapshots
+	// Pulled snapshots are restored only if signed by a trusted key.
+	snaps.TrustedKeys = append(append([]string(nil), snaps.TrustedKeys...), splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))...)
 	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format,
-		// Pulled snapshots are restored only if signed by a trusted key.
-		Snapshots: snapshot.Config{TrustedKeys: splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))}}
+		Snapshots: snaps, VMM: g.vmmConfig()}
+}
+
+// vmmConfig is the drivers configuration every command uses: the config
+// file's, with the driver and accelerator the command line chose.
+func (g *globalFlags) vmmConfig() drivers.Config {
+	c := g.file.Config
+	c.Driver, c.Accel = g.driver, g.accel
+	return c
 }
 
 func (g *globalFlags) logger() *slog.Logger {
@@ -65,8 +78,10 @@ func envOr(k, def string) string {
 	return def
 }
 
-func newRoot() *cobra.Command {
-	g := &globalFlags{}
+func newRoot() *cobra.Command { return newRootWith(&globalFlags{}) }
+
+// newRootWith is newRoot with the global settings in g, for tests.
+func newRootWith(g *globalFlags) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "firesandbox",
 		Short: "Run untrusted code in microVMs, in many languages, fast",
@@ -82,12 +97,15 @@ First time on a host:
 
 Everything lives under the data directory (--data-dir, $FIRESANDBOX_DATA,
 default /var/lib/firesandbox).`,
-		Version:       buildinfo.String(),
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Version:           buildinfo.String(),
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return g.applyConfig(cmd) },
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory: kernels, images, snapshots, state ($FIRESANDBOX_DATA)")
+	pf.StringVar(&g.configPath, "config", envOr("FIRESANDBOX_CONFIG", ""), "config file (TOML; unknown keys are errors); default "+DefaultConfigFile+" if it exists ($FIRESANDBOX_CONFIG)")
+	pf.BoolVar(&g.noJailer, "no-jailer", false, "run Firecracker without its jailer (no chroot, uid drop, cgroup or namespaces): for debugging only")
 	pf.StringVar(&g.runDir, "run-dir", envOr("FIRESANDBOX_RUN", sandbox.DefaultRunDir), "directory for VM sockets and logs and serve's unix socket; one per serve ($FIRESANDBOX_RUN)")
 	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "auto"), "VMM driver: auto (firecracker where usable, else qemu), qemu or firecracker ($FIRESANDBOX_DRIVER)")
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")

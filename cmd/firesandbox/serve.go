@@ -11,10 +11,13 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/api"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/spf13/cobra"
 )
 
 type serveFlags struct {
+	poolRanges    map[string]sandbox.PoolRange // from the config file
+	maxOutput     int64                        // from the config file
 	listen        string
 	apiKey        string
 	pools         string
@@ -25,6 +28,14 @@ type serveFlags struct {
 	idleHibernate time.Duration
 	maxBody       int64
 	grace         time.Duration
+	requireKey    bool
+	maxConns      int
+	bodyTimeout   time.Duration
+	hibernatedTTL time.Duration
+	allowedHosts  []string
+	allowedOrigin []string
+	quota         tenant.Quota
+	caps          api.ShapeCaps
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -34,11 +45,20 @@ func newServeCmd(g *globalFlags) *cobra.Command {
 		Short: "Serve the HTTP API (native JSON and Piston v2)",
 		Long: `Serve the HTTP API: the native JSON API under /v1 (languages, one-shot
 runs, streaming runs, long-lived sandboxes), Piston v2 compatibility under
-/api/v2 (runtimes, execute), /healthz and /metrics (Prometheus).
+/api/v2 (runtimes, execute, and the interactive WebSocket connect), the
+Judge0 CE API (/submissions, /languages, ...), /healthz and /metrics
+(Prometheus).
 
 It listens on 127.0.0.1:7070 unless told otherwise; listening on anything
-but a loopback address needs an API key (--api-key or $FIRESANDBOX_API_KEY),
-which clients send as "Authorization: Bearer KEY" or "X-API-Key: KEY".
+but a loopback address needs API keys: --api-key (or $FIRESANDBOX_API_KEY),
+a key of the default tenant, or --require-key with tenants' keys from
+` + "`firesandbox key create`" + `. Clients send a key as "Authorization: Bearer KEY",
+"X-API-Key: KEY" (E2B's SDKs) or "X-Auth-Token: KEY" (Judge0). Without a
+required key, loopback requests with none act for the default tenant, and
+are refused when they look like a browser's on another site's behalf.
+
+Each tenant gets the --tenant-* quotas (override per tenant with ` + "`key quota`" + `);
+each sandbox's shape is capped and must be one of --shape.
 
 Sandboxes and their state live in <data-dir>/state.db and
 <data-dir>/sandboxes/; they survive a restart. On SIGINT or SIGTERM the
@@ -49,7 +69,12 @@ hibernates running sandboxes and stops its pools.`,
   curl -s localhost:7070/api/v2/execute -d '{"language":"python","version":"*","files":[{"content":"print(1)"}]}'
   FIRESANDBOX_API_KEY=secret firesandbox serve --listen 0.0.0.0:7070 --pool python=2`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, &f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.fromFile(cmd, g.file.Serve); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), g, &f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
@@ -62,7 +87,55 @@ hibernates running sandboxes and stops its pools.`,
 	fl.DurationVar(&f.idleHibernate, "idle-hibernate", 10*time.Minute, "hibernate sandboxes unused this long (0: never)")
 	fl.Int64Var(&f.maxBody, "max-body", 32<<20, "largest request body in bytes")
 	fl.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "how long runs may finish on shutdown before they are cancelled")
+	fl.BoolVar(&f.requireKey, "require-key", false, "every TCP request needs a key (--api-key or one from `key create`); needed to listen beyond loopback without --api-key")
+	fl.IntVar(&f.maxConns, "max-conns", 1024, "open TCP connections at most; more are answered 503")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "how long a request body may take to arrive (plus 1s per 64 KiB received)")
+	fl.DurationVar(&f.hibernatedTTL, "hibernated-ttl", 0, "delete sandboxes hibernated this long (0: keep them until deleted)")
+	fl.StringSliceVar(&f.allowedHosts, "allowed-host", nil, "Host names, besides loopback ones, that requests without a key may use")
+	fl.StringSliceVar(&f.allowedOrigin, "allowed-origin", nil, "browser origins (http://host:port) whose pages may call the API without a key")
+	fl.IntVar(&f.quota.VMs, "tenant-vms", 0, "per tenant: VMs at work at once, runs and running sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.Sandboxes, "tenant-sandboxes", 0, "per tenant: sandboxes in any state but deleted (0: unlimited)")
+	fl.IntVar(&f.quota.Hibernated, "tenant-hibernated", 0, "per tenant: hibernated sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.DiskMiB, "tenant-disk-mib", 0, "per tenant: total MiB of sandbox disks (0: unlimited)")
+	fl.IntVar(&f.quota.MemoryMiB, "tenant-memory-mib", 0, "per tenant: total MiB of memory of its VMs at work (0: unlimited)")
+	fl.Float64Var(&f.quota.Rate, "tenant-rate", 0, "per tenant: requests per second (0: unlimited)")
+	fl.IntVar(&f.quota.Burst, "tenant-burst", 0, "per tenant: requests at once above --tenant-rate (default 2 x rate)")
+	fl.IntVar(&f.caps.MaxVCPUs, "max-sandbox-vcpus", 4, "vCPUs of one sandbox at most")
+	fl.IntVar(&f.caps.MaxMemoryMiB, "max-sandbox-memory", 8192, "MiB of memory of one sandbox at most")
+	fl.IntVar(&f.caps.MaxDiskMiB, "max-sandbox-disk", 16384, "MiB of disk of one sandbox at most")
+	fl.StringSliceVar(&f.caps.Shapes, "shape", api.DefaultShapes, "sandbox shapes offered, VCPUSxMEMORY_MIB (each has its own snapshots); the default shape is always offered")
 	return cmd
+}
+
+// fromFile takes the config file's [serve] settings for every flag the
+// command line left alone.
+func (f *serveFlags) fromFile(cmd *cobra.Command, c serveConfig) error {
+	unset := func(name string) bool { return !cmd.Flags().Changed(name) }
+	if c.Listen != "" && unset("listen") {
+		f.listen = c.Listen
+	}
+	if len(c.Pools) > 0 && unset("pool") {
+		f.poolRanges = c.Pools
+	}
+	for _, o := range []struct {
+		flag string
+		set  bool
+		do   func()
+	}{
+		{"max-vms", c.MaxVMs != 0, func() { f.maxVMs = c.MaxVMs }},
+		{"queue", c.Queue != 0, func() { f.queue = c.Queue }},
+		{"queue-wait", c.QueueWait != 0, func() { f.queueWait = c.QueueWait }},
+		{"max-timeout", c.MaxTimeout != 0, func() { f.maxTimeout = c.MaxTimeout }},
+		{"idle-hibernate", c.IdleHibernate != 0, func() { f.idleHibernate = c.IdleHibernate }},
+		{"max-body", c.MaxBody != 0, func() { f.maxBody = c.MaxBody }},
+		{"shutdown-grace", c.ShutdownGrace != 0, func() { f.grace = c.ShutdownGrace }},
+	} {
+		if o.set && unset(o.flag) {
+			o.do()
+		}
+	}
+	f.maxOutput = c.MaxOutput
+	return nil
 }
 
 // parsePools parses "python=2,go=1..4".
@@ -87,15 +160,21 @@ func parsePools(s string) (map[string]sandbox.PoolRange, error) {
 }
 
 func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
-	pools, err := parsePools(f.pools)
-	if err != nil {
-		return err
+	pools := f.poolRanges
+	if pools == nil {
+		var err error
+		if pools, err = parsePools(f.pools); err != nil {
+			return err
+		}
 	}
-	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, ShutdownGrace: f.grace}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, MaxOutput: f.maxOutput, ShutdownGrace: f.grace,
+		RequireKey: f.requireKey, MaxConns: f.maxConns, BodyTimeout: f.bodyTimeout, AllowedHosts: f.allowedHosts,
+		AllowedOrigins: f.allowedOrigin, Quota: f.quota, Caps: f.caps}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
-	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate, Pools: pools}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate,
+		HibernatedTTL: f.hibernatedTTL, Pools: pools}
 	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}

@@ -111,7 +111,11 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
 	}
 	if c.CgroupParent != "" {
-		lim := c.limits(agentproto.Limits{})
+		// The runtime and what it keeps (a code interpreter's contexts)
+		// may use what the user's cgroup allows; each run forked from it
+		// gets its own limits when it moves into its exec's cgroup.
+		max := orDefault(c.Max, agentproto.MaxLimits)
+		lim := c.limits(agentproto.Limits{MemoryBytes: max.MemoryBytes, Procs: max.Procs})
 		cg, err := newCgroup(filepath.Join(c.CgroupParent, "prewarm"), lim)
 		if err == nil { // the server lives as long as the VM: its cgroup too
 			cmd.SysProcAttr.UseCgroupFD = true

@@ -65,10 +65,10 @@ func (s *Server) handleProcesses(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"processes": list})
 }
 
-// handleConnect streams a running process's output (NDJSON or SSE, as
+// handleProcessStream streams a running process's output (NDJSON or SSE, as
 // exec/stream does) until it exits; ?replay=1 sends what it wrote
 // recently first. Leaving does not stop the process.
-func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleProcessStream(w http.ResponseWriter, r *http.Request) {
 	pid, err := pidOf(r)
 	if err != nil {
 		s.writeError(w, r, err)

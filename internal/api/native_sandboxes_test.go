@@ -15,9 +15,9 @@ import (
 	"github.com/firesandbox/firesandbox/internal/vmm/vmmfake"
 )
 
-// fakeServer serves the API over the fake VMM driver: the whole sandbox
+// fakeSandboxServer serves the API over the fake VMM driver: the whole sandbox
 // lifecycle through HTTP, without VMs.
-func fakeServer(t *testing.T, sc sandbox.ServiceConfig) (*sandbox.Service, *httptest.Server) {
+func fakeSandboxServer(t *testing.T, sc sandbox.ServiceConfig) (*sandbox.Service, *httptest.Server) {
 	t.Helper()
 	d := vmmfake.New()
 	mgr, err := sandbox.New(sandbox.Config{DataDir: testutil.FakeDataDir(t, "python"), RunDir: t.TempDir()}, sandbox.WithDriver(d))
@@ -46,7 +46,7 @@ func fakeServer(t *testing.T, sc sandbox.ServiceConfig) (*sandbox.Service, *http
 }
 
 func TestSandboxAPILifecycle(t *testing.T) {
-	_, hs := fakeServer(t, sandbox.ServiceConfig{MaxForks: 3})
+	_, hs := fakeSandboxServer(t, sandbox.ServiceConfig{MaxForks: 3})
 	json := "application/json"
 	r := do(t, hs, "POST", "/v1/sandboxes", json, `{"language":"python","disk_mib":64,"lifetime_s":600,"on_timeout":"pause",
 		"idle_timeout_s":120,"metadata":{"team":"a","run":"1"}}`)
@@ -149,7 +149,7 @@ func TestSandboxAPILifecycle(t *testing.T) {
 // Past the memory budget a create answers 503 and names the limit; a
 // changed kernel makes a fork answer 409 and keeps the sandbox.
 func TestSandboxAPIRefusals(t *testing.T) {
-	svc, hs := fakeServer(t, sandbox.ServiceConfig{MemoryBudgetMiB: 2 * (512 + 64)})
+	svc, hs := fakeSandboxServer(t, sandbox.ServiceConfig{MemoryBudgetMiB: 2 * (512 + 64)})
 	json := "application/json"
 	var ids []string
 	for range 2 {

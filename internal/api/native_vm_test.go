@@ -45,8 +45,8 @@ func followStream(ctx context.Context, t *testing.T, url string, out chan<- stri
 	}
 }
 
-// waitFor reads chunks until their concatenation contains want.
-func waitFor(t *testing.T, what string, ch <-chan string, want string) {
+// waitOutput reads chunks until their concatenation contains want.
+func waitOutput(t *testing.T, what string, ch <-chan string, want string) {
 	t.Helper()
 	got := ""
 	deadline := time.After(2 * time.Minute)
@@ -95,11 +95,11 @@ func TestSandboxProcessesAndFilesOnVMs(t *testing.T) {
 	pid := itoa(started.PID)
 	out, res := make(chan string, 64), make(chan map[string]any, 1)
 	go followStream(ctx, t, s.url+base+"/processes/"+pid+"/stream?replay=1", out, res)
-	waitFor(t, "replayed output", out, "ready")
+	waitOutput(t, "replayed output", out, "ready")
 	if st := s.call("POST", base+"/processes/"+pid+"/stdin", `{"data":"1\n"}`, nil); st != 204 {
 		t.Fatalf("stdin: %d", st)
 	}
-	waitFor(t, "the process's answer", out, "got 42")
+	waitOutput(t, "the process's answer", out, "got 42")
 	var procs struct{ Processes []struct{ PID int } }
 	if st := s.call("GET", base+"/processes", "", &procs); st != 200 || len(procs.Processes) == 0 {
 		t.Fatalf("processes: %d %+v", st, procs)
@@ -117,13 +117,13 @@ func TestSandboxProcessesAndFilesOnVMs(t *testing.T) {
 	if st := s.call("POST", child+"/processes/"+pid+"/stdin", `{"data":"100\n"}`, nil); st != 204 {
 		t.Fatalf("stdin in the child: %d", st)
 	}
-	waitFor(t, "the child's process", cout, "got 141")
+	waitOutput(t, "the child's process", cout, "got 141")
 	// The fork cut the parent's stream; connect again and use it.
 	out = make(chan string, 64)
 	go followStream(ctx, t, s.url+base+"/processes/"+pid+"/stream", out, res)
 	time.Sleep(500 * time.Millisecond)
 	s.call("POST", base+"/processes/"+pid+"/stdin", `{"data":"2\n"}`, nil)
-	waitFor(t, "the parent's process after the fork", out, "got 43")
+	waitOutput(t, "the parent's process after the fork", out, "got 43")
 	if st := s.call("POST", base+"/processes/"+pid+"/signal", `{"signal":"SIGTERM"}`, nil); st != 204 {
 		t.Fatalf("signal: %d", st)
 	}
@@ -163,8 +163,8 @@ func TestSandboxProcessesAndFilesOnVMs(t *testing.T) {
 	}()
 	ws.Write(ctx, websocket.MessageText, []byte(`{"type":"resize","cols":120,"rows":40}`))
 	ws.Write(ctx, websocket.MessageBinary, []byte("echo hi-$((6*7)); stty size\n"))
-	waitFor(t, "the terminal", term, "hi-42")
-	waitFor(t, "the terminal's size", term, "40 120")
+	waitOutput(t, "the terminal", term, "hi-42")
+	waitOutput(t, "the terminal's size", term, "40 120")
 	ws.Write(ctx, websocket.MessageBinary, []byte("exit\n"))
 	select {
 	case <-exit:
@@ -210,13 +210,13 @@ func TestSandboxProcessesAndFilesOnVMs(t *testing.T) {
 			events <- sc.Text()
 		}
 	}()
-	waitFor(t, "the watch", events, `"ready"`)
+	waitOutput(t, "the watch", events, `"ready"`)
 	s.call("POST", base+"/exec", `{"command":"echo x > w/new.txt"}`, nil)
-	waitFor(t, "a create event", events, `{"name":"new.txt","op":"create"}`)
+	waitOutput(t, "a create event", events, `{"name":"new.txt","op":"create"}`)
 	if st := s.call("DELETE", base+"/files?path=w/new.txt", "", nil); st != 204 {
 		t.Fatalf("remove: %d", st)
 	}
-	waitFor(t, "a remove event", events, `{"name":"new.txt","op":"remove"}`)
+	waitOutput(t, "a remove event", events, `{"name":"new.txt","op":"remove"}`)
 	if st := s.call("DELETE", base+"/files?path=w&recursive=1", "", nil); st != 204 {
 		t.Fatalf("recursive remove: %d", st)
 	}

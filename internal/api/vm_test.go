@@ -108,8 +108,7 @@ func (s *vmServer) call(method, path, body string, out any) int {
 
 // vmsIn counts QEMU processes and VM run directories under runDir.
 func vmsIn(runDir string) (procs, dirs int) {
-	out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+runDir).Output()
-	procs = len(strings.Fields(string(out)))
+	procs = testutil.VMMProcesses()
 	ents, _ := os.ReadDir(runDir)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), "vm-") {

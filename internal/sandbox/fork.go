@@ -58,15 +58,34 @@ func (s *Sandboxes) Fork(ctx context.Context, tenant, id string, req ForkRequest
 	if err != nil {
 		return nil, fmt.Errorf("fork %s: %w", id, err)
 	}
-	// Memory for every child, up front: all of them fit, or none starts.
-	var releases []func()
+	// Every child is a new sandbox, admitted as a create is (the tenant's
+	// quotas), with its memory, up front: all of them fit, or none starts.
+	kids := make([]state.Sandbox, req.Count)
+	var admits, releases []func()
+	defer func() {
+		for _, a := range admits {
+			a()
+		}
+	}()
 	releaseAll := func() {
 		for _, r := range releases {
 			r()
 		}
 	}
-	for range req.Count {
-		r, err := s.reserve(t.Shape.MemoryMiB)
+	for i := range kids {
+		kids[i] = state.Sandbox{
+			ID: newSandboxID(), Tenant: parent.Tenant, Language: parent.Language, Version: parent.Version,
+			VCPUs: parent.VCPUs, MemoryMiB: parent.MemoryMiB, DiskMiB: parent.DiskMiB, IdleTimeout: parent.IdleTimeout,
+			Metadata: parent.Metadata, Env: parent.Env, OnTimeout: parent.OnTimeout, Network: parent.Network,
+			Parent: parent.ID,
+		}
+		a, err := s.admitted(ctx, opCreate, kids[i])
+		if err != nil {
+			releaseAll()
+			return nil, fmt.Errorf("fork %s into %d: %w", id, req.Count, err)
+		}
+		admits = append(admits, a)
+		r, err := s.reserve(ctx, t.Shape.MemoryMiB)
 		if err != nil {
 			releaseAll()
 			return nil, fmt.Errorf("fork %s into %d: %w", id, req.Count, err)
@@ -89,7 +108,7 @@ func (s *Sandboxes) Fork(ctx context.Context, tenant, id string, req ForkRequest
 		return nil, err
 	}
 	took := time.Since(start)
-	kids, err := s.startChildren(ctx, parent, t, saved, releases, lifetime)
+	kids, err = s.startChildren(ctx, parent.ID, kids, t, saved, releases, lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -139,18 +158,13 @@ func (s *Sandboxes) saveParent(ctx context.Context, id string, t *Template, dir 
 
 // startChildren restores one child per reservation from the fork saved,
 // a few at once. If any fails, the others are deleted again.
-func (s *Sandboxes) startChildren(ctx context.Context, parent state.Sandbox, t *Template, saved ForkSnapshot, releases []func(), lifetime time.Duration) ([]state.Sandbox, error) {
-	kids := make([]state.Sandbox, len(releases))
-	errs := make([]error, len(releases))
+func (s *Sandboxes) startChildren(ctx context.Context, parent string, kids []state.Sandbox, t *Template, saved ForkSnapshot, releases []func(), lifetime time.Duration) ([]state.Sandbox, error) {
+	errs := make([]error, len(kids))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, max(runtime.NumCPU(), 1))
 	for i, release := range releases {
-		child := state.Sandbox{
-			ID: newSandboxID(), Tenant: parent.Tenant, Language: parent.Language, Version: parent.Version,
-			VCPUs: parent.VCPUs, MemoryMiB: parent.MemoryMiB, DiskMiB: parent.DiskMiB, IdleTimeout: parent.IdleTimeout,
-			Metadata: parent.Metadata, Env: parent.Env, OnTimeout: parent.OnTimeout, Network: parent.Network,
-			Parent: parent.ID, ExpiresAt: s.now().Add(lifetime),
-		}
+		child := kids[i]
+		child.ExpiresAt = s.now().Add(lifetime)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -173,5 +187,5 @@ func (s *Sandboxes) startChildren(ctx context.Context, parent state.Sandbox, t *
 			}
 		}
 	}
-	return nil, fmt.Errorf("fork %s: %w", parent.ID, err)
+	return nil, fmt.Errorf("fork %s: %w", parent, err)
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -20,6 +19,8 @@ import (
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 	"github.com/firesandbox/firesandbox/languages"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	NoPrewarm bool `json:"no_prewarm"`
 	// Snapshots says which pulled snapshots to trust (signing keys).
 	Snapshots snapshot.Config `json:"snapshots"`
+	// VMM configures the drivers (the config file's [qemu] and
+	// [firecracker] sections); Driver and Accel above override its own.
+	VMM drivers.Config `json:"vmm"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
@@ -121,8 +125,8 @@ type Manager struct {
 	images    *image.Store
 	snapshots *snapshot.Store
 
-	driverMu sync.Mutex // held while the driver is chosen: it may boot a probe VM
-	driver   vmm.Driver
+	driver  vmm.Driver       // injected by WithDriver, else chosen by drivers
+	drivers *drivers.Chooser // chooses once, safely for concurrent callers
 
 	tmpl templates
 	pools
@@ -161,6 +165,13 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	for _, o := range opts {
 		o(m)
 	}
+	dopts := []drivers.Option{drivers.WithLogger(m.log), drivers.WithAccelCache(cfg.DataDir)}
+	if m.driver != nil {
+		dopts = append(dopts, drivers.WithDriver(m.driver))
+	}
+	if m.drivers, err = drivers.New(cfg.vmmConfig(), dopts...); err != nil {
+		return nil, err
+	}
 	m.sweep()
 	return m, nil
 }
@@ -177,8 +188,6 @@ func (m *Manager) Config() Config { return m.cfg }
 // vmmDriver returns the VMM driver, choosing it once: concurrent first
 // callers wait for one choice (and at most one KVM probe).
 func (m *Manager) vmmDriver(ctx context.Context, k *guestkernel.Kernel, img *image.Image) (vmm.Driver, error) {
-	m.driverMu.Lock()
-	defer m.driverMu.Unlock()
 	return m.Driver(ctx, k, img)
 }
 
@@ -199,8 +208,8 @@ func (m *Manager) claim(id string) (string, error) {
 	return p, os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0o600)
 }
 
-// sweep removes run directories and RAM files of VMs whose owner died.
-// Their QEMU processes died with the owner (parent-death signal).
+// sweep removes run directories and RAM files of VMs whose owner died,
+// and kills their VMMs where those outlived it.
 func (m *Manager) sweep() {
 	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
 	for _, o := range owners {
@@ -214,8 +223,14 @@ func (m *Manager) sweep() {
 		}
 		id := filepath.Base(o)
 		m.log.Info("sweeping leftovers of dead VM", "vm", id)
-		os.RemoveAll(filepath.Join(m.cfg.RunDir, id))
-		os.Remove(filepath.Join("/dev/shm", "firesandbox-"+id+".ram"))
+		// Kills its VMM if that very process still runs (Firecracker has
+		// no parent-death signal), and removes its RAM file, jail and
+		// run dir.
+		if killed, err := vmmproc.Sweep(filepath.Join(m.cfg.RunDir, id)); err != nil {
+			m.log.Warn("sweep", "vm", id, "err", err)
+		} else if killed {
+			m.log.Info("killed the VMM of a dead VM", "vm", id)
+		}
 		// Its writable disk and packed mounts: without the VM's memory a
 		// disk cannot be resumed (serve marks such a sandbox lost).
 		disk.RemoveVM(m.disksDir(), id)

@@ -117,10 +117,6 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if err != nil {
 		return state.Sandbox{}, err
 	}
-	t, err := s.mgr.Template(ctx, e, shape)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
 	idle := req.IdleTimeout
 	if idle == 0 {
 		idle = s.cfg.IdleTimeout
@@ -131,7 +127,16 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
 	}
 	sb.ExpiresAt = s.now().Add(lifetime)
-	release, err := s.reserve(shape.MemoryMiB)
+	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	defer admitted()
+	t, err := s.mgr.Template(ctx, e, shape)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	release, err := s.reserve(ctx, shape.MemoryMiB)
 	if err != nil {
 		return state.Sandbox{}, err
 	}
@@ -200,12 +205,28 @@ func (s *Sandboxes) lifetime(d time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// reserve takes the memory a live VM of memMiB needs.
-func (s *Sandboxes) reserve(memMiB int) (func(), error) {
-	if s.mem == nil {
-		return func() {}, nil
+// reserve admits one more live VM of memMiB guest memory: its memory in
+// the budget and its place in the VM gate (a tenant's quota). The caller
+// keeps release for as long as the VM lives.
+func (s *Sandboxes) reserve(ctx context.Context, memMiB int) (func(), error) {
+	rel := func() {}
+	if s.vms != nil {
+		r, err := s.vms.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rel = r
 	}
-	return s.mem.Reserve(memMiB)
+	if s.mem != nil {
+		r, err := s.mem.Reserve(memMiB)
+		if err != nil {
+			rel()
+			return nil, err
+		}
+		prev := rel
+		rel = func() { r(); prev() }
+	}
+	return rel, nil
 }
 
 // Hibernate pauses a running sandbox: memory and device state are saved
@@ -213,8 +234,16 @@ func (s *Sandboxes) reserve(memMiB int) (func(), error) {
 // lifetime stops too (a paused sandbox does not time out); a resume gives
 // it a new one. Pausing a paused sandbox does nothing.
 func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.Sandbox, error) {
-	if _, err := s.Get(ctx, tenant, id); err != nil {
+	sb, err := s.Get(ctx, tenant, id)
+	if err != nil {
 		return state.Sandbox{}, err
+	}
+	if sb.State == state.Running {
+		admitted, err := s.admitted(ctx, opHibernate, sb)
+		if err != nil {
+			return state.Sandbox{}, err
+		}
+		defer admitted()
 	}
 	b, err := s.boxFor(id)
 	if err != nil {
@@ -370,7 +399,12 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
-	release, err := s.reserve(t.Shape.MemoryMiB)
+	admitted, err := s.admitted(ctx, opResume, sb)
+	if err != nil {
+		return err
+	}
+	defer admitted()
+	release, err := s.reserve(ctx, t.Shape.MemoryMiB)
 	if err != nil {
 		return err
 	}

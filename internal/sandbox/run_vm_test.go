@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -67,8 +66,8 @@ func noLeftovers(t *testing.T, m *Manager) {
 	if len(owners) != 0 {
 		t.Errorf("%d VM ownership records left behind", len(owners))
 	}
-	if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+m.cfg.RunDir).Output(); len(out) > 0 {
-		t.Errorf("qemu processes left running: %s", out)
+	if n := testutil.VMMProcesses(); n > 0 {
+		t.Errorf("%d VMM processes left running", n)
 	}
 }
 

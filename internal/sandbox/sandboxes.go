@@ -41,6 +41,9 @@ type SandboxesConfig struct {
 	Timeout, MaxTimeout time.Duration
 	// MaxForks bounds the children of one fork; default DefaultMaxForks.
 	MaxForks int
+	// HibernatedTTL, if set, deletes sandboxes that stayed hibernated this
+	// long (counted from when they were hibernated).
+	HibernatedTTL time.Duration
 }
 
 // Defaults of SandboxesConfig.
@@ -65,6 +68,12 @@ func (c *SandboxesConfig) setDefaults() {
 	}
 }
 
+// AdmitFunc is asked before an operation that takes room on the server
+// ("create", "resume", or a client's "hibernate"), with the sandbox's
+// record (its tenant and shape); an error refuses the operation, and
+// release is called once it has ended. See SetAdmission.
+type AdmitFunc func(ctx context.Context, op string, sb state.Sandbox) (release func(), err error)
+
 // Sandboxes owns the long-lived sandboxes: their persisted records (the
 // truth about each one's state) and the live VMs of the running ones.
 // Operations on one sandbox are serialised against create, hibernate,
@@ -87,9 +96,12 @@ type Sandboxes struct {
 	db   *state.DB
 	cfg  SandboxesConfig
 	gate Gate          // work slots, for execs; nil: unbounded
+	vms  Gate          // held by each live VM, e.g. a tenant's VM quota; nil: none
 	mem  *MemoryBudget // live VMs; nil: unbounded
 	log  *slog.Logger
 	now  func() time.Time
+
+	admit AdmitFunc // nil: everything is admitted
 
 	mu     sync.Mutex
 	boxes  map[string]*box
@@ -227,6 +239,31 @@ func (s *Sandboxes) sweep() {
 			os.RemoveAll(filepath.Join(s.cfg.Dir, e.Name(), snapshotDirName+".tmp"))
 		}
 	}
+}
+
+// SetAdmission installs a server's policy before it serves: vms, if not
+// nil, is held by each live VM (its Acquire gets the caller's context, so
+// it may count per tenant; it must not take work slots: live sandboxes do
+// not hold those, see Unbounded), and admit decides on operations
+// (per-tenant quotas, allowed shapes).
+func (s *Sandboxes) SetAdmission(vms Gate, admit AdmitFunc) {
+	s.vms = vms
+	s.admit = admit
+}
+
+// Unbounded is a Gate that always admits.
+var Unbounded Gate = unbounded{}
+
+type unbounded struct{}
+
+func (unbounded) Acquire(context.Context) (func(), error) { return func() {}, nil }
+
+// admitted asks the admission policy about op on sb.
+func (s *Sandboxes) admitted(ctx context.Context, o op, sb state.Sandbox) (func(), error) {
+	if s.admit == nil {
+		return func() {}, nil
+	}
+	return s.admit(ctx, string(o), sb)
 }
 
 func (s *Sandboxes) dirOf(id string) string  { return filepath.Join(s.cfg.Dir, id) }

@@ -42,6 +42,9 @@ type ServiceConfig struct {
 	// IdleHibernate hibernates sandboxes unused this long by default; zero
 	// never (sandboxes may still set their own).
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
+	// HibernatedTTL deletes sandboxes hibernated for this long; zero
+	// keeps them until deleted.
+	HibernatedTTL time.Duration `json:"hibernated_ttl" toml:"hibernated_ttl"`
 	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
 	Pools map[string]PoolRange `json:"pools" toml:"pools"`
 }
@@ -70,7 +73,7 @@ func (c *ServiceConfig) setDefaults(mgr *Manager) {
 
 // Validate checks a ServiceConfig.
 func (c *ServiceConfig) Validate() error {
-	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.MemoryBudgetMiB < 0 ||
+	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.HibernatedTTL < 0 || c.MemoryBudgetMiB < 0 ||
 		c.SandboxTimeout < 0 || c.MaxSandboxTimeout < 0 || c.MaxForks < 0 {
 		return fmt.Errorf("%w: limits must not be negative", ErrBadRequest)
 	}
@@ -123,7 +126,7 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait),
 		Memory: NewMemoryBudget(cfg.MemoryBudgetMiB)}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
-		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate,
+		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
 		Timeout: cfg.SandboxTimeout, MaxTimeout: cfg.MaxSandboxTimeout, MaxForks: cfg.MaxForks,
 	}, svc.Limiter, svc.Memory, log.With("component", "sandboxes"))
 	if err != nil {

@@ -111,13 +111,9 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 	if err != nil {
 		return nil, err
 	}
-	ver, err := d.Version(ctx)
-	if err != nil {
-		return nil, err
-	}
 	t := &Template{Entry: e, Shape: shape, Kernel: k, Image: img, Layers: layers, Driver: d}
 	t.Spec = snapshot.Spec{
-		Language: img.Language, Driver: d.Name(), DriverVersion: ver, Machine: accelOf(d),
+		Language: img.Language, Driver: d.Name(), DriverVersion: d.Version(), Machine: d.Capabilities().Accel,
 		KernelID: k.ID(), ImageID: img.ID,
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, AgentProtocol: agentproto.ProtocolVersion,
 	}
@@ -165,16 +161,6 @@ func (m *Manager) probeBoot(ctx context.Context, d vmm.Driver, k *guestkernel.Ke
 		return err
 	}
 	return vm.Close()
-}
-
-// accelOf is the accelerator a driver's machines run on ("kvm", "tcg"),
-// part of a snapshot's Spec: saved CPU state does not move between them.
-func accelOf(d vmm.Driver) string {
-	type acceler interface{ Accel() string }
-	if a, ok := d.(acceler); ok {
-		return a.Accel()
-	}
-	return ""
 }
 
 // machineConfig is the configuration of one VM of t: the base plus its id,

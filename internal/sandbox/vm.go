@@ -273,7 +273,7 @@ func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) er
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
-		if vm.Machine.Wait(ctx) == nil {
+		if err := vm.Machine.Wait(ctx); err == nil || errors.Is(err, vmm.ErrExited) {
 			cancel() // the VMM exited: stop waiting for a Hello
 		}
 	}()

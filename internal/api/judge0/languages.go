@@ -67,16 +67,17 @@ var languageIDs = map[string]struct {
 	"groovy":     {"Groovy (%s)", []int{88}},
 	"dart":       {"Dart (%s)", []int{90}},
 	// Not in Judge0 CE.
-	"awk":     {"AWK (GNU Awk %s)", []int{1001}},
-	"crystal": {"Crystal (%s)", []int{1002}},
-	"jq":      {"jq (%s)", []int{1003}},
-	"nim":     {"Nim (%s)", []int{1004}},
-	"scheme":  {"Scheme (Guile %s)", []int{1005}},
-	"tcl":     {"Tcl (%s)", []int{1006}},
-	"bun":     {"TypeScript (Bun %s)", []int{1007}},
-	"deno":    {"TypeScript (Deno %s)", []int{1008}},
-	"julia":   {"Julia (%s)", []int{1009}},
-	"zig":     {"Zig (%s)", []int{1010}},
+	"awk":              {"AWK (GNU Awk %s)", []int{1001}},
+	"crystal":          {"Crystal (%s)", []int{1002}},
+	"jq":               {"jq (%s)", []int{1003}},
+	"nim":              {"Nim (%s)", []int{1004}},
+	"scheme":           {"Scheme (Guile %s)", []int{1005}},
+	"tcl":              {"Tcl (%s)", []int{1006}},
+	"bun":              {"TypeScript (Bun %s)", []int{1007}},
+	"deno":             {"TypeScript (Deno %s)", []int{1008}},
+	"julia":            {"Julia (%s)", []int{1009}},
+	"zig":              {"Zig (%s)", []int{1010}},
+	"code-interpreter": {"Python (%s, numpy, pandas, matplotlib)", []int{1011}},
 }
 
 // language is a Judge0 id resolved against the catalog: what the id

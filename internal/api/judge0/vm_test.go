@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -210,12 +209,12 @@ int main(int argc, char **argv) {
 	e.close()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+runDir).Output()
-		if len(strings.Fields(string(out))) == 0 {
+		n := testutil.VMMProcesses()
+		if n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("QEMU processes left under %s: %s", runDir, out)
+			t.Fatalf("%d QEMU processes left (run dir %s)", n, runDir)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

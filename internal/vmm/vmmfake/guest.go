@@ -30,7 +30,10 @@ type ExecFunc func(ctx context.Context, g *Guest, req agentproto.ExecRequest, st
 //	env                 print the environment, one entry a line
 //	identity            print the identity the last Resync set
 //
-// Anything else exits 127.
+// Anything else exits 127. An ExecFunc reads the exec's stdin with Stdin.
+// Stdin requests reach an exec started with OpenStdin; a signal request
+// other than SIGCONT, SIGSTOP, SIGTSTP or SIGWINCH ends the exec, whose
+// result then says it was killed by that signal.
 type Guest struct {
 	m    *Machine
 	exec ExecFunc
@@ -38,6 +41,7 @@ type Guest struct {
 	mu       sync.Mutex
 	identity string
 	running  map[uint32]context.CancelFunc
+	procs    map[int]*fakeProc        // running execs by pid
 	acks     map[uint32]chan struct{} // downloads in flight
 }
 
@@ -94,6 +98,7 @@ func (g *Guest) Serve(conn net.Conn) {
 		return
 	}
 	g.running = map[uint32]context.CancelFunc{}
+	g.procs = map[int]*fakeProc{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := agentproto.NewWriter(conn)
@@ -126,12 +131,18 @@ func (g *Guest) Serve(conn net.Conn) {
 			if err = agentproto.DecodeJSON(f, &req); err != nil {
 				break
 			}
-			ectx, ecancel := context.WithCancel(ctx)
+			pid := 1000 + int(req.ID)
+			ectx, ecause := context.WithCancelCause(ctx)
+			ecancel := func() { ecause(context.Canceled) }
+			p := &fakeProc{cancel: ecause, stdin: newFakeStdin(req.Stdin, req.OpenStdin), open: req.OpenStdin}
+			context.AfterFunc(ectx, p.stdin.close) // a reader blocked on stdin ends with the exec
+			ectx = context.WithValue(ectx, stdinKey{}, p.stdin)
 			g.mu.Lock()
 			g.running[req.ID] = ecancel
+			g.procs[pid] = p
 			g.mu.Unlock()
 			// As the agent does: Started (with a pid) before any output.
-			if err = w.WriteJSON(agentproto.MsgStarted, agentproto.Started{ID: req.ID, PID: 1000 + int(req.ID)}); err != nil {
+			if err = w.WriteJSON(agentproto.MsgStarted, agentproto.Started{ID: req.ID, PID: pid}); err != nil {
 				ecancel()
 				break
 			}
@@ -140,8 +151,12 @@ func (g *Guest) Serve(conn net.Conn) {
 				defer wg.Done()
 				defer ecancel()
 				res := g.run(ectx, req, w)
+				if sig, ok := context.Cause(ectx).(signalCause); ok {
+					res = agentproto.ExitResult{Code: -1, Signal: string(sig), Status: agentproto.StatusSignal, WallMillis: res.WallMillis}
+				}
 				g.mu.Lock()
 				delete(g.running, req.ID)
+				delete(g.procs, pid)
 				g.mu.Unlock()
 				res.ID = req.ID
 				_ = w.WriteJSON(agentproto.MsgExit, res)
@@ -154,6 +169,33 @@ func (g *Guest) Serve(conn net.Conn) {
 					c()
 				}
 				g.mu.Unlock()
+			}
+		case agentproto.MsgStdin:
+			var r agentproto.StdinRequest
+			if err = agentproto.DecodeJSON(f, &r); err == nil {
+				p, msg, code := g.proc(r.PID)
+				switch {
+				case p != nil && !p.open:
+					msg, code = "stdin is not open", agentproto.CodeInvalid
+				case p != nil && !p.stdin.write(r.Data, r.Close):
+					msg, code = "stdin is closed", agentproto.CodeInvalid
+				}
+				err = g.reply(w, r.ID, msg, code)
+			}
+		case agentproto.MsgSignal:
+			var r agentproto.SignalRequest
+			if err = agentproto.DecodeJSON(f, &r); err == nil {
+				p, msg, code := g.proc(r.PID)
+				if verr := r.Validate(); verr != nil {
+					msg, code = verr.Error(), agentproto.CodeInvalid
+				} else if p != nil {
+					switch r.Signal {
+					case "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGWINCH": // the fake's programs do not stop
+					default:
+						p.cancel(signalCause(r.Signal))
+					}
+				}
+				err = g.reply(w, r.ID, msg, code)
 			}
 		case agentproto.MsgWriteFiles:
 			var r agentproto.WriteFilesRequest
@@ -207,6 +249,98 @@ func (g *Guest) Serve(conn net.Conn) {
 			return
 		}
 	}
+}
+
+// fakeProc is a running exec, as stdin and signal requests see it.
+type fakeProc struct {
+	cancel context.CancelCauseFunc
+	stdin  *fakeStdin
+	open   bool // started with OpenStdin
+}
+
+// signalCause ends an exec's context when a signal kills it.
+type signalCause agentproto.Signal
+
+func (s signalCause) Error() string { return "killed by " + string(s) }
+
+// proc finds a running exec by pid, or says why not, as the agent would.
+func (g *Guest) proc(pid int) (*fakeProc, string, agentproto.ErrorCode) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p := g.procs[pid]; p != nil {
+		return p, "", ""
+	}
+	return nil, fmt.Sprintf("pid %d: no such process", pid), agentproto.CodeNotFound
+}
+
+// reply acknowledges request id, or fails it with msg.
+func (g *Guest) reply(w *agentproto.Writer, id uint32, msg string, code agentproto.ErrorCode) error {
+	if msg != "" {
+		return w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: msg, Code: code})
+	}
+	return w.WriteJSON(agentproto.MsgAck, agentproto.Ack{ID: id})
+}
+
+type stdinKey struct{}
+
+// Stdin is the stdin of the exec whose context ctx is (an ExecFunc's):
+// the request's Stdin, then, for an exec with OpenStdin, what stdin
+// requests write, until one closes it. It reads EOF once stdin is closed
+// or the exec ends.
+func Stdin(ctx context.Context) io.Reader {
+	if s, ok := ctx.Value(stdinKey{}).(*fakeStdin); ok {
+		return s
+	}
+	return strings.NewReader("")
+}
+
+// fakeStdin is an exec's stdin: a buffer that blocks its reader until
+// data comes or it is closed.
+type fakeStdin struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	buf    []byte
+	closed bool
+}
+
+func newFakeStdin(initial []byte, open bool) *fakeStdin {
+	s := &fakeStdin{buf: append([]byte(nil), initial...), closed: !open}
+	s.cond = sync.NewCond(&s.mu)
+	return s
+}
+
+func (s *fakeStdin) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.buf) == 0 && !s.closed {
+		s.cond.Wait()
+	}
+	if len(s.buf) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
+}
+
+// write appends data and closes stdin if closeIt; false if it was closed.
+func (s *fakeStdin) write(data []byte, closeIt bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.buf = append(s.buf, data...)
+	s.closed = closeIt
+	s.cond.Broadcast()
+	return true
+}
+
+func (s *fakeStdin) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
 }
 
 func (g *Guest) hello() agentproto.Hello {

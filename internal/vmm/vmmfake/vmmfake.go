@@ -61,7 +61,7 @@ func New() *Driver {
 func (d *Driver) Name() string { return d.NameValue }
 
 // Version implements vmm.Driver.
-func (d *Driver) Version(context.Context) (string, error) { return d.VersionValue, nil }
+func (d *Driver) Version() string { return d.VersionValue }
 
 // Capabilities implements vmm.Driver.
 func (d *Driver) Capabilities() vmm.Capabilities { return d.Caps }
