@@ -33,6 +33,19 @@
 //	POST   /v1/sandboxes/{id}/resume         restore it; optional {"timeout_s": N}: its new lifetime
 //	POST   /v1/sandboxes/{id}/timeout        {"timeout_s": N}: the sandbox ends N s from now
 //	POST   /v1/sandboxes/{id}/fork           {"count": N}: N running copies (memory, processes, files)
+//	GET    /v1/sandboxes/{id}/processes      the agent's processes ("background": true in exec answers {"pid": N})
+//	GET    /v1/sandboxes/{id}/processes/{pid}/stream   its output again (NDJSON or SSE; ?replay=1), then its end
+//	GET    /v1/sandboxes/{id}/processes/{pid}/ws       the same over WebSocket, with stdin and control messages
+//	POST   /v1/sandboxes/{id}/processes/{pid}/stdin    {"data": "...", "encoding": "base64"?, "close": bool}
+//	POST   /v1/sandboxes/{id}/processes/{pid}/signal   {"signal": "SIGTERM"}
+//	POST   /v1/sandboxes/{id}/processes/{pid}/resize   {"cols": C, "rows": R}
+//	GET    /v1/sandboxes/{id}/pty?cols=&rows=&cmd=     a terminal over WebSocket (see native_processes.go)
+//	GET    /v1/sandboxes/{id}/files/stat?path=P        one file
+//	GET    /v1/sandboxes/{id}/files/list?path=P&depth=N
+//	POST   /v1/sandboxes/{id}/files/mkdir    {"path", "parents"}
+//	POST   /v1/sandboxes/{id}/files/move     {"from", "to"}
+//	DELETE /v1/sandboxes/{id}/files?path=P&recursive=1
+//	GET    /v1/sandboxes/{id}/files/watch?path=P&recursive=1   changes, streamed (NDJSON or SSE)
 //
 // Sandbox lifetimes: a create's lifetime_s (default 300) is its timeout;
 // at the end it is killed, or paused with "on_timeout": "pause". A paused
