@@ -46,15 +46,15 @@
 //	POST   /v1/sandboxes/{id}/files/move     {"from", "to"}
 //	DELETE /v1/sandboxes/{id}/files?path=P&recursive=1
 //	GET    /v1/sandboxes/{id}/files/watch?path=P&recursive=1   changes, streamed (NDJSON or SSE)
+//	GET    /api/v2/runtimes                  Piston: installed runtimes
+//	POST   /api/v2/execute                   Piston: run, Piston's result shape
+//	GET    /api/v2/connect                   Piston: interactive run over a WebSocket (piston_ws.go)
 //
 // Sandbox lifetimes: a create's lifetime_s (default 300) is its timeout;
 // at the end it is killed, or paused with "on_timeout": "pause". A paused
 // sandbox does not time out; a resume starts a new lifetime. The create's
 // idle_timeout_s (first named timeout_s, still accepted) pauses it after
 // that long unused, transparently: the next call resumes it.
-//	GET    /api/v2/runtimes                  Piston: installed runtimes
-//	POST   /api/v2/execute                   Piston: run, Piston's result shape
-//	GET    /api/v2/connect                   Piston: interactive run over a WebSocket (piston_ws.go)
 //
 // When an API key is configured every endpoint but /healthz needs it, as
 // "Authorization: Bearer KEY" or "X-API-Key: KEY".

@@ -349,4 +349,3 @@ func wsCommand(ctl sandbox.Control, msg []byte) error {
 	}
 	return fmt.Errorf("%w: control message type %q: want stdin, resize, eof or signal", sandbox.ErrBadRequest, m.Type)
 }
-
