@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps build install kernel image test-images test test-unit test-cluster bench clean minio test-languages test-adversarial fuzz
+.PHONY: all setup deps test-deps build install kernel image test-images test test-unit test-cluster bench clean minio test-languages test-adversarial fuzz
 
 all: build
 
@@ -29,6 +29,9 @@ setup: deps build install kernel image
 
 deps:
 	scripts/install-deps.sh
+
+test-deps: ## deps, plus what the tests need (PostgreSQL, HAProxy, Node.js)
+	scripts/install-deps.sh --test
 
 build: bin/firesandbox bin/firesandbox-agent
 
