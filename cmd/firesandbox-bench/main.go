@@ -32,9 +32,12 @@ func main() {
 	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
 	sandboxesOnly := flag.Bool("sandboxes-only", false, "only measure long-lived sandboxes (create, fork, pause, resume, disk)")
 	sandboxRuns := flag.Int("sandbox-runs", 3, "runs per row of the sandbox table")
+	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	flag.Parse()
 	var err error
 	switch {
+	case *forwardingOnly:
+		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
 	case *sandboxesOnly:
 		var mgr *sandbox.Manager
 		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
@@ -188,6 +191,9 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		return err
 	}
 	if err := sandboxTable(ctx, mgr, lang, sandboxRuns); err != nil {
+		return err
+	}
+	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

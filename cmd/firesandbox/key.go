@@ -37,6 +37,9 @@ key (snapshots.trusted_keys in the configuration, or --trusted-key), or it
 refuses them.`,
 	}
 
+	cmd.PersistentFlags().StringVar(&g.cluster, "cluster", os.Getenv("FIRESANDBOX_CLUSTER"),
+		"API keys and quotas: those of the cluster whose directory this is (postgres://…), not of <data-dir>/state.db ($FIRESANDBOX_CLUSTER)")
+
 	var out string
 	generate := &cobra.Command{
 		Use:   "generate",

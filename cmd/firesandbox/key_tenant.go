@@ -9,14 +9,25 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/state"
 	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/spf13/cobra"
 )
 
-// withKeys opens the tenant store of the data directory's state database
-// (the one serve uses: it sees changes at once).
-func withKeys(g *globalFlags, fn func(ctx context.Context, s *tenant.Store) error) error {
+// withKeys opens the key store serve uses: the shared directory of a
+// cluster (--cluster), else the data directory's state database. Either
+// way a running serve sees changes at once.
+func withKeys(g *globalFlags, fn func(ctx context.Context, s tenant.KeyStore) error) error {
+	ctx := context.Background()
+	if g.cluster != "" {
+		d, err := cluster.OpenDirectory(ctx, cluster.DirectoryConfig{URL: g.cluster, TTL: 10 * time.Second})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return fn(ctx, cluster.NewKeys(d))
+	}
 	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return err
 	}
@@ -29,7 +40,7 @@ func withKeys(g *globalFlags, fn func(ctx context.Context, s *tenant.Store) erro
 	if err != nil {
 		return err
 	}
-	return fn(context.Background(), s)
+	return fn(ctx, s)
 }
 
 func parseTenant(name string) (string, error) {
@@ -61,7 +72,7 @@ the single --api-key and key-less loopback requests act for.`,
 			if err != nil {
 				return err
 			}
-			return withKeys(g, func(ctx context.Context, s *tenant.Store) error {
+			return withKeys(g, func(ctx context.Context, s tenant.KeyStore) error {
 				secret, k, err := s.CreateKey(ctx, t, label)
 				if err != nil {
 					return err
@@ -91,7 +102,7 @@ func newKeyLsCmd(g *globalFlags) *cobra.Command {
 					return err
 				}
 			}
-			return withKeys(g, func(ctx context.Context, s *tenant.Store) error {
+			return withKeys(g, func(ctx context.Context, s tenant.KeyStore) error {
 				keys, err := s.Keys(ctx, t, all)
 				if err != nil {
 					return err
@@ -119,7 +130,7 @@ func newKeyRmCmd(g *globalFlags) *cobra.Command {
 		Short: "Remove API keys; requests with them fail from then on",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withKeys(g, func(ctx context.Context, s *tenant.Store) error {
+			return withKeys(g, func(ctx context.Context, s tenant.KeyStore) error {
 				for _, ref := range args {
 					k, err := s.RemoveKey(ctx, ref)
 					if err != nil {
@@ -158,7 +169,7 @@ change within 2 seconds.`,
 			if err != nil {
 				return err
 			}
-			return withKeys(g, func(ctx context.Context, s *tenant.Store) error {
+			return withKeys(g, func(ctx context.Context, s tenant.KeyStore) error {
 				cur, err := s.Quota(ctx, t)
 				if err != nil {
 					return err

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
@@ -36,6 +37,7 @@ type serveFlags struct {
 	allowedOrigin []string
 	quota         tenant.Quota
 	caps          api.ShapeCaps
+	cluster       clusterFlags
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -70,6 +72,7 @@ hibernates running sandboxes and stops its pools.`,
   FIRESANDBOX_API_KEY=secret firesandbox serve --listen 0.0.0.0:7070 --pool python=2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.cluster.fromFile(cmd, g.file.Cluster)
 			if err := f.fromFile(cmd, g.file.Serve); err != nil {
 				return err
 			}
@@ -104,6 +107,7 @@ hibernates running sandboxes and stops its pools.`,
 	fl.IntVar(&f.caps.MaxMemoryMiB, "max-sandbox-memory", 8192, "MiB of memory of one sandbox at most")
 	fl.IntVar(&f.caps.MaxDiskMiB, "max-sandbox-disk", 16384, "MiB of disk of one sandbox at most")
 	fl.StringSliceVar(&f.caps.Shapes, "shape", api.DefaultShapes, "sandbox shapes offered, VCPUSxMEMORY_MIB (each has its own snapshots); the default shape is always offered")
+	f.cluster.register(fl)
 	return cmd
 }
 
@@ -188,16 +192,47 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	var opened atomic.Pointer[sandbox.Service] // for the node's load reports, once open
+	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs, func() int {
+		if s := opened.Load(); s != nil {
+			return s.Limiter.Stats().InUse
+		}
+		return 0
+	})
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		scfg.Directory = node
+		// Last, after the sandboxes were hibernated into S3: hand them over.
+		defer func() {
+			if cerr := node.Close(context.Background()); cerr != nil {
+				fmt.Fprintf(os.Stderr, "firesandbox: leave cluster: %v\n", cerr)
+			}
+		}()
+	}
 	svc, err := sandbox.OpenService(mgr, scfg, log)
 	if err != nil {
 		return err
 	}
+	opened.Store(svc)
 	defer func() {
 		if cerr := svc.Close(context.Background()); cerr != nil {
 			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
 		}
 	}()
-	srv, err := api.Open(cfg, svc, api.WithLogger(log))
+	apiOpts := []api.Option{api.WithLogger(log)}
+	if node != nil {
+		if err := node.Attach(ctx, svc.Sandboxes); err != nil {
+			return err
+		}
+		shared, err := clusterShared(ctx, node)
+		if err != nil {
+			return err
+		}
+		apiOpts = append(append(apiOpts, clusterOuter(node, svc)), shared...)
+	}
+	srv, err := api.Open(cfg, svc, apiOpts...)
 	if err != nil {
 		return err
 	}
@@ -211,7 +246,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 		return errors.Join(err, srv.Shutdown(context.Background()))
 	}
 	defer os.Remove(g.socketPath())
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2%s)\n", ln.Addr(), g.socketPath(), describeNode(node))
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- srv.Serve(uln) }()
@@ -219,6 +254,11 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "firesandbox: shutting down: finishing runs, hibernating sandboxes")
+	}
+	if node != nil { // no new sandboxes here; the balancer sees /healthz fail
+		if derr := node.Drain(context.Background()); derr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: drain: %v\n", derr)
+		}
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {

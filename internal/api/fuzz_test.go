@@ -114,8 +114,13 @@ func FuzzPaths(f *testing.F) {
 		}
 		if agentproto.ValidateMountDir(p) == nil && !strings.HasPrefix(p+"/", "/tmp/") {
 			arg := "fs.mounts=vdb@" + p
-			if f := strings.Fields(arg); len(f) != 1 || f[0] != arg || strings.ContainsAny(p, ",@\"") || !utf8.ValidString(p) {
+			if f := strings.Fields(arg); len(f) != 1 || f[0] != arg || strings.ContainsAny(p, ",\"") || !utf8.ValidString(p) {
 				t.Fatalf("guest path %q accepted, and it splits the command line into %q", p, f)
+			}
+			// And the agent reads back exactly this one mount.
+			b, err := agentproto.ParseBoot("fs.channel=vsock:1 fs.root=r " + arg)
+			if err != nil || len(b.Mounts) != 1 || b.Mounts[0].Disk != "vdb" || b.Mounts[0].Dir != p {
+				t.Fatalf("guest path %q accepted, and the agent reads %+v (%v)", p, b.Mounts, err)
 			}
 			for _, sys := range []string{"/proc", "/sys", "/dev"} {
 				if p == sys || strings.HasPrefix(p, sys+"/") {

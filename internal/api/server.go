@@ -19,6 +19,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/api/e2b"
 	"github.com/firesandbox/firesandbox/internal/api/judge0"
+	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/pool"
@@ -171,12 +172,16 @@ type Server struct {
 	e2b    *e2b.Handler
 	met    *metrics
 	log    *slog.Logger
-	keys   *tenant.Store
+	keys   tenant.KeyStore
 	auth   *tenant.Authenticator
 	quotas *tenant.Quotas
 	// selfAuth matches requests whose handler authenticates them itself
 	// (E2B's data plane, by each sandbox's access token).
 	selfAuth func(*http.Request) bool
+	// outer, if set, wraps the handler (WithOuter).
+	outer func(http.Handler) http.Handler
+	// e2bSecret, if set, keys E2B's access tokens (WithE2BSecret).
+	e2bSecret []byte
 
 	http       *http.Server
 	handler    http.Handler
@@ -203,6 +208,20 @@ func WithSelfAuthenticated(match func(*http.Request) bool) Option {
 	return func(s *Server) { s.selfAuth = match }
 }
 
+// WithE2BSecret keys E2B's sandbox access tokens with secret instead of
+// the one beside the state database: a cluster's hosts share one, so a
+// token one host issued is good on the host a sandbox moves to.
+func WithE2BSecret(secret []byte) Option { return func(s *Server) { s.e2bSecret = secret } }
+
+// WithKeyStore keeps API keys and quota overrides in ks instead of the
+// state database: a cluster's shared directory (cluster.Keys).
+func WithKeyStore(ks tenant.KeyStore) Option { return func(s *Server) { s.keys = ks } }
+
+// WithOuter wraps the whole API in h, outside every middleware: a
+// cluster's router (cluster.Node.Handler) forwards requests for sandboxes
+// other hosts own before this host authenticates or reads them.
+func WithOuter(h func(http.Handler) http.Handler) Option { return func(s *Server) { s.outer = h } }
+
 // Open returns a Server over svc, ready to Serve. Shutdown stops the
 // HTTP side; svc stays the caller's to close afterwards.
 func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
@@ -216,8 +235,10 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	var err error
-	if s.keys, err = tenant.OpenStore(svc.DB.SQL()); err != nil {
-		return nil, err
+	if s.keys == nil {
+		if s.keys, err = tenant.OpenStore(svc.DB.SQL()); err != nil {
+			return nil, err
+		}
 	}
 	s.auth = tenant.NewAuthenticator(s.keys, cfg.APIKey)
 	s.quotas = tenant.NewQuotas(cfg.Quota, s.keys, s.usageOf)
@@ -234,6 +255,9 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
+	if s.outer != nil {
+		s.handler = s.outer(s.handler)
+	}
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -442,6 +466,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "incompatible_snapshot"
 	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
+	case errors.Is(err, cluster.ErrFull):
+		return http.StatusServiceUnavailable, "cluster_full"
+	case errors.Is(err, cluster.ErrUnavailable), errors.Is(err, cluster.ErrFenced):
+		return http.StatusServiceUnavailable, "cluster_unavailable"
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(err, pool.ErrClosed):
 		return http.StatusServiceUnavailable, "shutting_down"
 	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, vmm.ErrUnavailable):

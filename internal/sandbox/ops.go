@@ -158,9 +158,17 @@ func (s *Sandboxes) launch(ctx context.Context, sb state.Sandbox, release func()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if s.cfg.Directory != nil {
+		if err := s.cfg.Directory.Admit(ctx, sb); err != nil {
+			release()
+			s.forget(sb.ID)
+			return state.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+		}
+	}
 	fail := func(err error) (state.Sandbox, error) {
 		release()
 		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
 		os.RemoveAll(s.dirOf(sb.ID))
 		if rerr := s.db.Remove(context.WithoutCancel(ctx), sb.ID); rerr != nil {
 			return state.Sandbox{}, errors.Join(fmt.Errorf("create sandbox: %w", err), rerr)
@@ -170,6 +178,7 @@ func (s *Sandboxes) launch(ctx context.Context, sb state.Sandbox, release func()
 	if err := s.db.Create(ctx, sb); err != nil {
 		release()
 		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
 		return state.Sandbox{}, err
 	}
 	if err := os.MkdirAll(s.dirOf(sb.ID), 0o700); err != nil {
@@ -189,9 +198,18 @@ func (s *Sandboxes) launch(ctx context.Context, sb state.Sandbox, release func()
 	}
 	b.vm, b.release = vm, release
 	b.lastUsed.Store(s.now().UnixNano())
+	s.changed(ctx, sb.ID)
 	s.log.Info("sandbox created", "op", "create", "sandbox", sb.ID, "language", sb.Language, "parent", sb.Parent,
 		"vm", vm.Machine.ID(), "restored", vm.Restored, "ready", vm.Ready)
 	return s.db.Get(ctx, sb.ID)
+}
+
+// abandoned tells the directory, if any, that a create it admitted failed.
+func (s *Sandboxes) abandoned(ctx context.Context, sb state.Sandbox) {
+	if s.cfg.Directory != nil {
+		sb.State = state.Deleted
+		s.cfg.Directory.Changed(context.WithoutCancel(ctx), sb)
+	}
 }
 
 // lifetime checks a requested lifetime; zero means the default.
@@ -284,7 +302,8 @@ func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) erro
 	// a half-written snapshot is worth nothing.
 	ctx = context.WithoutCancel(ctx)
 	start := time.Now()
-	return s.transition(ctx, id, opHibernate, func(ctx context.Context) (state.Change, error) {
+	spec := b.vm.Template.Spec
+	err = s.transition(ctx, id, opHibernate, func(ctx context.Context) (state.Change, error) {
 		final := filepath.Join(s.dirOf(id), snapshotDirName)
 		tmp := final + ".tmp"
 		os.RemoveAll(tmp)
@@ -311,6 +330,19 @@ func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) erro
 		s.log.Info("sandbox hibernated", "op", "hibernate", "sandbox", id, "took", time.Since(start))
 		return state.Change{SnapshotDir: &final, Bump: true}, nil
 	})
+	if err == nil && s.cfg.Directory != nil {
+		if sb, gerr := s.db.Get(ctx, id); gerr == nil {
+			spec.DiskMiB = sb.DiskMiB
+			disk := ""
+			if sb.DiskMiB > 0 {
+				disk = s.diskOf(id)
+			}
+			if herr := s.cfg.Directory.Hibernated(ctx, sb, spec, sb.SnapshotDir, disk); herr != nil {
+				s.log.Warn("hibernation kept on this host only", "op", "hibernate", "sandbox", id, "err", herr)
+			}
+		}
+	}
+	return err
 }
 
 // liveVM checks that a sandbox the record says is running has its VM in
@@ -327,6 +359,7 @@ func (s *Sandboxes) liveVM(ctx context.Context, sb state.Sandbox, b *box) error 
 	if err := s.db.Transition(context.WithoutCancel(ctx), sb.ID, state.Change{To: state.Lost, Reason: reason}, state.Running); err != nil {
 		return err
 	}
+	s.changed(ctx, sb.ID)
 	return fmt.Errorf("%w: sandbox %s: %s", ErrSandboxLost, sb.ID, reason)
 }
 

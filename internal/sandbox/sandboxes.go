@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,9 @@ type SandboxesConfig struct {
 	// HibernatedTTL, if set, deletes sandboxes that stayed hibernated this
 	// long (counted from when they were hibernated).
 	HibernatedTTL time.Duration
+	// Directory, if set, is told of every change (many hosts); nil keeps
+	// the sandboxes to this host.
+	Directory Directory
 }
 
 // Defaults of SandboxesConfig.
@@ -313,14 +317,20 @@ type ListFilter struct {
 
 // List returns tenant's sandboxes that are not deleted, oldest first.
 func (s *Sandboxes) List(ctx context.Context, tenant string, f ListFilter) ([]state.Sandbox, error) {
-	all, err := s.db.List(ctx, f.States...)
+	var all []state.Sandbox
+	var err error
+	if s.cfg.Directory != nil { // every host's
+		all, err = s.cfg.Directory.List(ctx, tenant)
+	} else {
+		all, err = s.db.List(ctx, f.States...)
+	}
 	if err != nil {
 		return nil, err
 	}
 	out := all[:0]
 outer:
 	for _, sb := range all {
-		if sb.Tenant != tenant || sb.State == state.Deleted {
+		if sb.Tenant != tenant || sb.State == state.Deleted || (len(f.States) > 0 && !slices.Contains(f.States, sb.State)) {
 			continue
 		}
 		for k, v := range f.Metadata {

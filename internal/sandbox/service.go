@@ -47,6 +47,9 @@ type ServiceConfig struct {
 	HibernatedTTL time.Duration `json:"hibernated_ttl" toml:"hibernated_ttl"`
 	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
 	Pools map[string]PoolRange `json:"pools" toml:"pools"`
+	// Directory, if set, shares the sandboxes with other hosts (see
+	// SandboxesConfig.Directory).
+	Directory Directory `json:"-" toml:"-"`
 }
 
 func (c *ServiceConfig) setDefaults(mgr *Manager) {
@@ -128,6 +131,7 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
 		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
 		Timeout: cfg.SandboxTimeout, MaxTimeout: cfg.MaxSandboxTimeout, MaxForks: cfg.MaxForks,
+		Directory: cfg.Directory,
 	}, svc.Limiter, svc.Memory, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()

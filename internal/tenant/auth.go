@@ -9,14 +9,14 @@ import (
 // Authenticator maps a presented key to its tenant: the server's single
 // legacy key (if set) is Default's, any other must be in the Store.
 type Authenticator struct {
-	store     *Store
+	store     KeyStore
 	legacy    [sha256.Size]byte
 	hasLegacy bool
 }
 
 // NewAuthenticator checks keys against store (nil: none) and the single
 // legacy key (empty: none).
-func NewAuthenticator(store *Store, legacy string) *Authenticator {
+func NewAuthenticator(store KeyStore, legacy string) *Authenticator {
 	a := &Authenticator{store: store}
 	if legacy != "" {
 		a.legacy, a.hasLegacy = sha256.Sum256([]byte(legacy)), true

@@ -118,7 +118,7 @@ type Gate interface {
 // process's; sandboxes are counted from the UsageFunc.
 type Quotas struct {
 	def   Quota
-	store *Store // nil: the default for everyone
+	store KeyStore // nil: the default for everyone
 	usage UsageFunc
 	now   func() time.Time
 
@@ -148,7 +148,7 @@ const quotaTTL = 2 * time.Second
 
 // NewQuotas enforces def for every tenant, overridden per tenant by store
 // (nil: none); usage (nil: none) counts a tenant's sandboxes.
-func NewQuotas(def Quota, store *Store, usage UsageFunc) *Quotas {
+func NewQuotas(def Quota, store KeyStore, usage UsageFunc) *Quotas {
 	return &Quotas{def: def, store: store, usage: usage, now: time.Now, tenants: map[string]*tenantState{}}
 }
 

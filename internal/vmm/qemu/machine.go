@@ -345,9 +345,9 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 		a = append(a, "-bios", d.cfg.BIOS)
 	}
 	if d.cfg.Accel == AccelKVM {
-		a = append(a, "-accel", "kvm", "-cpu", "host")
+		a = append(a, "-accel", "kvm", "-cpu", d.cpuModel())
 	} else {
-		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", d.cfg.TBSizeMiB))
+		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", d.cfg.TBSizeMiB), "-cpu", d.cpuModel())
 	}
 	for i, disk := range cfg.Disks {
 		flag := os.O_RDWR
