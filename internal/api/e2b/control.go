@@ -38,7 +38,8 @@ func (h *Handler) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /sandboxes/{id}/connect", h.connect)
 	mux.HandleFunc("POST /v2/sandboxes/{id}/connect", h.connect)
 	mux.HandleFunc("PUT /sandboxes/{id}/network", h.updateNetwork)
-	for _, p := range []string{"POST /sandboxes/{id}/fork", "GET /sandboxes/{id}/metrics", "GET /sandboxes/metrics",
+	mux.HandleFunc("POST /sandboxes/{id}/fork", h.fork)
+	for _, p := range []string{"GET /sandboxes/{id}/metrics", "GET /sandboxes/metrics",
 		"POST /sandboxes/{id}/snapshots", "GET /snapshots", "GET /sandboxes/{id}/logs", "GET /v2/sandboxes/{id}/logs"} {
 		mux.HandleFunc(p, h.unsupported)
 	}
@@ -379,6 +380,59 @@ func (h *Handler) setLifetime(r *http.Request, sec int64, extendOnly bool) error
 	}
 	_, err = h.deps.Sandboxes.SetTimeout(r.Context(), sb.Tenant, sb.ID, d)
 	return err
+}
+
+// forkIn is E2B's fork request: timeout (seconds) and count (1-100).
+type forkIn struct {
+	Timeout *int64 `json:"timeout"`
+	Count   *int   `json:"count"`
+}
+
+// forkResult is one entry of E2B's fork answer: a sandbox or an error.
+type forkResult struct {
+	Sandbox *created  `json:"sandbox,omitempty"`
+	Error   *apiError `json:"error,omitempty"`
+}
+
+// fork makes count children of a running (or paused) sandbox, each with
+// its memory, files and processes. Ours are all-or-nothing, so either
+// every entry is a sandbox or the request fails as a whole.
+func (h *Handler) fork(w http.ResponseWriter, r *http.Request) {
+	var in forkIn
+	if err := decode(r, &in); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	count := 1
+	if in.Count != nil {
+		count = *in.Count
+	}
+	if count < 1 || count > 100 {
+		h.fail(w, r, badRequest("count %d: want 1-100", count))
+		return
+	}
+	life, err := h.lifetime(in.Timeout)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	sb, err := h.lookup(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	kids, err := h.deps.Sandboxes.Fork(r.Context(), sb.Tenant, sb.ID, sandbox.ForkRequest{Count: count, Timeout: life})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := make([]forkResult, len(kids))
+	for i, k := range kids {
+		c := h.createdOf(k)
+		out[i] = forkResult{Sandbox: &c}
+	}
+	h.log.Info("e2b sandbox forked", "op", "fork", "sandbox", sb.ID, "children", len(kids))
+	writeJSON(w, http.StatusCreated, out)
 }
 
 func (h *Handler) pause(w http.ResponseWriter, r *http.Request) {

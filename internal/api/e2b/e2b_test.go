@@ -355,8 +355,48 @@ func TestAutoPauseAndUnsupported(t *testing.T) {
 			t.Errorf("%s: %d %s", body, r.status, r.body)
 		}
 	}
-	if r := f.do("POST", "/sandboxes/"+c.SandboxID+"/fork", "acme", nil, nil); r.status != 501 {
-		t.Errorf("fork: %d %s", r.status, r.body)
+}
+
+func TestFork(t *testing.T) {
+	f := newFixture(t)
+	c := f.create("acme", map[string]any{"templateID": "python"})
+	if r := f.do("POST", "/sandboxes/"+c.SandboxID+"/fork", "other", strings.NewReader(`{"count":1}`), nil); r.status != 404 || r.code(t) != 404 {
+		t.Fatalf("fork by another tenant: %d %s", r.status, r.body)
+	}
+	for _, bad := range []string{`{"count":0}`, `{"count":101}`, `{"count":1,"timeout":-1}`} {
+		if r := f.do("POST", "/sandboxes/"+c.SandboxID+"/fork", "acme", strings.NewReader(bad), nil); r.status != 400 || r.code(t) != 400 {
+			t.Errorf("fork %s: %d %s", bad, r.status, r.body)
+		}
+	}
+	r := f.do("POST", "/sandboxes/"+c.SandboxID+"/fork", "acme", strings.NewReader(`{"count":2,"timeout":60}`), nil)
+	var out []struct {
+		Sandbox *created
+		Error   *apiError
+	}
+	if r.status != 201 {
+		t.Fatalf("fork: %d %s", r.status, r.body)
+	}
+	r.json(t, &out)
+	if len(out) != 2 {
+		t.Fatalf("fork of 2 answered %d entries: %s", len(out), r.body)
+	}
+	seen := map[string]bool{c.SandboxID: true}
+	for _, e := range out {
+		if e.Error != nil || e.Sandbox == nil || seen[e.Sandbox.SandboxID] || e.Sandbox.EnvdAccessToken == "" || e.Sandbox.EnvdVersion != EnvdVersion {
+			t.Fatalf("fork entry %+v (%s)", e, r.body)
+		}
+		seen[e.Sandbox.SandboxID] = true
+		var d detail
+		if g := f.do("GET", "/sandboxes/"+e.Sandbox.SandboxID, "acme", nil, nil); g.status != 200 {
+			t.Fatalf("child %s: %d %s", e.Sandbox.SandboxID, g.status, g.body)
+		} else if g.json(t, &d); d.State != "running" {
+			t.Fatalf("child state %q", d.State)
+		}
+	}
+	var parent detail
+	f.do("GET", "/sandboxes/"+c.SandboxID, "acme", nil, nil).json(t, &parent)
+	if parent.State != "running" {
+		t.Fatalf("the parent is %q after the fork", parent.State)
 	}
 }
 
