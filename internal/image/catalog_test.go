@@ -143,7 +143,7 @@ func TestParseEntryRejects(t *testing.T) {
 		},
 		"no packages": {
 			"ruby.toml", strings.Replace(langTOML("ruby", "3.1"), `["ruby-interp"]`, `[]`, 1),
-			[]string{"packages is empty"},
+			[]string{"packages, npm and oci are all empty"},
 		},
 		"missing test program": {
 			"ruby.toml", strings.Replace(langTOML("ruby", "3.1"), `code = "print(1)"`, ``, 1),
