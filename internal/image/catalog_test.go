@@ -45,7 +45,7 @@ func TestEmbeddedCatalog(t *testing.T) {
 			t.Errorf("%s: %v", e.Name, err)
 		}
 		if e.Unavailable != "" {
-			if _, err := c.Lookup(e.Name, ""); err == nil {
+			if _, err := c.Lookup(e.Name, e.Version); err == nil {
 				t.Errorf("%s is unavailable but Lookup returns it", e.Name)
 			}
 			continue
