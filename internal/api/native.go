@@ -238,16 +238,24 @@ func (s *Server) runWithSlot(ctx context.Context, api string, req sandbox.RunReq
 }
 
 // installed finds a language that can run here: in the catalog and with
-// its image built.
+// its image built. Of the versions the selector matches, the best one
+// that is built wins, as Piston picks among its installed runtimes.
 func (s *Server) installed(language, version string) (*image.Entry, error) {
-	e, err := s.mgr.Catalog().Lookup(language, version)
+	es, err := s.mgr.Catalog().Match(language, version)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.mgr.Images().ForEntry(e, s.mgr.Config().ImageFormat); err != nil {
-		return nil, err
+	var first error
+	for _, e := range es {
+		_, err := s.mgr.Images().ForEntry(e, s.mgr.Config().ImageFormat)
+		if err == nil {
+			return e, nil
+		}
+		if first == nil {
+			first = err
+		}
 	}
-	return e, nil
+	return nil, first
 }
 
 // ---- /v1/languages ----
@@ -324,7 +332,7 @@ func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, error) {
 		return sandbox.RunRequest{}, err
 	}
 	return sandbox.RunRequest{
-		Language: e.Name, Version: in.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
+		Language: e.Name, Version: e.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
 		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e),
 	}, nil
 }
