@@ -13,7 +13,7 @@ import (
 // want is every language the catalog must list, available or with the
 // reason it is not.
 var want = []string{
-	"awk", "bash", "bun", "c", "clojure", "cobol", "cpp", "crystal", "d", "dart",
+	"awk", "bash", "bun", "c", "clojure", "code-interpreter", "cobol", "cpp", "crystal", "d", "dart",
 	"deno", "dotnet", "elixir", "erlang", "fortran", "go", "groovy", "haskell",
 	"java", "jq", "julia", "kotlin", "lisp", "lua", "nasm", "nasm64", "nim", "nodejs",
 	"ocaml", "octave", "pascal", "perl", "php", "prolog", "python", "r", "ruby",

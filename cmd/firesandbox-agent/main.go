@@ -50,6 +50,7 @@ func hostMain() int {
 	root := fs.String("root", "", "chroot commands into this directory")
 	uid := fs.Int("uid", -1, "run commands as this uid (and gid); -1 keeps the agent's")
 	cgroup := fs.String("cgroup", "", "cgroup v2 directory to create per-exec cgroups in")
+	confine := fs.Bool("confine", false, "start commands under no_new_privs and the agent's seccomp filter")
 	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: firesandbox-agent [-listen PATH | -stdio] [flags]\n\n"+
@@ -65,7 +66,7 @@ func hostMain() int {
 		return 0
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	srv := agent.NewServer(agent.Config{Root: *root, UID: *uid, GID: *uid, CgroupParent: *cgroup, Version: buildinfo.String()}, log)
+	srv := agent.NewServer(agent.Config{Root: *root, UID: *uid, GID: *uid, CgroupParent: *cgroup, Confine: *confine, Version: buildinfo.String()}, log)
 	ctx := context.Background()
 	switch {
 	case *stdio:

@@ -30,9 +30,12 @@ func main() {
 	dataDir := flag.String("data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory")
 	lang := flag.String("language", "python", "language to measure")
 	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
+	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	flag.Parse()
 	var err error
-	if *formatsOnly {
+	if *forwardingOnly {
+		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
+	} else if *formatsOnly {
 		var mgr *sandbox.Manager
 		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
 			err = formatTable(context.Background(), mgr)
@@ -138,7 +141,7 @@ func run(dataDir, lang string, n, clones int) error {
 		plainReady.add(r.Ready)
 		plainFirst.add(r.Total)
 	}
-	if err := mgr.StartPool(ctx, lang, 1, true /* warm */); err != nil {
+	if err := mgr.StartPool(ctx, lang, sandbox.PoolRange{Min: 1, Max: 1}, true /* warm */); err != nil {
 		return err
 	}
 	p := mgr.Pool(e.Name)
@@ -155,7 +158,7 @@ func run(dataDir, lang string, n, clones int) error {
 		}
 		poolFirst.add(r.Total)
 	}
-	mgr.StartPool(ctx, lang, 0, false)
+	mgr.StartPool(ctx, lang, sandbox.PoolRange{}, false)
 
 	fmt.Println("\nTime to the program's result (includes starting the VM and running the test program).")
 	fmt.Println("\"snapshot restore\" and the pool use the prewarmed runtime where the language has one:")
@@ -176,6 +179,9 @@ func run(dataDir, lang string, n, clones int) error {
 		return err
 	}
 	if err := memoryTable(ctx, mgr, e, clones); err != nil {
+		return err
+	}
+	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

@@ -18,7 +18,6 @@ import (
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
-	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
 )
 
 // outcome is how one language's check ended.
@@ -133,10 +132,7 @@ func accelerator(ctx context.Context, mgr *sandbox.Manager) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		if q, ok := d.(*qemu.Driver); ok {
-			return q.Accel(), nil
-		}
-		return "kvm", nil
+		return d.Capabilities().Accel, nil
 	}
 	return "", errors.New("no image is built to probe the accelerator with: build one (make image) or give -slowdown")
 }

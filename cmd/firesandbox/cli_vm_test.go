@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/firesandbox/firesandbox/internal/testutil"
 )
@@ -95,4 +96,85 @@ func TestCLIErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sharedDataDir is a data directory of the test's own (its state.db and
+// sandboxes are private) that borrows the fixtures' kernel, images and
+// snapshots.
+func sharedDataDir(t *testing.T, fx *testutil.VMFixtures) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, sub := range []string{"kernels", "images", "snapshots", "accel.json"} {
+		if err := os.Symlink(filepath.Join(fx.DataDir, sub), filepath.Join(dir, sub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// The sandbox commands work the same with and without a serve: without
+// one each command runs the service itself and hibernates the sandbox at
+// its end; with one they go through its unix socket.
+func TestCLISandbox(t *testing.T) {
+	fx := testutil.RequireVMs(t)
+	bin := buildCLI(t)
+	t.Setenv("FIRESANDBOX_ACCEL", fx.Accel)
+	data := sharedDataDir(t, fx)
+	t.Setenv("FIRESANDBOX_RUN", filepath.Join(t.TempDir(), "run"))
+
+	flow := func(t *testing.T, wantState string) {
+		r := runCLI(t, bin, data, "", "sandbox", "create", "python", "--env", "WHO=cli")
+		id := strings.TrimSpace(r.stdout)
+		if r.code != 0 || !strings.HasPrefix(id, "sb-") {
+			t.Fatalf("create: %+v", r)
+		}
+		defer runCLI(t, bin, data, "", "sandbox", "rm", id)
+		r = runCLI(t, bin, data, "", "sandbox", "exec", id, "echo $WHO > who.txt; echo out; echo err >&2; exit 3")
+		if r.stdout != "out\n" || r.stderr != "err\n" || r.code != 3 {
+			t.Fatalf("exec: %+v", r)
+		}
+		local := filepath.Join(t.TempDir(), "in.txt")
+		os.WriteFile(local, []byte("from the host\n"), 0o644)
+		if r = runCLI(t, bin, data, "", "sandbox", "cp", local, id+":sub/in.txt"); r.code != 0 {
+			t.Fatalf("cp in: %+v", r)
+		}
+		r = runCLI(t, bin, data, "", "sandbox", "exec", id, "--", "cat", "who.txt", "sub/in.txt")
+		if r.stdout != "cli\nfrom the host\n" || r.code != 0 {
+			t.Fatalf("files after more commands: %+v", r)
+		}
+		if r = runCLI(t, bin, data, "", "sandbox", "cp", id+":who.txt", "-"); r.stdout != "cli\n" {
+			t.Fatalf("cp out: %+v", r)
+		}
+		r = runCLI(t, bin, data, "", "sandbox", "ls")
+		if r.code != 0 || !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, wantState) {
+			t.Fatalf("ls: want %s %s: %+v", id, wantState, r)
+		}
+		if r = runCLI(t, bin, data, "", "sandbox", "exec", "sb-0000000000000000", "true"); r.code != exitInternal || !strings.Contains(r.stderr, "no such sandbox") {
+			t.Fatalf("exec in an unknown sandbox: %+v", r)
+		}
+	}
+	t.Run("in-process", func(t *testing.T) { flow(t, "hibernated") })
+	t.Run("through serve", func(t *testing.T) {
+		srv := exec.Command(bin, "--data-dir", data, "serve", "--listen", "127.0.0.1:0", "--pool", "")
+		var logb bytes.Buffer
+		srv.Stderr = &logb
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			srv.Process.Signal(os.Interrupt)
+			srv.Wait()
+		}()
+		sock := (&globalFlags{dataDir: data, runDir: os.Getenv("FIRESANDBOX_RUN")}).socketPath()
+		for i := 0; ; i++ {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if i > 100 {
+				t.Fatalf("serve did not open %s: %s", sock, logb.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		flow(t, "running")
+	})
 }

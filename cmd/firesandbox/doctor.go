@@ -2,18 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
-	"github.com/firesandbox/firesandbox/internal/sandbox"
-	"github.com/firesandbox/firesandbox/internal/vmm/firecracker"
-	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
 	"github.com/spf13/cobra"
 )
 
@@ -22,13 +16,13 @@ func newDoctorCmd(g *globalFlags) *cobra.Command {
 		Use:   "doctor",
 		Short: "Check this host: which drivers can run, and what is missing",
 		Long: `Check, for each VMM driver, whether it can run VMs on this host and why
-not (binary, version, KVM, cgroups, permissions), which driver and
-accelerator ` + "`firesandbox run`" + ` will use, and whether the kernel and images are
-prepared. Exits 1 if no driver is usable.`,
+not (binary, version, KVM, cgroups, permissions, confinement), which driver
+and accelerator ` + "`firesandbox run`" + ` will use, what confines the VMM, and
+whether the kernel and images are prepared. Every problem is listed at
+once. Exits 1 if the chosen driver is not usable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ok := doctor(cmd.Context(), g)
-			if !ok {
+			if !doctor(cmd.Context(), g) {
 				return exitError{code: 1}
 			}
 			return nil
@@ -43,23 +37,29 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 			p("    %s %s", prefix, it)
 		}
 	}
-
-	qd := qemuDiagnosis(ctx)
-	fd := firecracker.Diagnose(ctx, firecracker.Config{})
-	for _, d := range []firecracker.Diagnosis{fd, qd} {
+	ch, err := drivers.New(g.vmmConfig(), drivers.WithAccelCache(g.dataDir))
+	if err != nil {
+		p("configuration: %v", err)
+		return false
+	}
+	dg := ch.Diagnose(ctx)
+	list("config:", dg.Problems)
+	for _, d := range dg.Drivers {
 		state := "usable"
 		if !d.Usable {
 			state = "NOT usable"
 		}
 		p("%s: %s", d.Driver, state)
 		list("-", d.Problems)
+		list("!", d.Warnings)
 		list("·", d.Notes)
 	}
-
-	pick := sandbox.ResolveDriver(g.driver, fd.Usable)
-	p("run will use: %s (--driver %s)", pick, g.driver)
-	if pick == "qemu" {
-		p("    accelerator: %s", accelStatus(g))
+	p("run will use: %s (--driver %s)", orNone(dg.Chosen), dg.Configured)
+	if dg.Chosen != "" {
+		p("    accelerator: %s: %s", orNone(dg.Accel), dg.AccelReason)
+	}
+	for _, w := range dg.Warnings {
+		p("WARNING: %s", w)
 	}
 
 	if k, err := guestkernel.Load(g.dataDir); err != nil {
@@ -76,40 +76,12 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 		}
 		p("images: %s", strings.Join(names, ", "))
 	}
-	return (pick == "qemu" && qd.Usable) || (pick == "firecracker" && fd.Usable)
+	return dg.Usable()
 }
 
-// qemuDiagnosis reports the QEMU driver in the same shape as Firecracker's.
-func qemuDiagnosis(ctx context.Context) firecracker.Diagnosis {
-	d := firecracker.Diagnosis{Driver: "qemu", Usable: true}
-	drv, _ := qemu.New(qemu.Config{})
-	if path, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		d.Usable = false
-		d.Problems = append(d.Problems, "qemu-system-x86_64 not found: run `make deps` (Debian: qemu-system-x86 from bookworm-backports)")
-	} else if v, err := drv.Version(ctx); err != nil {
-		d.Usable = false
-		d.Problems = append(d.Problems, err.Error())
-	} else {
-		d.Version = v
-		d.Notes = append(d.Notes, fmt.Sprintf("QEMU %s at %s", v, path))
+func orNone(s string) string {
+	if s == "" {
+		return "none"
 	}
-	if _, err := os.Stat("/usr/share/qemu/qboot.rom"); err != nil {
-		d.Notes = append(d.Notes, "no qboot firmware (/usr/share/qemu/qboot.rom): boots use SeaBIOS, slower (install qemu-system-data)")
-	}
-	return d
-}
-
-func accelStatus(g *globalFlags) string {
-	if v := os.Getenv("FIRESANDBOX_ACCEL"); v != "" {
-		return v + " (FIRESANDBOX_ACCEL)"
-	}
-	if g.accel != "auto" {
-		return g.accel + " (--accel)"
-	}
-	b, err := os.ReadFile(filepath.Join(g.dataDir, "accel.json"))
-	var c sandbox.AccelChoice
-	if err != nil || json.Unmarshal(b, &c) != nil {
-		return "not probed yet: the first run boots a probe VM under KVM and falls back to TCG if it does not answer"
-	}
-	return fmt.Sprintf("%s: %s (probed %s)", c.Accel, c.Reason, c.Probed.Format("2006-01-02 15:04"))
+	return s
 }

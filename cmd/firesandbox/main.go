@@ -10,8 +10,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/buildinfo"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
 	"github.com/spf13/cobra"
 )
 
@@ -28,17 +30,34 @@ const (
 )
 
 type globalFlags struct {
-	dataDir   string
-	driver    string
-	accel     string
-	memoryMiB int
-	vcpus     int
-	verbose   bool
-	format    string
+	configPath string
+	file       fileConfig // the config file, read before every command
+	noJailer   bool
+	dataDir    string
+	runDir     string
+	driver     string
+	accel      string
+	memoryMiB  int
+	vcpus      int
+	verbose    bool
+	format     string
+	cluster    string // key commands: the cluster's directory, if any
 }
 
 func (g *globalFlags) config() sandbox.Config {
-	return sandbox.Config{DataDir: g.dataDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format}
+	snaps := g.file.Snapshots
+	// Pulled snapshots are restored only if signed by a trusted key.
+	snaps.TrustedKeys = append(append([]string(nil), snaps.TrustedKeys...), splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))...)
+	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format,
+		Snapshots: snaps, VMM: g.vmmConfig()}
+}
+
+// vmmConfig is the drivers configuration every command uses: the config
+// file's, with the driver and accelerator the command line chose.
+func (g *globalFlags) vmmConfig() drivers.Config {
+	c := g.file.Config
+	c.Driver, c.Accel = g.driver, g.accel
+	return c
 }
 
 func (g *globalFlags) logger() *slog.Logger {
@@ -60,8 +79,10 @@ func envOr(k, def string) string {
 	return def
 }
 
-func newRoot() *cobra.Command {
-	g := &globalFlags{}
+func newRoot() *cobra.Command { return newRootWith(&globalFlags{}) }
+
+// newRootWith is newRoot with the global settings in g, for tests.
+func newRootWith(g *globalFlags) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "firesandbox",
 		Short: "Run untrusted code in microVMs, in many languages, fast",
@@ -77,12 +98,16 @@ First time on a host:
 
 Everything lives under the data directory (--data-dir, $FIRESANDBOX_DATA,
 default /var/lib/firesandbox).`,
-		Version:       buildinfo.String(),
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Version:           buildinfo.String(),
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return g.applyConfig(cmd) },
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory: kernels, images, snapshots, state ($FIRESANDBOX_DATA)")
+	pf.StringVar(&g.configPath, "config", envOr("FIRESANDBOX_CONFIG", ""), "config file (TOML; unknown keys are errors); default "+DefaultConfigFile+" if it exists ($FIRESANDBOX_CONFIG)")
+	pf.BoolVar(&g.noJailer, "no-jailer", false, "run Firecracker without its jailer (no chroot, uid drop, cgroup or namespaces): for debugging only")
+	pf.StringVar(&g.runDir, "run-dir", envOr("FIRESANDBOX_RUN", sandbox.DefaultRunDir), "directory for VM sockets and logs and serve's unix socket; one per serve ($FIRESANDBOX_RUN)")
 	pf.StringVar(&g.driver, "driver", envOr("FIRESANDBOX_DRIVER", "auto"), "VMM driver: auto (firecracker where usable, else qemu), qemu or firecracker ($FIRESANDBOX_DRIVER)")
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
 	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
@@ -90,7 +115,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 
-	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newServeCmd(g))
+	root.AddCommand(newRunCmd(g), newKernelCmd(g), newImageCmd(g), newLanguagesCmd(g), newDoctorCmd(g), newSnapshotCmd(g), newKeyCmd(g), newServeCmd(g), newSandboxCmd(g))
 	return root
 }
 
@@ -105,7 +130,8 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintf(os.Stderr, "firesandbox: %v\n", err)
+		// Errors can carry guest text (a console tail, an agent message).
+		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", agentproto.TerminalSafe(err.Error()))
 		if isUsage(err) {
 			os.Exit(exitUsage)
 		}

@@ -166,9 +166,13 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 			Procs:       f.procs,
 		},
 	}
+	stdout, flushOut := guestWriter(os.Stdout)
+	stderr, flushErr := guestWriter(os.Stderr)
 	res, err := mgr.Run(cmd.Context(), req, sandbox.Streams{
-		Stdout: os.Stdout, Stderr: os.Stderr, CompileStdout: os.Stderr, CompileStderr: os.Stderr,
+		Stdout: stdout, Stderr: stderr, CompileStdout: stderr, CompileStderr: stderr,
 	})
+	flushOut()
+	flushErr()
 	if err != nil {
 		return err
 	}

@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/spf13/cobra"
 )
 
 type serveFlags struct {
+	poolRanges    map[string]sandbox.PoolRange // from the config file
+	maxOutput     int64                        // from the config file
 	listen        string
 	apiKey        string
 	pools         string
@@ -25,6 +29,15 @@ type serveFlags struct {
 	idleHibernate time.Duration
 	maxBody       int64
 	grace         time.Duration
+	requireKey    bool
+	maxConns      int
+	bodyTimeout   time.Duration
+	hibernatedTTL time.Duration
+	allowedHosts  []string
+	allowedOrigin []string
+	quota         tenant.Quota
+	caps          api.ShapeCaps
+	cluster       clusterFlags
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -34,11 +47,20 @@ func newServeCmd(g *globalFlags) *cobra.Command {
 		Short: "Serve the HTTP API (native JSON and Piston v2)",
 		Long: `Serve the HTTP API: the native JSON API under /v1 (languages, one-shot
 runs, streaming runs, long-lived sandboxes), Piston v2 compatibility under
-/api/v2 (runtimes, execute), /healthz and /metrics (Prometheus).
+/api/v2 (runtimes, execute, and the interactive WebSocket connect), the
+Judge0 CE API (/submissions, /languages, ...), /healthz and /metrics
+(Prometheus).
 
 It listens on 127.0.0.1:7070 unless told otherwise; listening on anything
-but a loopback address needs an API key (--api-key or $FIRESANDBOX_API_KEY),
-which clients send as "Authorization: Bearer KEY" or "X-API-Key: KEY".
+but a loopback address needs API keys: --api-key (or $FIRESANDBOX_API_KEY),
+a key of the default tenant, or --require-key with tenants' keys from
+` + "`firesandbox key create`" + `. Clients send a key as "Authorization: Bearer KEY",
+"X-API-Key: KEY" (E2B's SDKs) or "X-Auth-Token: KEY" (Judge0). Without a
+required key, loopback requests with none act for the default tenant, and
+are refused when they look like a browser's on another site's behalf.
+
+Each tenant gets the --tenant-* quotas (override per tenant with ` + "`key quota`" + `);
+each sandbox's shape is capped and must be one of --shape.
 
 Sandboxes and their state live in <data-dir>/state.db and
 <data-dir>/sandboxes/; they survive a restart. On SIGINT or SIGTERM the
@@ -49,12 +71,18 @@ hibernates running sandboxes and stops its pools.`,
   curl -s localhost:7070/api/v2/execute -d '{"language":"python","version":"*","files":[{"content":"print(1)"}]}'
   FIRESANDBOX_API_KEY=secret firesandbox serve --listen 0.0.0.0:7070 --pool python=2`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, &f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.cluster.fromFile(cmd, g.file.Cluster)
+			if err := f.fromFile(cmd, g.file.Serve); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), g, &f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
 	fl.StringVar(&f.apiKey, "api-key", os.Getenv("FIRESANDBOX_API_KEY"), "API key clients must send ($FIRESANDBOX_API_KEY)")
-	fl.StringVar(&f.pools, "pool", "python=1", "warm pool sizes, lang=N,... (\"\" for none)")
+	fl.StringVar(&f.pools, "pool", "python=1..4", "warm pools: lang=N (fixed) or lang=MIN..MAX (MIN idle, more while runs come in), comma-separated (\"\" for none)")
 	fl.IntVar(&f.maxVMs, "max-vms", 0, "VMs serving requests at once, runs and live sandboxes (default: number of CPUs)")
 	fl.IntVar(&f.queue, "queue", 0, "requests that may wait for a VM before 429 (default 4 x --max-vms)")
 	fl.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "how long a request waits for a VM before 503")
@@ -62,49 +90,149 @@ hibernates running sandboxes and stops its pools.`,
 	fl.DurationVar(&f.idleHibernate, "idle-hibernate", 10*time.Minute, "hibernate sandboxes unused this long (0: never)")
 	fl.Int64Var(&f.maxBody, "max-body", 32<<20, "largest request body in bytes")
 	fl.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "how long runs may finish on shutdown before they are cancelled")
+	fl.BoolVar(&f.requireKey, "require-key", false, "every TCP request needs a key (--api-key or one from `key create`); needed to listen beyond loopback without --api-key")
+	fl.IntVar(&f.maxConns, "max-conns", 1024, "open TCP connections at most; more are answered 503")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "how long a request body may take to arrive (plus 1s per 64 KiB received)")
+	fl.DurationVar(&f.hibernatedTTL, "hibernated-ttl", 0, "delete sandboxes hibernated this long (0: keep them until deleted)")
+	fl.StringSliceVar(&f.allowedHosts, "allowed-host", nil, "Host names, besides loopback ones, that requests without a key may use")
+	fl.StringSliceVar(&f.allowedOrigin, "allowed-origin", nil, "browser origins (http://host:port) whose pages may call the API without a key")
+	fl.IntVar(&f.quota.VMs, "tenant-vms", 0, "per tenant: VMs at work at once, runs and running sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.Sandboxes, "tenant-sandboxes", 0, "per tenant: sandboxes in any state but deleted (0: unlimited)")
+	fl.IntVar(&f.quota.Hibernated, "tenant-hibernated", 0, "per tenant: hibernated sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.DiskMiB, "tenant-disk-mib", 0, "per tenant: total MiB of sandbox disks (0: unlimited)")
+	fl.IntVar(&f.quota.MemoryMiB, "tenant-memory-mib", 0, "per tenant: total MiB of memory of its VMs at work (0: unlimited)")
+	fl.Float64Var(&f.quota.Rate, "tenant-rate", 0, "per tenant: requests per second (0: unlimited)")
+	fl.IntVar(&f.quota.Burst, "tenant-burst", 0, "per tenant: requests at once above --tenant-rate (default 2 x rate)")
+	fl.IntVar(&f.caps.MaxVCPUs, "max-sandbox-vcpus", 4, "vCPUs of one sandbox at most")
+	fl.IntVar(&f.caps.MaxMemoryMiB, "max-sandbox-memory", 8192, "MiB of memory of one sandbox at most")
+	fl.IntVar(&f.caps.MaxDiskMiB, "max-sandbox-disk", 16384, "MiB of disk of one sandbox at most")
+	fl.StringSliceVar(&f.caps.Shapes, "shape", api.DefaultShapes, "sandbox shapes offered, VCPUSxMEMORY_MIB (each has its own snapshots); the default shape is always offered")
+	f.cluster.register(fl)
 	return cmd
 }
 
-// parsePools parses "python=2,go=1".
-func parsePools(s string) (map[string]int, error) {
-	out := map[string]int{}
+// fromFile takes the config file's [serve] settings for every flag the
+// command line left alone.
+func (f *serveFlags) fromFile(cmd *cobra.Command, c serveConfig) error {
+	unset := func(name string) bool { return !cmd.Flags().Changed(name) }
+	if c.Listen != "" && unset("listen") {
+		f.listen = c.Listen
+	}
+	if len(c.Pools) > 0 && unset("pool") {
+		f.poolRanges = c.Pools
+	}
+	for _, o := range []struct {
+		flag string
+		set  bool
+		do   func()
+	}{
+		{"max-vms", c.MaxVMs != 0, func() { f.maxVMs = c.MaxVMs }},
+		{"queue", c.Queue != 0, func() { f.queue = c.Queue }},
+		{"queue-wait", c.QueueWait != 0, func() { f.queueWait = c.QueueWait }},
+		{"max-timeout", c.MaxTimeout != 0, func() { f.maxTimeout = c.MaxTimeout }},
+		{"idle-hibernate", c.IdleHibernate != 0, func() { f.idleHibernate = c.IdleHibernate }},
+		{"max-body", c.MaxBody != 0, func() { f.maxBody = c.MaxBody }},
+		{"shutdown-grace", c.ShutdownGrace != 0, func() { f.grace = c.ShutdownGrace }},
+	} {
+		if o.set && unset(o.flag) {
+			o.do()
+		}
+	}
+	f.maxOutput = c.MaxOutput
+	return nil
+}
+
+// parsePools parses "python=2,go=1..4".
+func parsePools(s string) (map[string]sandbox.PoolRange, error) {
+	out := map[string]sandbox.PoolRange{}
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
 		lang, n, ok := strings.Cut(part, "=")
-		size, err := strconv.Atoi(n)
-		if !ok || lang == "" || err != nil || size < 0 {
-			return nil, usagef("--pool %q: want lang=N,... with N >= 0", part)
+		if !ok || lang == "" {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX,...", part)
 		}
-		out[lang] = size
+		r, err := sandbox.ParsePoolRange(n)
+		if err != nil {
+			return nil, usagef("--pool %q: want lang=N or lang=MIN..MAX with 0 <= MIN <= MAX <= 64", part)
+		}
+		out[lang] = r
 	}
 	return out, nil
 }
 
 func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
-	pools, err := parsePools(f.pools)
-	if err != nil {
-		return err
+	pools := f.poolRanges
+	if pools == nil {
+		var err error
+		if pools, err = parsePools(f.pools); err != nil {
+			return err
+		}
 	}
-	idle := f.idleHibernate
-	if idle == 0 {
-		idle = -1 // api.Config: negative disables
-	}
-	cfg := api.Config{
-		Listen: f.listen, APIKey: f.apiKey, MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait,
-		MaxTimeout: f.maxTimeout, IdleHibernate: idle, MaxBody: f.maxBody, Pools: pools, ShutdownGrace: f.grace,
-	}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, MaxOutput: f.maxOutput, ShutdownGrace: f.grace,
+		RequireKey: f.requireKey, MaxConns: f.maxConns, BodyTimeout: f.bodyTimeout, AllowedHosts: f.allowedHosts,
+		AllowedOrigins: f.allowedOrigin, Quota: f.quota, Caps: f.caps}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate,
+		HibernatedTTL: f.hibernatedTTL, Pools: pools}
+	if err := scfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	release, err := g.serviceLock(0)
+	if err != nil {
+		return err
+	}
+	defer release()
 	log := g.logger()
 	mgr, err := g.manager()
 	if err != nil {
 		return err
 	}
-	srv, err := api.Open(cfg, mgr, api.WithLogger(log))
+	var opened atomic.Pointer[sandbox.Service] // for the node's load reports, once open
+	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs, func() int {
+		if s := opened.Load(); s != nil {
+			return s.Limiter.Stats().InUse
+		}
+		return 0
+	})
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		scfg.Directory = node
+		// Last, after the sandboxes were hibernated into S3: hand them over.
+		defer func() {
+			if cerr := node.Close(context.Background()); cerr != nil {
+				fmt.Fprintf(os.Stderr, "firesandbox: leave cluster: %v\n", cerr)
+			}
+		}()
+	}
+	svc, err := sandbox.OpenService(mgr, scfg, log)
+	if err != nil {
+		return err
+	}
+	opened.Store(svc)
+	defer func() {
+		if cerr := svc.Close(context.Background()); cerr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
+		}
+	}()
+	apiOpts := []api.Option{api.WithLogger(log)}
+	if node != nil {
+		if err := node.Attach(ctx, svc.Sandboxes); err != nil {
+			return err
+		}
+		shared, err := clusterShared(ctx, node)
+		if err != nil {
+			return err
+		}
+		apiOpts = append(append(apiOpts, clusterOuter(node, svc)), shared...)
+	}
+	srv, err := api.Open(cfg, svc, apiOpts...)
 	if err != nil {
 		return err
 	}
@@ -112,17 +240,29 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), srv.Shutdown(context.Background()))
 	}
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s (native API /v1, Piston /api/v2)\n", ln.Addr())
-	served := make(chan error, 1)
+	uln, err := listenSocket(g.socketPath())
+	if err != nil {
+		ln.Close()
+		return errors.Join(err, srv.Shutdown(context.Background()))
+	}
+	defer os.Remove(g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2%s)\n", ln.Addr(), g.socketPath(), describeNode(node))
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(uln) }()
 	select {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "firesandbox: shutting down: finishing runs, hibernating sandboxes")
 	}
+	if node != nil { // no new sandboxes here; the balancer sees /healthz fail
+		if derr := node.Drain(context.Background()); derr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: drain: %v\n", derr)
+		}
+	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {
-		err = <-served
+		err = errors.Join(<-served, <-served)
 	}
 	return errors.Join(err, serr)
 }

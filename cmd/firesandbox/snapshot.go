@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
@@ -28,17 +30,49 @@ match their digests, is refused and rebuilt.
 Remote storage is any S3-compatible bucket: --remote s3://bucket/prefix
 (or $FIRESANDBOX_REMOTE), with the endpoint and credentials from the usual
 AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-AWS_REGION).`,
+AWS_REGION).
+
+Pushed snapshots are signed (ed25519, ` + "`firesandbox key generate`" + `), and a pull
+refuses a snapshot whose signature is missing, altered, made for another
+snapshot or made by a key it does not trust (--trusted-key), since
+anyone who can write to the bucket could otherwise run code here.`,
 	}
 	var remote string
+	var trust snapshot.Config
 	addRemote := func(c *cobra.Command) {
 		c.Flags().StringVar(&remote, "remote", os.Getenv("FIRESANDBOX_REMOTE"), "S3 location, s3://bucket/prefix ($FIRESANDBOX_REMOTE)")
 	}
-	openRemote := func() (*snapshot.Remote, error) {
+	addSigning := func(c *cobra.Command) {
+		c.Flags().StringVar(&trust.SigningKey, "signing-key", os.Getenv("FIRESANDBOX_SIGNING_KEY"),
+			"private key that signs the push ($FIRESANDBOX_SIGNING_KEY; default <data-dir>/keys/snapshot-signing.key)")
+		c.Flags().BoolVar(&trust.AllowUnsigned, "allow-unsigned", false, "push without a signature (hosts that check signatures will refuse it)")
+	}
+	addTrust := func(c *cobra.Command) {
+		c.Flags().StringSliceVar(&trust.TrustedKeys, "trusted-key", splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS")),
+			"public key (ed25519:...) whose signatures are accepted; repeat for several ($FIRESANDBOX_TRUSTED_KEYS, comma-separated)")
+		c.Flags().BoolVar(&trust.AllowUnsigned, "allow-unsigned", false,
+			"turn trust off: accept snapshots without checking signatures (anyone who can write to the bucket can then run code here)")
+	}
+	openRemote := func(push bool) (*snapshot.Remote, error) {
 		if remote == "" {
 			return nil, usagef("no remote: give --remote s3://bucket/prefix or set FIRESANDBOX_REMOTE")
 		}
-		return snapshot.NewRemote(remote)
+		t, err := trust.Trust()
+		if err != nil {
+			return nil, usageError{err}
+		}
+		opts := []snapshot.RemoteOption{snapshot.WithRemoteTrust(t), snapshot.WithRemoteLogger(g.logger())}
+		if push {
+			if trust.SigningKey == "" && !trust.AllowUnsigned {
+				trust.SigningKey = defaultSigningKey(g.dataDir)
+			}
+			signer, err := trust.Signer()
+			if err != nil {
+				return nil, fmt.Errorf("%w (make one with `firesandbox key generate`, or push --allow-unsigned)", err)
+			}
+			opts = append(opts, snapshot.WithRemoteSigner(signer))
+		}
+		return snapshot.NewRemote(remote, opts...)
 	}
 
 	create := &cobra.Command{
@@ -75,7 +109,7 @@ AWS_REGION).`,
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			defer tw.Flush()
 			if remote != "" {
-				r, err := openRemote()
+				r, err := openRemote(false)
 				if err != nil {
 					return err
 				}
@@ -120,11 +154,11 @@ AWS_REGION).`,
 
 	push := &cobra.Command{
 		Use:     "push KEY...",
-		Short:   "Upload local snapshots to --remote (files first, manifest last)",
+		Short:   "Sign local snapshots and upload them to --remote (files first, manifest last)",
 		Example: "  firesandbox snapshot push --remote s3://snapshots/prod python-a1f536ec0ecb7ac4",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRemote()
+			r, err := openRemote(true)
 			if err != nil {
 				return err
 			}
@@ -145,17 +179,20 @@ AWS_REGION).`,
 		},
 	}
 	addRemote(push)
+	addSigning(push)
 
 	pull := &cobra.Command{
-		Use:   "pull KEY...",
-		Short: "Download snapshots from --remote, resuming after failures, verifying digests",
-		Args:  cobra.MinimumNArgs(1),
+		Use:     "pull KEY...",
+		Short:   "Download snapshots from --remote, verifying their signature, sizes and digests",
+		Example: "  firesandbox snapshot pull --remote s3://snapshots/prod --trusted-key ed25519:3q2+7w... python-a1f536ec0ecb7ac4",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := openRemote()
+			r, err := openRemote(false)
 			if err != nil {
 				return err
 			}
-			st := snapshot.NewStore(filepath.Join(g.dataDir, "snapshots"), 0)
+			t, _ := trust.Trust() // checked by openRemote
+			st := snapshot.NewStore(filepath.Join(g.dataDir, "snapshots"), 0, snapshot.WithTrust(t))
 			for _, k := range args {
 				if err := pullOne(cmd.Context(), r, st, k); err != nil {
 					return err
@@ -165,6 +202,7 @@ AWS_REGION).`,
 		},
 	}
 	addRemote(pull)
+	addTrust(pull)
 
 	var dryRun bool
 	prune := &cobra.Command{
@@ -213,8 +251,23 @@ func pullOne(ctx context.Context, r *snapshot.Remote, st *snapshot.Store, key st
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "pulled %s (%.0f MiB), digests verified\n", snap.Key, float64(snap.Size())/(1<<20))
+	how := "signature, sizes and digests verified"
+	if isUnsigned(snap.Dir) {
+		how = "UNSIGNED (trust off), sizes and digests verified"
+	}
+	fmt.Fprintf(os.Stderr, "pulled %s (%.0f MiB), %s\n", snap.Key, float64(snap.Size())/(1<<20), how)
 	return nil
+}
+
+// isUnsigned reports whether a pulled snapshot came without a signature.
+func isUnsigned(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "manifest.sig"))
+	return err != nil
+}
+
+// splitKeys splits a list of public keys separated by commas or spaces.
+func splitKeys(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 }
 
 // progressPrinter prints a transfer's progress to stderr, at most a few

@@ -115,3 +115,63 @@ func readKeyed(path, key string) (int64, bool) {
 func EnableControllers(dir string) error {
 	return os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +pids +cpu"), 0)
 }
+
+// Cgroup layout of the guest, below the cgroup v2 root:
+//
+//	agent/   the agent itself: memory.min and a high cpu.weight, so a
+//	         program that hogs memory or CPU cannot starve the channel
+//	user/    every user process (each exec in a cgroup of its own below);
+//	         together they get the VM's memory less what the agent keeps
+const (
+	agentMemoryMin  = 32 << 20 // the agent's memory, kept from reclaim
+	agentCPUWeight  = 1000     // vs userCPUWeight: the agent wins 10:1 when both want CPU
+	userCPUWeight   = 100
+	userReserve     = 48 << 20 // memory the users' cgroup leaves to the agent and the kernel
+	userPidsMax     = 16384
+	minUserMemBytes = 64 << 20
+)
+
+// SetupCgroups splits the cgroup v2 hierarchy at root into the agent's
+// cgroup (which pid, the agent, joins) and the users' cgroup, and returns
+// the users' cgroup, under which each exec gets its own.
+func SetupCgroups(root string, pid int, memTotal int64) (string, error) {
+	if err := EnableControllers(root); err != nil {
+		return "", err
+	}
+	agent, user := filepath.Join(root, "agent"), filepath.Join(root, "user")
+	for _, d := range []string{agent, user} {
+		if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
+			return "", fmt.Errorf("create cgroup: %w", err)
+		}
+	}
+	userMax := max(memTotal-userReserve, minUserMemBytes)
+	for _, kv := range []struct{ file, value string }{
+		{filepath.Join(agent, "memory.min"), strconv.Itoa(agentMemoryMin)},
+		{filepath.Join(agent, "cpu.weight"), strconv.Itoa(agentCPUWeight)},
+		{filepath.Join(agent, "cgroup.procs"), strconv.Itoa(pid)},
+		{filepath.Join(user, "cpu.weight"), strconv.Itoa(userCPUWeight)},
+		{filepath.Join(user, "memory.max"), strconv.FormatInt(userMax, 10)},
+		{filepath.Join(user, "memory.swap.max"), "0"},
+		{filepath.Join(user, "pids.max"), strconv.Itoa(userPidsMax)},
+	} {
+		if err := os.WriteFile(kv.file, []byte(kv.value), 0); err != nil && !os.IsNotExist(err) {
+			return "", fmt.Errorf("set %s: %w", kv.file, err)
+		}
+	}
+	if err := EnableControllers(user); err != nil {
+		return "", err
+	}
+	return user, nil
+}
+
+// memTotal is the guest's memory, from /proc/meminfo.
+func memTotal() int64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -8,10 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -29,81 +26,6 @@ const (
 	upperDir    = "/run/upper"
 )
 
-// Kernel command-line keys the host sets for the agent.
-const (
-	ArgChannel = "fs.channel" // "virtio-port:NAME" or "vsock:PORT"
-	ArgRoot    = "fs.root"    // the image's layers, bottom first: disk serials or /dev paths, comma-separated
-	ArgRootFS  = "fs.rootfs"  // squashfs (default), erofs or ext4
-	ArgUpper   = "fs.upper"   // disk (serial or /dev path) holding an ext4 writable layer; default tmpfs
-	ArgMounts  = "fs.mounts"  // read-only SquashFS volumes: DISK@/guest/path,... (host directories)
-	ArgUID     = "fs.uid"     // uid (and gid) that commands run as; default 1000
-	ArgModules = "fs.modules" // extra module names to load, comma-separated
-)
-
-// GuestConfig is what Init learned from the kernel command line.
-type GuestConfig struct {
-	Channel string
-	Root    []string
-	RootFS  string
-	Upper   string
-	Mounts  []GuestMount
-	UID     int
-	Extra   []string
-}
-
-// GuestMount is a read-only volume (a packed host directory) and where it
-// appears in the commands' root.
-type GuestMount struct{ Disk, Dir string }
-
-// ParseCmdline reads the agent's settings from a kernel command line.
-func ParseCmdline(cmdline string) (GuestConfig, error) {
-	gc := GuestConfig{RootFS: "squashfs", UID: 1000}
-	for _, f := range strings.Fields(cmdline) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case ArgChannel:
-			gc.Channel = v
-		case ArgRoot:
-			gc.Root = strings.Split(v, ",")
-		case ArgRootFS:
-			gc.RootFS = v
-		case ArgUpper:
-			gc.Upper = v
-		case ArgMounts:
-			for _, m := range strings.Split(v, ",") {
-				disk, dir, ok := strings.Cut(m, "@")
-				if !ok || disk == "" || !path.IsAbs(dir) || path.Clean(dir) != dir || dir == "/" {
-					return gc, fmt.Errorf("%s: %q: want DISK@/absolute/clean/path", ArgMounts, m)
-				}
-				gc.Mounts = append(gc.Mounts, GuestMount{Disk: disk, Dir: dir})
-			}
-		case ArgUID:
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				return gc, fmt.Errorf("%s=%q: want a positive uid", ArgUID, v)
-			}
-			gc.UID = n
-		case ArgModules:
-			gc.Extra = strings.Split(v, ",")
-		}
-	}
-	if gc.Channel == "" {
-		return gc, fmt.Errorf("no %s= on the kernel command line", ArgChannel)
-	}
-	if len(gc.Root) == 0 || slices.Contains(gc.Root, "") {
-		return gc, fmt.Errorf("no %s= (or an empty layer in it) on the kernel command line", ArgRoot)
-	}
-	if len(gc.Root) > 16 {
-		return gc, fmt.Errorf("%s= names %d layers, at most 16", ArgRoot, len(gc.Root))
-	}
-	switch gc.RootFS {
-	case "squashfs", "erofs", "ext4":
-	default:
-		return gc, fmt.Errorf("%s=%q: want squashfs, erofs or ext4", ArgRootFS, gc.RootFS)
-	}
-	return gc, nil
-}
-
 // Init prepares the guest as PID 1 and serves the host forever. It only
 // returns on a fatal error; the caller then powers off.
 func Init(version string, log *slog.Logger) error {
@@ -115,17 +37,18 @@ func Init(version string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gc, err := ParseCmdline(string(cmdline))
+	gc, err := agentproto.ParseBoot(string(cmdline))
 	if err != nil {
 		return err
 	}
 	if err := loadModules(ModulesList, log); err != nil {
 		return err
 	}
-	if gc.RootFS == "erofs" {
-		gc.Extra = append(gc.Extra, "erofs")
+	groups := gc.Modules
+	if gc.FSType() == "erofs" {
+		groups = append(groups, "erofs")
 	}
-	for _, g := range gc.Extra {
+	for _, g := range groups {
 		if err := loadGroup(g, log); err != nil {
 			return err
 		}
@@ -144,7 +67,7 @@ func Init(version string, log *slog.Logger) error {
 			return err
 		}
 	}
-	if err := mountRoot(devs, gc.RootFS, upper); err != nil {
+	if err := mountRoot(devs, gc.FSType(), upper); err != nil {
 		return err
 	}
 	for _, gm := range gc.Mounts {
@@ -152,7 +75,7 @@ func Init(version string, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		if err := mount(dev, NewRoot+gm.Dir, "squashfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		if err := mountInRoot(dev, NewRoot, gm.Dir, "squashfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV); err != nil {
 			return err
 		}
 	}
@@ -162,19 +85,24 @@ func Init(version string, log *slog.Logger) error {
 	if err := loopbackUp(); err != nil {
 		log.Warn("bring up lo", "err", err)
 	}
-	cgParent := ""
-	if err := EnableControllers("/sys/fs/cgroup"); err != nil {
+	cgParent, err := SetupCgroups("/sys/fs/cgroup", os.Getpid(), memTotal())
+	if err != nil {
 		log.Warn("cgroups unavailable: memory and process limits off", "err", err)
-	} else {
-		cgParent = "/sys/fs/cgroup"
+		cgParent = ""
+	}
+	// No user namespaces: unprivileged ones are a wide kernel attack
+	// surface, and nothing a sandboxed program needs.
+	if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0"), 0); err != nil {
+		log.Warn("disable user namespaces", "err", err)
 	}
 	var uname unix.Utsname
 	_ = unix.Uname(&uname)
 	srv := NewServer(Config{
 		Root:         NewRoot,
-		UID:          gc.UID,
-		GID:          gc.UID,
+		UID:          gc.CommandUID(),
+		GID:          gc.CommandUID(),
 		CgroupParent: cgParent,
+		Confine:      true,
 		Version:      version,
 		Kernel:       unix.ByteSliceToString(uname.Release[:]),
 		BootTime:     boot.Add(-uptime()),
@@ -198,6 +126,38 @@ func mount(src, dst, fstype string, flags uintptr, data string) error {
 	}
 	if err := unix.Mount(src, dst, fstype, flags, data); err != nil {
 		return fmt.Errorf("mount %s on %s (%s): %w", src, dst, fstype, err)
+	}
+	return nil
+}
+
+// mountInRoot mounts src on dir, a path inside root, resolved inside
+// root: a symlink in the guest's tree (an image's, or one that guest code
+// left on a writable disk) cannot move the mount onto the agent's side.
+func mountInRoot(src, root, dir, fstype string, flags uintptr) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	rel := strings.TrimPrefix(dir, "/")
+	if err := r.MkdirAll(rel, 0o755); err != nil {
+		return fmt.Errorf("mount %s: %w", dir, err)
+	}
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(rfd)
+	fd, err := unix.Openat2(rfd, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("mount %s: open target: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Mount(src, fmt.Sprintf("/proc/self/fd/%d", fd), fstype, flags, ""); err != nil {
+		return fmt.Errorf("mount %s on %s (%s): %w", src, dir, fstype, err)
 	}
 	return nil
 }
@@ -244,7 +204,7 @@ func loadModules(list string, log *slog.Logger) error {
 // dependency order) or, failing that, the single module /lib/modules/NAME.ko*.
 func loadGroup(name string, log *slog.Logger) error {
 	if name == "" || strings.ContainsAny(name, "/.") {
-		return fmt.Errorf("%s: bad module name %q", ArgModules, name)
+		return fmt.Errorf("%s: bad module name %q", agentproto.ArgModules, name)
 	}
 	list := ModulesList + "." + name
 	if _, err := os.Stat(list); err == nil {
@@ -252,7 +212,7 @@ func loadGroup(name string, log *slog.Logger) error {
 	}
 	ms, _ := filepath.Glob("/lib/modules/" + name + ".ko*")
 	if len(ms) == 0 {
-		return fmt.Errorf("%s: no module or module group %q in the initramfs", ArgModules, name)
+		return fmt.Errorf("%s: no module or module group %q in the initramfs", agentproto.ArgModules, name)
 	}
 	return loadModule(ms[0])
 }
@@ -326,7 +286,10 @@ func mountRoot(devs []string, fstype, upperDev string) error {
 		}
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/data,workdir=%s/work", strings.Join(lowers, ":"), upperDir, upperDir)
-	if err := mount("overlay", NewRoot, "overlay", 0, opts); err != nil {
+	// nosuid: a setuid binary in the image (su, passwd, mount) runs with
+	// its caller's rights; nodev: a device node made on the writable
+	// layer opens nothing.
+	if err := mount("overlay", NewRoot, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return err
 	}
 	if err := mount("proc", NewRoot+"/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -399,33 +362,29 @@ func powerOff() {
 // virtio-serial port reads EOF while no host is attached (for example
 // between a snapshot and its restore), and a new host may attach later.
 func serveChannel(spec string, srv *Server, log *slog.Logger) error {
-	kind, arg, _ := strings.Cut(spec, ":")
-	switch kind {
-	case "virtio-port":
-		dev, err := findPort(arg, 10*time.Second)
-		if err != nil {
-			return err
-		}
-		for {
-			f, err := os.OpenFile(dev, os.O_RDWR, 0)
-			if err != nil {
-				return fmt.Errorf("open channel %s: %w", dev, err)
-			}
-			err = srv.Serve(context.Background(), f)
-			f.Close()
-			if !errors.Is(err, io.EOF) {
-				log.Warn("channel", "err", err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	case "vsock":
-		port, err := strconv.ParseUint(arg, 10, 32)
-		if err != nil {
-			return fmt.Errorf("%s=%s: bad vsock port", ArgChannel, spec)
-		}
-		return serveVsock(uint32(port), srv, log)
+	kind, name, port, err := agentproto.ParseChannel(spec)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("%s=%s: want virtio-port:NAME or vsock:PORT", ArgChannel, spec)
+	if kind == "vsock" {
+		return serveVsock(port, srv, log)
+	}
+	dev, err := findPort(name, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	for {
+		f, err := os.OpenFile(dev, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open channel %s: %w", dev, err)
+		}
+		err = srv.Serve(context.Background(), f)
+		f.Close()
+		if !errors.Is(err, io.EOF) {
+			log.Warn("channel", "err", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func findPort(name string, timeout time.Duration) (string, error) {

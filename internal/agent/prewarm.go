@@ -29,10 +29,11 @@ import (
 // One exec at a time uses it; others, or any failure, fall back to a
 // normal exec.
 type prewarmer struct {
-	mu   sync.Mutex // held for the whole of one exec
-	cmd  *exec.Cmd
-	ctl  *os.File
-	dead chan struct{}
+	mu      sync.Mutex // held for the whole of one exec
+	cmd     *exec.Cmd
+	ctl     *os.File
+	dead    chan struct{}
+	release func() // the confined thread that started it
 }
 
 type prewarmMsg struct {
@@ -44,9 +45,6 @@ type prewarmMsg struct {
 	StimeUS  int64  `json:"stime_us,omitempty"`
 	MaxRSSKB int64  `json:"maxrss_kb,omitempty"`
 }
-
-// errPrewarmUnavailable means: run this exec the ordinary way.
-var errPrewarmUnavailable = errors.New("prewarmed runtime unavailable")
 
 func (p *prewarmer) alive() bool {
 	if p == nil || p.cmd == nil {
@@ -113,7 +111,11 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{}}
 	}
 	if c.CgroupParent != "" {
-		lim := effectiveLimits(agentproto.Limits{}, orDefault(c.Defaults, DefaultLimits), orDefault(c.Max, MaxLimits))
+		// The runtime and what it keeps (a code interpreter's contexts)
+		// may use what the user's cgroup allows; each run forked from it
+		// gets its own limits when it moves into its exec's cgroup.
+		max := orDefault(c.Max, agentproto.MaxLimits)
+		lim := c.limits(agentproto.Limits{MemoryBytes: max.MemoryBytes, Procs: max.Procs})
 		cg, err := newCgroup(filepath.Join(c.CgroupParent, "prewarm"), lim)
 		if err == nil { // the server lives as long as the VM: its cgroup too
 			cmd.SysProcAttr.UseCgroupFD = true
@@ -121,7 +123,13 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 			defer cg.f.Close()
 		}
 	}
-	if err := cmd.Start(); err != nil {
+	p.release = func() {}
+	if c.Confine { // its forks inherit no_new_privs and the filter
+		p.release, err = startConfined(cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		ours.Close()
 		return fmt.Errorf("prewarm: start %s: %w", req.Argv[0], err)
 	}
@@ -154,7 +162,10 @@ func (p *prewarmer) stopLocked() {
 	if p.ctl != nil {
 		p.ctl.Close()
 	}
-	p.cmd, p.ctl = nil, nil
+	if p.release != nil {
+		p.release()
+	}
+	p.cmd, p.ctl, p.release = nil, nil, nil
 }
 
 func (p *prewarmer) recv() (prewarmMsg, error) {

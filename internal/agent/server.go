@@ -6,19 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 )
 
-// Server answers the host's frames on one channel at a time.
+// Server answers the host's frames on one channel at a time. Its process
+// table outlives channels: background processes keep running while no
+// host is attached, and the next channel finds them.
 type Server struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	procs procTable
+
+	watches chan struct{} // one token per running watch
 
 	mu       sync.Mutex
 	identity string
@@ -30,7 +33,7 @@ func NewServer(cfg Config, log *slog.Logger) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg.prewarm = &prewarmer{}
-	return &Server{cfg: cfg, log: log}
+	return &Server{cfg: cfg, log: log, watches: make(chan struct{}, agentproto.MaxWatches)}
 }
 
 func (s *Server) hello() agentproto.Hello {
@@ -48,161 +51,293 @@ func (s *Server) hello() agentproto.Hello {
 	return h
 }
 
-// Serve sends Hello and answers frames until the channel fails or ctx ends.
-// When it returns, every exec it started has been killed and reaped.
-func (s *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
+// Bounds of one channel.
+const (
+	// maxRequests bounds the requests in flight on one channel.
+	maxRequests = 1024
+	// maxFileOps bounds file calls running at once; more wait their turn
+	// (off the read loop).
+	maxFileOps = 8
+	// agentWriteTimeout bounds writing one frame to the host: a host that
+	// stops reading for this long has lost the channel.
+	agentWriteTimeout = 60 * time.Second
+)
+
+// session is one channel's state: its writer and its requests in flight.
+type session struct {
+	srv *Server
+	w   *agentproto.Writer
+	ctx context.Context // ends when the channel does
+	bye func()          // ends the channel (a write failed)
+
+	mu   sync.Mutex
+	reqs map[uint32]*request
+	wg   sync.WaitGroup
+	ops  chan struct{}
+}
+
+// request is a request in flight that a Cancel (or the channel's end)
+// can stop, and that may receive frames of its own.
+type request struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	chunks chan chunk // upload data from the host
+	acks   chan int64 // download acknowledgements from the host
+}
+
+type chunk struct {
+	data []byte
+	eof  bool
+}
+
+// send writes a control frame, unless the channel is gone; a failed
+// write ends the channel (the stream may hold a partial frame).
+func (s *session) send(t agentproto.MsgType, v any) error {
+	if s.ctx.Err() != nil {
+		return agentproto.ErrClosed
+	}
+	if err := s.w.WriteJSON(t, v); err != nil {
+		s.bye()
+		return err
+	}
+	return nil
+}
+
+func (s *session) output(id uint32, st agentproto.Stream, data []byte) error {
+	if s.ctx.Err() != nil {
+		return agentproto.ErrClosed
+	}
+	if err := s.w.WriteOutput(id, st, data); err != nil {
+		s.bye()
+		return err
+	}
+	return nil
+}
+
+// fail answers request id with an error.
+func (s *session) fail(id uint32, err error) {
+	s.srv.log.Debug("request failed", "id", id, "err", err)
+	_ = s.send(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: err.Error(), Code: errorCode(err)})
+}
+
+// answer replies with v as frame t, or with err.
+func (s *session) answer(id uint32, t agentproto.MsgType, v any, err error) {
+	if err != nil {
+		s.fail(id, err)
+		return
+	}
+	_ = s.send(t, v)
+}
+
+// register records a cancellable request.
+func (s *session) register(id uint32) (*request, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id == 0 {
+		return nil, fmt.Errorf("request id 0: %w", agentproto.ErrMalformed)
+	}
+	if _, dup := s.reqs[id]; dup {
+		return nil, fmt.Errorf("request id %d is already in use: %w", id, agentproto.ErrMalformed)
+	}
+	if len(s.reqs) >= maxRequests {
+		return nil, fmt.Errorf("%d requests in flight: %w", len(s.reqs), errBusy)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	r := &request{ctx: ctx, cancel: cancel}
+	s.reqs[id] = r
+	return r, nil
+}
+
+func (s *session) unregister(id uint32) {
+	s.mu.Lock()
+	r := s.reqs[id]
+	delete(s.reqs, id)
+	s.mu.Unlock()
+	if r != nil {
+		r.cancel()
+	}
+}
+
+func (s *session) lookup(id uint32) *request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reqs[id]
+}
+
+// goReq runs fn for a registered request off the read loop.
+func (s *session) goReq(id uint32, r *request, fn func(r *request)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.unregister(id)
+		fn(r)
+	}()
+}
+
+// goOp runs a short call off the read loop, at most maxFileOps at once.
+func (s *session) goOp(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case s.ops <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		}
+		defer func() { <-s.ops }()
+		fn()
+	}()
+}
+
+// Serve sends Hello and answers frames until the channel fails or ctx
+// ends. The read loop only decodes and routes: everything that can take
+// time runs on goroutines of its own, so pings, cancels and stdin keep
+// flowing whatever else is in flight. When Serve returns, every
+// foreground exec it started has been killed and reaped; background
+// processes keep running.
+func (srv *Server) Serve(ctx context.Context, conn io.ReadWriter) error {
 	ctx, cancel := context.WithCancel(ctx)
-	w := agentproto.NewWriter(conn)
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		running = map[uint32]context.CancelFunc{}
-	)
+	s := &session{srv: srv, w: agentproto.NewWriter(conn), ctx: ctx, reqs: map[uint32]*request{}, ops: make(chan struct{}, maxFileOps)}
+	s.w.SetTimeout(agentWriteTimeout)
+	s.bye = func() {
+		cancel()
+		if c, ok := conn.(io.Closer); ok {
+			c.Close() // unblocks the read loop
+		}
+	}
 	defer func() {
 		cancel()
-		wg.Wait()
+		s.wg.Wait()
 	}()
 
-	if err := w.WriteJSON(agentproto.MsgHello, s.hello()); err != nil {
+	if err := s.w.WriteJSON(agentproto.MsgHello, srv.hello()); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
 	for {
 		f, err := agentproto.ReadFrame(conn)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return io.EOF
 			}
 			return fmt.Errorf("read frame: %w", err)
 		}
-		switch f.Type {
-		case agentproto.MsgPing:
-			err = w.WriteJSON(agentproto.MsgHello, s.hello())
-		case agentproto.MsgResync:
-			var r agentproto.ResyncRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
-				if s.cfg.Resync != nil {
-					if rerr := s.cfg.Resync(r); rerr != nil {
-						err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{Message: "resync: " + rerr.Error()})
-						break
-					}
-				}
-				s.mu.Lock()
-				s.identity = r.Identity
-				s.mu.Unlock()
-				err = w.WriteJSON(agentproto.MsgHello, s.hello())
-			}
-		case agentproto.MsgExec:
-			var req agentproto.ExecRequest
-			if derr := agentproto.DecodeJSON(f, &req); derr != nil {
-				err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{Message: derr.Error()})
-				break
-			}
-			mu.Lock()
-			_, dup := running[req.ID]
-			mu.Unlock()
-			if dup || req.ID == 0 {
-				err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID, Message: fmt.Sprintf("exec id %d is zero or already running", req.ID)})
-				break
-			}
-			ectx, ecancel := context.WithCancel(ctx)
-			mu.Lock()
-			running[req.ID] = ecancel
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(running, req.ID)
-					mu.Unlock()
-					ecancel()
-				}()
-				s.exec(ectx, w, &req)
-			}()
-		case agentproto.MsgWriteFiles:
-			var r agentproto.WriteFilesRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
-				err = s.answer(w, r.ID, nil, s.cfg.writeFilesRequest(&r))
-			}
-		case agentproto.MsgReadFile:
-			var r agentproto.ReadFileRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
-				data, rerr := s.cfg.readFile(&r)
-				err = s.answer(w, r.ID, data, rerr)
-			}
-		case agentproto.MsgPrewarm:
-			var r agentproto.PrewarmRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
-				wg.Add(1)
-				go func() { // may take seconds: keep serving meanwhile
-					defer wg.Done()
-					_ = s.answer(w, r.ID, nil, s.cfg.startPrewarm(&r))
-				}()
-			}
-		case agentproto.MsgCancel:
-			var r agentproto.CancelRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
-				mu.Lock()
-				if c := running[r.ID]; c != nil {
-					c()
-				}
-				mu.Unlock()
-			}
-		case agentproto.MsgShutdown:
-			if s.cfg.Shutdown != nil {
-				cancel()
-				wg.Wait()
-				s.cfg.Shutdown()
-			}
-		default:
-			// A newer host may send requests this agent predates: answer
-			// with the request's own id, so the host's call fails rather
-			// than waits.
-			var req struct {
-				ID uint32 `json:"id"`
-			}
-			_ = json.Unmarshal(f.Payload, &req)
-			err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID, Code: agentproto.CodeUnsupported,
-				Message: fmt.Sprintf("unsupported %s request (agent %s)", f.Type, s.cfg.Version)})
-		}
-		if err != nil {
+		if err := srv.dispatch(s, f); err != nil {
 			return err
 		}
 	}
 }
 
-// answer replies to a file request: FileData on success, Error otherwise.
-func (s *Server) answer(w *agentproto.Writer, id uint32, data []byte, err error) error {
-	if err != nil {
-		return w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: id, Message: err.Error(), Code: errorCode(err)})
+// dispatch handles one frame from the host. An error ends the channel.
+func (srv *Server) dispatch(s *session, f agentproto.Frame) error {
+	switch f.Type {
+	case agentproto.MsgPing:
+		return s.send(agentproto.MsgHello, srv.hello())
+	case agentproto.MsgResync:
+		var r agentproto.ResyncRequest
+		if err := agentproto.DecodeJSON(f, &r); err != nil {
+			return err
+		}
+		if srv.cfg.Resync != nil {
+			if err := srv.cfg.Resync(r); err != nil {
+				return s.send(agentproto.MsgError, agentproto.ErrorMsg{Message: "resync: " + err.Error()})
+			}
+		}
+		srv.mu.Lock()
+		srv.identity = r.Identity
+		srv.mu.Unlock()
+		return s.send(agentproto.MsgHello, srv.hello())
+	case agentproto.MsgShutdown:
+		if srv.cfg.Shutdown != nil {
+			s.bye()
+			s.wg.Wait()
+			srv.cfg.Shutdown()
+		}
+		return nil
+	case agentproto.MsgCancel:
+		var r agentproto.CancelRequest
+		if err := agentproto.DecodeJSON(f, &r); err != nil {
+			return err
+		}
+		if req := s.lookup(r.ID); req != nil {
+			req.cancel()
+		}
+		return nil
+	case agentproto.MsgChunk:
+		id, flags, data, err := agentproto.DecodeChunk(f.Payload)
+		if err != nil {
+			return err
+		}
+		if r := s.lookup(id); r != nil && r.chunks != nil {
+			select {
+			case r.chunks <- chunk{data, flags&agentproto.ChunkEOF != 0}:
+			default: // past the window: the host broke the protocol
+				r.cancel()
+			}
+		}
+		return nil
+	case agentproto.MsgAck:
+		var a agentproto.Ack
+		if err := agentproto.DecodeJSON(f, &a); err != nil {
+			return err
+		}
+		if r := s.lookup(a.ID); r != nil && r.acks != nil {
+			select {
+			case r.acks <- a.Bytes:
+			default:
+				r.cancel()
+			}
+		}
+		return nil
 	}
-	return w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: id, Content: data})
+	if h, ok := handlers[f.Type]; ok {
+		h(srv, s, f)
+		return nil
+	}
+	// A newer host may send requests this agent predates: answer with the
+	// request's own id, so the host's call fails rather than waits.
+	var req struct {
+		ID uint32 `json:"id"`
+	}
+	_ = json.Unmarshal(f.Payload, &req)
+	return s.send(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID, Code: agentproto.CodeUnsupported,
+		Message: fmt.Sprintf("unsupported %s request (agent %s)", f.Type, srv.cfg.Version)})
 }
 
-func (s *Server) exec(ctx context.Context, w *agentproto.Writer, req *agentproto.ExecRequest) {
-	log := s.log.With("exec", req.ID)
-	res, err := s.cfg.run(ctx, req, func(st agentproto.Stream, data []byte) error {
-		return w.WriteOutput(req.ID, st, data)
-	})
-	if err != nil {
-		log.Info("exec refused", "err", err)
-		_ = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: req.ID, Message: err.Error()})
-		return
+// decode decodes a request frame into v; a malformed one is answered
+// with an error for its id (when it has one) and reported false.
+func decode(s *session, f agentproto.Frame, v any) bool {
+	if err := agentproto.DecodeJSON(f, v); err != nil {
+		var req struct {
+			ID uint32 `json:"id"`
+		}
+		_ = json.Unmarshal(f.Payload, &req)
+		s.fail(req.ID, err)
+		return false
 	}
-	log.Debug("exec done", "code", res.Code, "status", res.Status, "wall_ms", res.WallMillis)
-	_ = w.WriteJSON(agentproto.MsgExit, res)
+	return true
 }
 
-// errTooLarge marks file requests over their size bound.
-var errTooLarge = errors.New("too large")
+// handlers answer the requests that carry an id.
+var handlers map[agentproto.MsgType]func(*Server, *session, agentproto.Frame)
 
-// errorCode classifies an error for the host.
-func errorCode(err error) agentproto.ErrorCode {
-	switch {
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return agentproto.CodeNotFound
-	case errors.Is(err, errTooLarge):
-		return agentproto.CodeTooLarge
+func init() {
+	handlers = map[agentproto.MsgType]func(*Server, *session, agentproto.Frame){
+		agentproto.MsgExec:       (*Server).handleExec,
+		agentproto.MsgConnect:    (*Server).handleConnect,
+		agentproto.MsgStdin:      (*Server).handleStdin,
+		agentproto.MsgSignal:     (*Server).handleSignal,
+		agentproto.MsgResize:     (*Server).handleResize,
+		agentproto.MsgListProcs:  (*Server).handleListProcs,
+		agentproto.MsgWriteFiles: (*Server).handleWriteFiles,
+		agentproto.MsgPrewarm:    (*Server).handlePrewarm,
+		agentproto.MsgStat:       (*Server).handleFileCall,
+		agentproto.MsgListDir:    (*Server).handleFileCall,
+		agentproto.MsgMkdir:      (*Server).handleFileCall,
+		agentproto.MsgMove:       (*Server).handleFileCall,
+		agentproto.MsgRemove:     (*Server).handleFileCall,
+		agentproto.MsgUpload:     (*Server).handleUpload,
+		agentproto.MsgDownload:   (*Server).handleDownload,
+		agentproto.MsgWatch:      (*Server).handleWatch,
+		agentproto.MsgNetConfig:  (*Server).handleNetConfig,
 	}
-	return ""
 }

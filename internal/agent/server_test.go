@@ -281,32 +281,12 @@ func TestConcurrentExecs(t *testing.T) {
 }
 
 func TestEffectiveLimits(t *testing.T) {
-	got := effectiveLimits(agentproto.Limits{WallMillis: 1 << 40, OutputBytes: 5}, DefaultLimits, MaxLimits)
-	want := agentproto.Limits{WallMillis: MaxLimits.WallMillis, OutputBytes: 5, Procs: DefaultLimits.Procs, MemoryBytes: DefaultLimits.MemoryBytes}
+	c := &Config{}
+	got := c.limits(agentproto.Limits{WallMillis: 1 << 40, OutputBytes: 5})
+	def, max := agentproto.DefaultLimits, agentproto.MaxLimits
+	want := agentproto.Limits{WallMillis: max.WallMillis, OutputBytes: 5, Procs: def.Procs, MemoryBytes: def.MemoryBytes}
 	if got != want {
 		t.Fatalf("got %+v, want %+v", got, want)
-	}
-}
-
-func TestParseCmdline(t *testing.T) {
-	gc, err := ParseCmdline("console=ttyS0 fs.channel=virtio-port:x fs.root=root fs.rootfs=erofs fs.modules=vsock,erofs fs.uid=2000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if gc.Channel != "virtio-port:x" || len(gc.Root) != 1 || gc.Root[0] != "root" || gc.RootFS != "erofs" || gc.UID != 2000 || len(gc.Extra) != 2 {
-		t.Fatalf("parsed %+v", gc)
-	}
-	if gc, err := ParseCmdline("fs.channel=x fs.root=layer0,layer1"); err != nil || len(gc.Root) != 2 || gc.Root[1] != "layer1" {
-		t.Fatalf("two layers: %+v %v", gc, err)
-	}
-	if gc, err := ParseCmdline("fs.channel=x fs.root=r fs.mounts=m0@/data,m1@/opt/x"); err != nil || len(gc.Mounts) != 2 || gc.Mounts[1] != (GuestMount{"m1", "/opt/x"}) {
-		t.Fatalf("mounts: %+v %v", gc.Mounts, err)
-	}
-	for _, bad := range []string{"fs.root=r", "fs.channel=x", "fs.channel=x fs.root=a,,b",
-		"fs.channel=x fs.root=r fs.mounts=m0@data", "fs.channel=x fs.root=r fs.mounts=m0@/a/../b", "fs.channel=x fs.root=r fs.mounts=m0@/", "fs.channel=x fs.root=r fs.rootfs=zfs", "fs.channel=x fs.root=r fs.uid=0"} {
-		if _, err := ParseCmdline(bad); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
 	}
 }
 

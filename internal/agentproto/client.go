@@ -1,55 +1,93 @@
 package agentproto
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path"
 	"sync"
 	"time"
 )
 
+// Default bounds of a Client's calls.
+const (
+	// DefaultCallTimeout bounds a call whose context has no deadline; for
+	// transfers and streams it bounds the wait for the next sign of
+	// progress instead.
+	DefaultCallTimeout = 30 * time.Second
+	// DefaultWriteTimeout bounds writing one frame: a guest that stops
+	// reading its channel for this long is treated as gone.
+	DefaultWriteTimeout = 10 * time.Second
+	// ExecGrace is how long past its wall-clock limit an Exec waits for
+	// the agent's answer when its context has no deadline.
+	ExecGrace = 30 * time.Second
+	// Window is how many chunks of one transfer may be in flight.
+	Window = 4
+)
+
 // Client is the host's end of an agent channel. One goroutine reads frames
-// and routes them to the exec they belong to; any number of execs may run
-// at once.
+// and routes them to the call they answer; any number of calls may run
+// at once. The guest is not trusted: every answer is checked against what
+// was asked (its type, sizes, ids), output is capped on the host as well,
+// and every call has a deadline.
 type Client struct {
-	conn io.ReadWriteCloser
-	w    *Writer
+	conn        io.ReadWriteCloser
+	w           *Writer
+	callTimeout time.Duration
 
 	hello chan Hello // latest Hello, buffered 1
 
 	mu      sync.Mutex
 	nextID  uint32
-	execs   map[uint32]*pendingExec
+	calls   map[uint32]*call
 	readErr error
 	done    chan struct{} // closed when the reader stops
+
+	stdin keyedMutex // one stdin writer per process at a time
 }
 
-type pendingExec struct {
-	stdout, stderr io.Writer
-	result         chan execOutcome // buffered 1
-}
+// ClientOption configures a Client.
+type ClientOption func(*Client)
 
-type execOutcome struct {
-	res  *ExitResult
-	data *FileData
-	err  error
+// WithCallTimeout sets the deadline of calls whose context has none
+// (DefaultCallTimeout by default).
+func WithCallTimeout(d time.Duration) ClientOption { return func(c *Client) { c.callTimeout = d } }
+
+// WithWriteTimeout bounds writing one frame (DefaultWriteTimeout by
+// default) on connections that support write deadlines.
+func WithWriteTimeout(d time.Duration) ClientOption { return func(c *Client) { c.w.SetTimeout(d) } }
+
+// call is one request in flight. handle runs on the read loop for every
+// frame that names the call's id (except Error, which ends it): it must
+// not block, and says whether the call is complete.
+type call struct {
+	t      MsgType
+	handle func(id uint32, f Frame) (done bool, err error)
+	result chan error // buffered 1; receives exactly once
 }
 
 // NewClient starts reading frames from conn. Close the client to stop.
-func NewClient(conn io.ReadWriteCloser) *Client {
+func NewClient(conn io.ReadWriteCloser, opts ...ClientOption) *Client {
 	c := &Client{
-		conn:  conn,
-		w:     NewWriter(conn),
-		hello: make(chan Hello, 1),
-		execs: make(map[uint32]*pendingExec),
-		done:  make(chan struct{}),
+		conn:        conn,
+		w:           NewWriter(conn),
+		callTimeout: DefaultCallTimeout,
+		hello:       make(chan Hello, 1),
+		calls:       make(map[uint32]*call),
+		done:        make(chan struct{}),
+	}
+	c.w.SetTimeout(DefaultWriteTimeout)
+	for _, o := range opts {
+		o(c)
 	}
 	go c.readLoop()
 	return c
 }
 
-// Close closes the channel; pending execs fail with ErrClosed.
+// Close closes the channel; pending calls fail with ErrClosed.
 func (c *Client) Close() error {
 	err := c.conn.Close()
 	<-c.done
@@ -66,21 +104,27 @@ func (c *Client) Err() error {
 	return c.readErr
 }
 
+// fromGuest lists the frame types a guest may send.
+var fromGuest = map[MsgType]bool{
+	MsgHello: true, MsgOutput: true, MsgExit: true, MsgError: true, MsgFileData: true,
+	MsgStarted: true, MsgProcessList: true, MsgAck: true, MsgEntries: true, MsgChunk: true, MsgWatchEvents: true,
+}
+
 func (c *Client) readLoop() {
 	var err error
 	defer func() {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = ErrClosed
-		} else {
+		} else if !errors.Is(err, ErrClosed) {
 			err = fmt.Errorf("%w: %v", ErrClosed, err)
 		}
 		c.mu.Lock()
 		c.readErr = err
-		pending := c.execs
-		c.execs = map[uint32]*pendingExec{}
+		pending := c.calls
+		c.calls = map[uint32]*call{}
 		c.mu.Unlock()
 		for _, p := range pending {
-			p.result <- execOutcome{err: err}
+			p.result <- err
 		}
 		close(c.done)
 	}()
@@ -89,8 +133,11 @@ func (c *Client) readLoop() {
 		if f, err = ReadFrame(c.conn); err != nil {
 			return
 		}
-		switch f.Type {
-		case MsgHello:
+		if !fromGuest[f.Type] {
+			err = fmt.Errorf("%w: unexpected %s frame from guest", ErrMalformed, f.Type)
+			return
+		}
+		if f.Type == MsgHello {
 			var h Hello
 			if err = DecodeJSON(f, &h); err != nil {
 				return
@@ -100,59 +147,64 @@ func (c *Client) readLoop() {
 			default:
 			}
 			c.hello <- h
-		case MsgOutput:
-			var id uint32
-			var s Stream
-			var data []byte
-			if id, s, data, err = DecodeOutput(f.Payload); err != nil {
-				return
-			}
-			c.mu.Lock()
-			p := c.execs[id]
-			c.mu.Unlock()
-			if p == nil {
-				continue // a cancelled exec's late output
-			}
-			w := p.stdout
-			if s == Stderr {
-				w = p.stderr
-			}
-			if w != nil {
-				_, _ = w.Write(data) // a failing sink must not stall the channel
-			}
-		case MsgExit:
-			var r ExitResult
-			if err = DecodeJSON(f, &r); err != nil {
-				return
-			}
-			c.finish(r.ID, execOutcome{res: &r})
-		case MsgFileData:
-			var d FileData
-			if err = DecodeJSON(f, &d); err != nil {
-				return
-			}
-			c.finish(d.ID, execOutcome{data: &d})
-		case MsgError:
+			continue
+		}
+		id := frameID(f)
+		c.mu.Lock()
+		p := c.calls[id]
+		c.mu.Unlock()
+		if p == nil {
+			continue // a finished or cancelled call's late answer
+		}
+		if f.Type == MsgError {
 			var m ErrorMsg
 			if err = DecodeJSON(f, &m); err != nil {
 				return
 			}
-			c.finish(m.ID, execOutcome{err: &AgentError{Message: m.Message, Code: m.Code}})
-		default:
-			err = fmt.Errorf("%w: unexpected %s frame from guest", ErrMalformed, f.Type)
-			return
+			c.finish(id, &AgentError{Message: m.Message, Code: m.Code})
+			continue
+		}
+		done, herr := p.handle(id, f)
+		switch {
+		case herr != nil:
+			c.finish(id, herr)
+			c.sendCancel(id) // the guest may still be sending: tell it to stop
+		case done:
+			c.finish(id, nil)
 		}
 	}
 }
 
-func (c *Client) finish(id uint32, o execOutcome) {
+// finish completes call id with err (nil: success). It reports whether
+// the call was still pending.
+func (c *Client) finish(id uint32, err error) bool {
 	c.mu.Lock()
-	p := c.execs[id]
-	delete(c.execs, id)
+	p := c.calls[id]
+	delete(c.calls, id)
 	c.mu.Unlock()
 	if p != nil {
-		p.result <- o
+		p.result <- err
 	}
+	return p != nil
+}
+
+// sendCancel tells the agent to end request id, without blocking the
+// caller (the read loop must never wait on a write).
+func (c *Client) sendCancel(id uint32) {
+	go func() { _ = c.write(MsgCancel, CancelRequest{ID: id}) }()
+}
+
+// write sends one control frame. A write that fails leaves the channel
+// unusable (a frame may be cut short, or the guest stopped reading), so
+// the channel is closed and every call fails at once.
+func (c *Client) write(t MsgType, v any) error {
+	if err := c.w.WriteJSON(t, v); err != nil {
+		if !errors.Is(err, ErrTooLarge) && !errors.Is(err, errEncode) { // nothing was written: the channel is fine
+			c.conn.Close()
+		}
+		return fmt.Errorf("send %s: %w", t, err)
+	}
+	return nil
 }
 
 // AgentError is an error the agent reported instead of a result.
@@ -162,6 +214,25 @@ type AgentError struct {
 }
 
 func (e *AgentError) Error() string { return "agent: " + e.Message }
+
+// Is lets callers test agent errors against the io/fs sentinels
+// (errors.Is(err, fs.ErrNotExist) holds for CodeNotFound), and by code
+// against an AgentError without a message:
+// errors.Is(err, &AgentError{Code: CodeTooLarge}).
+func (e *AgentError) Is(target error) bool {
+	if t, ok := target.(*AgentError); ok && t.Message == "" {
+		return t.Code == e.Code
+	}
+	switch e.Code {
+	case CodeNotFound:
+		return target == fs.ErrNotExist
+	case CodeExists:
+		return target == fs.ErrExist
+	case CodePermission:
+		return target == fs.ErrPermission
+	}
+	return false
+}
 
 // WaitHello pings the agent until it answers with a Hello or ctx ends.
 func (c *Client) WaitHello(ctx context.Context) (Hello, error) {
@@ -175,6 +246,8 @@ func (c *Client) Resync(ctx context.Context, r ResyncRequest) (Hello, error) {
 }
 
 func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	select { // drop a stale greeting so the answer is to this request
 	case <-c.hello:
 	default:
@@ -189,8 +262,8 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
 			return Hello{}, c.Err()
 		default:
 		}
-		if err := c.w.WriteJSON(t, v); err != nil {
-			return Hello{}, fmt.Errorf("send %s: %w", t, err)
+		if err := c.write(t, v); err != nil {
+			return Hello{}, err
 		}
 		select {
 		case h := <-c.hello:
@@ -207,87 +280,175 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
 	}
 }
 
-// Exec runs a command in the guest, streaming its output to stdout and
-// stderr (either may be nil), and returns how it ended. If ctx ends first,
-// the agent is told to kill the command and Exec returns ctx's error.
-func (c *Client) Exec(ctx context.Context, req ExecRequest, stdout, stderr io.Writer) (*ExitResult, error) {
-	if err := req.Validate(); err != nil {
-		return nil, err
+// bound gives ctx the client's call timeout if it has no deadline.
+func (c *Client) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || c.callTimeout <= 0 {
+		return context.WithCancel(ctx)
 	}
-	p := &pendingExec{stdout: stdout, stderr: stderr}
-	o, err := c.request(ctx, MsgExec, p, true /* cancel */, func(id uint32) any { req.ID = id; return req })
-	return o.res, err
+	return context.WithTimeout(ctx, c.callTimeout)
 }
 
-// request sends one id-carrying request and waits for its answer (output
-// of an exec goes to p's writers meanwhile). If ctx ends first and cancel
-// is set, the agent is told to stop the request.
-func (c *Client) request(ctx context.Context, t MsgType, p *pendingExec, cancel bool, build func(id uint32) any) (execOutcome, error) {
-	p.result = make(chan execOutcome, 1)
+// start registers a call and sends its request, built with the call's
+// id. The caller waits on the returned call's result.
+func (c *Client) start(t MsgType, p *call, build func(id uint32) any) (uint32, error) {
+	p.t = t
+	p.result = make(chan error, 1)
 	c.mu.Lock()
 	if c.readErr != nil {
 		c.mu.Unlock()
-		return execOutcome{}, c.readErr
+		return 0, c.readErr
 	}
-	c.nextID++
-	if c.nextID == 0 {
-		c.nextID = 1
+	for { // skip 0 and ids still in use after a wrap
+		c.nextID++
+		if _, busy := c.calls[c.nextID]; c.nextID != 0 && !busy {
+			break
+		}
 	}
 	id := c.nextID
-	c.execs[id] = p
+	c.calls[id] = p
 	c.mu.Unlock()
-	if err := c.w.WriteJSON(t, build(id)); err != nil {
-		c.finish(id, execOutcome{})
-		return execOutcome{}, fmt.Errorf("send %s: %w", t, err)
+	if err := c.write(t, build(id)); err != nil {
+		c.finish(id, nil)
+		return 0, err
 	}
+	return id, nil
+}
+
+// await waits for call id's result. If ctx ends first, the agent is told
+// to cancel the request and ctx's error is returned.
+func (c *Client) await(ctx context.Context, id uint32, p *call) error {
 	select {
-	case o := <-p.result:
-		return o, o.err
+	case err := <-p.result:
+		return err
 	case <-ctx.Done():
-		if cancel {
-			_ = c.w.WriteJSON(MsgCancel, CancelRequest{ID: id})
+		if c.finish(id, nil) {
+			c.sendCancel(id)
+		} else {
+			<-p.result // finished meanwhile; drain
 		}
-		c.finish(id, execOutcome{})
-		return execOutcome{}, ctx.Err()
+		return ctx.Err()
 	}
 }
 
+// roundTrip sends a request whose answer is one frame of type want
+// (decoded into out, which may be nil), under the call timeout.
+func (c *Client) roundTrip(ctx context.Context, t MsgType, want MsgType, out any, build func(id uint32) any) error {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	p := &call{handle: func(_ uint32, f Frame) (bool, error) {
+		if f.Type != want {
+			return true, fmt.Errorf("%w: %s answered with %s, want %s", ErrMalformed, t, f.Type, want)
+		}
+		if out != nil {
+			if err := DecodeJSON(f, out); err != nil {
+				return true, err
+			}
+		}
+		return true, nil
+	}}
+	id, err := c.start(t, p, build)
+	if err != nil {
+		return err
+	}
+	return c.await(ctx, id, p)
+}
+
 // WriteFiles writes files into dir in the guest, creating dir if needed.
+// Files travel in requests of at most MaxBatch bytes, so that no one
+// request holds the channel for long.
 func (c *Client) WriteFiles(ctx context.Context, dir string, files []File) error {
 	req := WriteFilesRequest{Dir: dir, Files: files}
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	_, err := c.request(ctx, MsgWriteFiles, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
-	return err
+	var small []File
+	for _, f := range files {
+		if len(f.Content) <= MaxBatch {
+			small = append(small, f)
+			continue
+		}
+		// Chunked, and confined to dir as the batch is.
+		if _, err := c.Upload(ctx, path.Join(dir, f.Path), bytes.NewReader(f.Content), int64(len(f.Content)), f.Mode, Within(dir)); err != nil {
+			return fmt.Errorf("write %s: %w", f.Path, err)
+		}
+	}
+	for files = small; len(files) > 0; {
+		n, size := 0, 0
+		for n < len(files) && size+len(files[n].Content) <= MaxBatch {
+			size += len(files[n].Content)
+			n++
+		}
+		batch := WriteFilesRequest{Dir: dir, Files: files[:n]}
+		if err := c.roundTrip(ctx, MsgWriteFiles, MsgFileData, nil, func(id uint32) any { batch.ID = id; return batch }); err != nil {
+			return err
+		}
+		files = files[n:]
+	}
+	return nil
 }
 
-// ReadFile reads a regular file of at most maxBytes from the guest.
-func (c *Client) ReadFile(ctx context.Context, path string, maxBytes int64) ([]byte, error) {
-	req := ReadFileRequest{Path: path, MaxBytes: maxBytes}
-	if err := req.Validate(); err != nil {
-		return nil, err
-	}
-	o, err := c.request(ctx, MsgReadFile, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
-	if err != nil {
-		return nil, err
-	}
-	if o.data == nil {
-		return nil, fmt.Errorf("%w: read %s: no data", ErrMalformed, path)
-	}
-	return o.data.Content, nil
-}
+// MaxBatch is the most content WriteFiles sends in one request; a larger
+// file is uploaded in chunks.
+const MaxBatch = 256 << 10
 
-// Prewarm starts the guest's prewarmed runtime and waits until it is ready.
+// Prewarm starts the guest's prewarmed runtime and waits until it is
+// ready (bounded by req.ReadyMillis plus the call timeout).
 func (c *Client) Prewarm(ctx context.Context, req PrewarmRequest) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	_, err := c.request(ctx, MsgPrewarm, &pendingExec{}, false, func(id uint32) any { req.ID = id; return req })
-	return err
+	if _, ok := ctx.Deadline(); !ok {
+		ready := time.Duration(req.ReadyMillis) * time.Millisecond
+		if ready <= 0 {
+			ready = 60 * time.Second
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ready+c.callTimeout)
+		defer cancel()
+	}
+	return c.roundTrip(ctx, MsgPrewarm, MsgFileData, nil, func(id uint32) any { req.ID = id; return req })
 }
 
 // Shutdown asks the guest to power off. The channel closes when it does.
 func (c *Client) Shutdown() error {
-	return c.w.WriteJSON(MsgShutdown, nil)
+	return c.write(MsgShutdown, nil)
+}
+
+// keyedMutex serialises callers per key; entries go when unused.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[int]*keyedEntry
+}
+
+type keyedEntry struct {
+	ch   chan struct{} // buffered 1: the lock
+	refs int
+}
+
+func (k *keyedMutex) lock(ctx context.Context, key int) (unlock func(), err error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[int]*keyedEntry{}
+	}
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{ch: make(chan struct{}, 1)}
+		k.m[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	release := func() {
+		k.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+	select {
+	case e.ch <- struct{}{}:
+		return func() { <-e.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
 }

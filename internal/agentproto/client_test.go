@@ -60,12 +60,15 @@ func (g *fakeGuest) next(want MsgType) Frame {
 	return Frame{}
 }
 
+// nextExec reads an exec request and, as an agent does, reports its
+// process started (pid 1000+id).
 func (g *fakeGuest) nextExec() ExecRequest {
 	g.t.Helper()
 	var r ExecRequest
 	if err := DecodeJSON(g.next(MsgExec), &r); err != nil {
 		g.t.Fatalf("guest: %v", err)
 	}
+	g.send(MsgStarted, Started{ID: r.ID, PID: 1000 + int(r.ID)})
 	return r
 }
 

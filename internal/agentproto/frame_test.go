@@ -291,7 +291,7 @@ func TestDecodeOutputRejects(t *testing.T) {
 		"empty":        nil,
 		"4 bytes":      {0, 0, 0, 1},
 		"stream 0":     {0, 0, 0, 1, 0, 'x'},
-		"stream 3":     {0, 0, 0, 1, 3, 'x'},
+		"stream 4":     {0, 0, 0, 1, 4, 'x'},
 		"stream 0xff":  {0, 0, 0, 1, 0xff},
 		"stream stdin": {0, 0, 0, 1, 0},
 	}
@@ -342,7 +342,10 @@ func TestDecodeJSONRejects(t *testing.T) {
 
 func TestMsgTypeString(t *testing.T) {
 	seen := map[string]MsgType{}
-	for typ := MsgHello; typ <= MsgResync; typ++ {
+	for typ := MsgHello; typ <= MsgWatchEvents; typ++ {
+		if _, named := msgNames[typ]; !named {
+			t.Errorf("message type %d has no name", typ)
+		}
 		s := typ.String()
 		if other, dup := seen[s]; dup {
 			t.Errorf("%d and %d both print as %q", other, typ, s)

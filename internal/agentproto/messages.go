@@ -14,6 +14,7 @@ type Stream uint8
 const (
 	Stdout Stream = 1
 	Stderr Stream = 2
+	PTY    Stream = 3 // a terminal's output: stdout and stderr as the terminal shows them
 )
 
 func (s Stream) String() string {
@@ -22,6 +23,8 @@ func (s Stream) String() string {
 		return "stdout"
 	case Stderr:
 		return "stderr"
+	case PTY:
+		return "pty"
 	}
 	return fmt.Sprintf("stream(%d)", uint8(s))
 }
@@ -36,19 +39,6 @@ type Hello struct {
 	BootMillis int64 `json:"boot_ms,omitempty"`
 	// Identity is the VM identity last set by Resync, empty before.
 	Identity string `json:"identity,omitempty"`
-}
-
-// Limits bound one exec. Zero values mean "the agent's default"; the agent
-// also enforces its own maxima, so a host cannot lift them by accident.
-type Limits struct {
-	// WallMillis is the wall-clock limit; the process tree is killed at it.
-	WallMillis int64 `json:"wall_ms,omitempty" toml:"wall_ms"`
-	// OutputBytes caps each of stdout and stderr.
-	OutputBytes int64 `json:"output_bytes,omitempty" toml:"output_bytes"`
-	// Procs caps the number of tasks (processes and threads) alive at once.
-	Procs int64 `json:"procs,omitempty" toml:"procs"`
-	// MemoryBytes caps the memory of the process tree.
-	MemoryBytes int64 `json:"memory_bytes,omitempty" toml:"memory_bytes"`
 }
 
 // File is a file written before the command starts. Path is relative to the
@@ -74,6 +64,24 @@ type ExecRequest struct {
 	// PrewarmRequest) if one is running and idle; otherwise, or if it
 	// cannot take Argv, the command runs the ordinary way.
 	Prewarmed bool `json:"prewarmed,omitempty"`
+
+	// Background detaches the process from this request: cancelling the
+	// request, or losing the channel, stops its output here but not the
+	// process. Its wall-clock limit applies only when set, and its output
+	// has no cap (nobody may be reading; see ConnectRequest).
+	Background bool `json:"background,omitempty"`
+	// OpenStdin keeps stdin open after Stdin was written, for
+	// StdinRequests, until one closes it.
+	OpenStdin bool `json:"open_stdin,omitempty"`
+	// PTY runs the process on a new terminal of this size: stdin, stdout
+	// and stderr are the terminal, output comes as stream PTY, and stdin
+	// stays open.
+	PTY *PTYSize `json:"pty,omitempty"`
+	// Tag is a caller's name for the process, reported by ListProcs.
+	Tag string `json:"tag,omitempty"`
+	// User runs the process as this guest user ("root", or a name in the
+	// guest's /etc/passwd) instead of the default sandbox user.
+	User string `json:"user,omitempty"`
 }
 
 // PrewarmRequest starts a language runtime that waits, loaded, to fork a
@@ -144,7 +152,61 @@ func (r *ExecRequest) Validate() error {
 	if r.Limits.WallMillis < 0 || r.Limits.OutputBytes < 0 || r.Limits.Procs < 0 || r.Limits.MemoryBytes < 0 {
 		return fmt.Errorf("%w: negative limit", ErrMalformed)
 	}
+	if r.PTY != nil {
+		if err := r.PTY.Validate(); err != nil {
+			return err
+		}
+		if r.Prewarmed {
+			return fmt.Errorf("%w: a prewarmed runtime cannot run on a terminal", ErrMalformed)
+		}
+	}
+	if len(r.Tag) > MaxTagBytes || !isPrintable(r.Tag) {
+		return fmt.Errorf("%w: tag: at most %d printable bytes", ErrMalformed, MaxTagBytes)
+	}
+	return ValidateUser(r.User)
+}
+
+// OutputCap is the most bytes of each stream the agent forwards for r,
+// and the host accepts: 0 means no cap (a background process).
+func (r *ExecRequest) OutputCap() int64 {
+	if r.Background && r.Limits.OutputBytes == 0 {
+		return 0
+	}
+	return r.Limits.Effective(DefaultLimits, MaxLimits).OutputBytes
+}
+
+// MaxTagBytes bounds ExecRequest.Tag; MaxUserBytes a user name.
+const (
+	MaxTagBytes  = 256
+	MaxUserBytes = 32
+)
+
+// ValidateUser accepts "" (the default user), or a name of the kind
+// useradd accepts: [a-z_][a-z0-9_-]*, at most MaxUserBytes.
+func ValidateUser(u string) error {
+	if u == "" {
+		return nil
+	}
+	if len(u) > MaxUserBytes {
+		return fmt.Errorf("%w: user name of %d bytes", ErrMalformed, len(u))
+	}
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		if !('a' <= c && c <= 'z' || c == '_' || i > 0 && ('0' <= c && c <= '9' || c == '-')) {
+			return fmt.Errorf("%w: user name %q", ErrMalformed, truncate(u, 40))
+		}
+	}
 	return nil
+}
+
+// isPrintable reports whether s holds no control characters.
+func isPrintable(s string) bool {
+	for _, r := range s {
+		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidateRelPath accepts a relative, clean path that stays below its base
@@ -196,6 +258,7 @@ const (
 // ExitResult reports how an exec ended.
 type ExitResult struct {
 	ID     uint32 `json:"id"`
+	PID    int    `json:"pid,omitempty"`
 	Code   int    `json:"code"`
 	Signal string `json:"signal,omitempty"`
 	Status Status `json:"status,omitempty"`
@@ -226,13 +289,18 @@ type ErrorCode string
 
 // Error codes.
 const (
-	CodeNotFound    ErrorCode = "not_found"   // no such file or directory
+	CodeNotFound    ErrorCode = "not_found"   // no such file, directory or process
+	CodeExists      ErrorCode = "exists"      // the file or directory already exists
+	CodePermission  ErrorCode = "permission"  // the user may not do this
+	CodeInvalid     ErrorCode = "invalid"     // e.g. not a regular file, not a directory
 	CodeTooLarge    ErrorCode = "too_large"   // over a size bound
+	CodeBusy        ErrorCode = "busy"        // a bounded resource is in use (processes, watches)
 	CodeUnsupported ErrorCode = "unsupported" // a request type the agent predates
 )
 
-// CancelRequest asks the agent to kill a running exec; it still answers
-// with an Exit.
+// CancelRequest ends a request: it kills a running exec (a background
+// one only stops reporting to this request), ends a connect or a watch,
+// and aborts a transfer. An exec still answers with an Exit.
 type CancelRequest struct {
 	ID uint32 `json:"id"`
 }
@@ -257,14 +325,7 @@ type WriteFilesRequest struct {
 	Files []File `json:"files"`
 }
 
-// ReadFileRequest reads one regular file of at most MaxBytes.
-type ReadFileRequest struct {
-	ID       uint32 `json:"id"`
-	Path     string `json:"path"`
-	MaxBytes int64  `json:"max_bytes"`
-}
-
-// FileData answers ReadFile (with the content) and WriteFiles (empty).
+// FileData answers WriteFiles and Prewarm (empty).
 type FileData struct {
 	ID      uint32 `json:"id"`
 	Content []byte `json:"content,omitempty"`
@@ -287,17 +348,6 @@ func (r *WriteFilesRequest) Validate() error {
 	}
 	if n > MaxFileTransfer {
 		return fmt.Errorf("%w: %d bytes of files in one request, at most %d", ErrMalformed, n, MaxFileTransfer)
-	}
-	return nil
-}
-
-// Validate checks a ReadFileRequest.
-func (r *ReadFileRequest) Validate() error {
-	if !path.IsAbs(r.Path) || strings.IndexByte(r.Path, 0) >= 0 || path.Clean(r.Path) != r.Path {
-		return fmt.Errorf("%w: path %q is not a clean absolute path", ErrMalformed, truncate(r.Path, 80))
-	}
-	if r.MaxBytes <= 0 || r.MaxBytes > MaxFileTransfer {
-		return fmt.Errorf("%w: max bytes %d, want 1-%d", ErrMalformed, r.MaxBytes, MaxFileTransfer)
 	}
 	return nil
 }

@@ -33,6 +33,7 @@
 //	POST   /v1/sandboxes/{id}/resume         restore it
 //	GET    /api/v2/runtimes                  Piston: installed runtimes
 //	POST   /api/v2/execute                   Piston: run, Piston's result shape
+//	GET    /api/v2/connect                   Piston: interactive run over a WebSocket (piston_ws.go)
 //
 // When an API key is configured every endpoint but /healthz needs it, as
 // "Authorization: Bearer KEY" or "X-API-Key: KEY".

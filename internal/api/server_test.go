@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +46,11 @@ func newTestServer(t *testing.T, cfg Config) (*Server, *httptest.Server) {
 	if err := os.WriteFile(filepath.Join(dir, "images", id, "manifest.json"), m, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Open(cfg, mgr)
+	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Open(cfg, svc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +58,9 @@ func newTestServer(t *testing.T, cfg Config) (*Server, *httptest.Server) {
 	t.Cleanup(func() {
 		hs.Close()
 		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		if err := svc.Close(context.Background()); err != nil {
 			t.Error(err)
 		}
 	})
@@ -95,18 +101,16 @@ func TestConfigValidate(t *testing.T) {
 		cfg Config
 		ok  bool
 	}{
-		"default":             {Config{}, true},
-		"loopback v4":         {Config{Listen: "127.0.0.1:1"}, true},
-		"loopback v6":         {Config{Listen: "[::1]:1"}, true},
-		"localhost":           {Config{Listen: "localhost:1"}, true},
-		"all interfaces":      {Config{Listen: "0.0.0.0:7070"}, false},
-		"empty host":          {Config{Listen: ":7070"}, false},
-		"public with key":     {Config{Listen: "0.0.0.0:7070", APIKey: "k"}, true},
-		"bad address":         {Config{Listen: "nope"}, false},
-		"negative max vms":    {Config{MaxVMs: -1}, false},
-		"huge max timeout":    {Config{MaxTimeout: 2 * time.Hour}, false},
-		"negative pool":       {Config{Pools: map[string]int{"python": -1}}, false},
-		"negative queue wait": {Config{QueueWait: -time.Second}, false},
+		"default":           {Config{}, true},
+		"loopback v4":       {Config{Listen: "127.0.0.1:1"}, true},
+		"loopback v6":       {Config{Listen: "[::1]:1"}, true},
+		"localhost":         {Config{Listen: "localhost:1"}, true},
+		"all interfaces":    {Config{Listen: "0.0.0.0:7070"}, false},
+		"empty host":        {Config{Listen: ":7070"}, false},
+		"public with key":   {Config{Listen: "0.0.0.0:7070", APIKey: "k"}, true},
+		"bad address":       {Config{Listen: "nope"}, false},
+		"huge max timeout":  {Config{MaxTimeout: 2 * time.Hour}, false},
+		"negative max body": {Config{MaxBody: -1}, false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -253,7 +257,7 @@ func TestDeletedAndLostSandboxes(t *testing.T) {
 	srv, hs := newTestServer(t, Config{})
 	ctx := context.Background()
 	for id, st := range map[string]state.State{"sb-gone": state.Deleted, "sb-lost": state.Lost} {
-		if err := srv.db.Create(ctx, state.Sandbox{ID: id, Language: "python", Version: "3.11.2", State: st, Reason: "the host rebooted"}); err != nil {
+		if err := srv.svc.DB.Create(ctx, state.Sandbox{ID: id, Language: "python", Version: "3.11.2", State: st, Reason: "the host rebooted"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -387,8 +391,8 @@ func TestStatusOf(t *testing.T) {
 		err  error
 		want int
 	}{
-		{ErrQueueFull, 429},
-		{ErrQueueTimeout, 503},
+		{sandbox.ErrQueueFull, 429},
+		{sandbox.ErrQueueTimeout, 503},
 		{sandbox.ErrClosed, 503},
 		{sandbox.ErrNotReady, 503},
 		{sandbox.ErrSandboxDeleted, 410},
@@ -405,57 +409,6 @@ func TestStatusOf(t *testing.T) {
 	}
 }
 
-func TestLimiter(t *testing.T) {
-	ctx := context.Background()
-	l := NewLimiter(1, 1, time.Hour)
-	rel, err := l.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan error, 1)
-	waiting := make(chan struct{})
-	go func() {
-		close(waiting)
-		r, err := l.Acquire(ctx)
-		if err == nil {
-			r()
-		}
-		got <- err
-	}()
-	<-waiting
-	// The waiter is queued once the queue is full for others.
-	deadline := time.Now().Add(5 * time.Second)
-	for l.Stats().Waiting != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never queued")
-		}
-		runtime.Gosched()
-	}
-	if _, err := l.Acquire(ctx); !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("third acquire: %v, want ErrQueueFull", err)
-	}
-	rel()
-	rel() // twice is harmless
-	if err := <-got; err != nil {
-		t.Fatalf("waiter: %v", err)
-	}
-
-	l = NewLimiter(1, 4, 20*time.Millisecond)
-	rel, _ = l.Acquire(ctx)
-	defer rel()
-	if _, err := l.Acquire(ctx); !errors.Is(err, ErrQueueTimeout) || !strings.Contains(err.Error(), "retry later") {
-		t.Fatalf("timed-out acquire: %v", err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := l.Acquire(cctx); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled acquire: %v", err)
-	}
-	if st := l.Stats(); st.RefusedTimeout != 1 || st.InUse != 1 {
-		t.Fatalf("stats %+v", st)
-	}
-}
-
 func TestStreamKeepsRunesWhole(t *testing.T) {
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest("POST", "/v1/run/stream", nil)
@@ -466,6 +419,7 @@ func TestStreamKeepsRunesWhole(t *testing.T) {
 		w.Write(b[i : i+1])
 	}
 	es.flushCarry()
+	es.end() // what the middleware does when the handler returns
 	var data string
 	for _, line := range strings.Split(strings.TrimSpace(rec.Body.String()), "\n") {
 		var ev Event
@@ -482,7 +436,7 @@ func TestStreamKeepsRunesWhole(t *testing.T) {
 func TestCapacityErrors(t *testing.T) {
 	// One slot, held by the test; no queue: the next run is refused.
 	srv, hs := newTestServer(t, Config{})
-	srv.lim = NewLimiter(1, 0, 50*time.Millisecond)
+	srv.lim = sandbox.NewLimiter(1, 0, 50*time.Millisecond)
 	release, err := srv.lim.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -499,7 +453,7 @@ func TestCapacityErrors(t *testing.T) {
 		t.Fatalf("queue full: %d %s", resp.StatusCode, b)
 	}
 
-	srv.lim = NewLimiter(1, 1, 50*time.Millisecond)
+	srv.lim = sandbox.NewLimiter(1, 1, 50*time.Millisecond)
 	rel2, _ := srv.lim.Acquire(context.Background())
 	defer rel2()
 	r := do(t, hs, "POST", "/api/v2/execute", "", `{"language":"python","version":"*","files":[{"content":"1"}]}`)

@@ -24,6 +24,7 @@ import (
 type vmServer struct {
 	t    *testing.T
 	srv  *Server
+	svc  *sandbox.Service
 	mgr  *sandbox.Manager
 	url  string
 	done chan error
@@ -41,7 +42,11 @@ func startVMServer(t *testing.T, fx *testutil.VMFixtures, stateDir, runDir strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Open(Config{StateDir: stateDir, MaxVMs: 4, MaxTimeout: 30 * time.Second, IdleHibernate: -1}, mgr, WithLogger(log))
+	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{StateDir: stateDir, MaxVMs: 4}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Open(Config{MaxTimeout: 30 * time.Second}, svc, WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +54,7 @@ func startVMServer(t *testing.T, fx *testutil.VMFixtures, stateDir, runDir strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &vmServer{t: t, srv: srv, mgr: mgr, url: "http://" + ln.Addr().String(), done: make(chan error, 1)}
+	s := &vmServer{t: t, srv: srv, svc: svc, mgr: mgr, url: "http://" + ln.Addr().String(), done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(ln) }()
 	return s
 }
@@ -58,6 +63,9 @@ func (s *vmServer) stop() {
 	s.t.Helper()
 	if err := s.srv.Shutdown(context.Background()); err != nil {
 		s.t.Errorf("shutdown: %v", err)
+	}
+	if err := s.svc.Close(context.Background()); err != nil {
+		s.t.Errorf("close service: %v", err)
 	}
 	if err := <-s.done; err != nil {
 		s.t.Errorf("serve: %v", err)
@@ -100,8 +108,7 @@ func (s *vmServer) call(method, path, body string, out any) int {
 
 // vmsIn counts QEMU processes and VM run directories under runDir.
 func vmsIn(runDir string) (procs, dirs int) {
-	out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+runDir).Output()
-	procs = len(strings.Fields(string(out)))
+	procs = testutil.VMMProcesses()
 	ents, _ := os.ReadDir(runDir)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), "vm-") {

@@ -1,8 +1,8 @@
 // Package pool keeps ready-to-use items (restored VMs) waiting, so a
 // request takes one instead of creating it.
 //
-//	p := pool.New(3, createVM, pool.Options{})
-//	go p.Populate(ctx)              // fills to 3 and refills after each Get
+//	p := pool.NewRange(1, 8, createVM, pool.Options{})
+//	go p.Populate(ctx)              // keeps 1 ready, more while takes come in
 //	vm, hit, err := p.Get(ctx)      // a waiting VM, or a new one on a miss
 //	defer vm.Close()                // used once: items never go back
 //	p.Close()                       // stops Populate, closes what waits
@@ -33,47 +33,122 @@ type Options struct {
 	Warm func(ctx context.Context, it Item) error
 	// MaxBackoff bounds the wait after a failed create; default 10s.
 	MaxBackoff time.Duration
-	Log        *slog.Logger
+	// Window is how far back the pool looks at demand: it keeps Min items
+	// plus one for every take (hit or miss) in the last Window, up to Max,
+	// so a burst finds the next one ready and an idle pool shrinks back to
+	// Min one Window after the takes stop. Default 10s.
+	Window time.Duration
+	// Workers make items in parallel; default 1 for a fixed size, else 2.
+	Workers int
+	Log     *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
-// Pool holds up to size ready items.
+// Pool holds between Min and Max ready items, following demand.
 type Pool[T Item] struct {
-	size   int
-	create func(context.Context) (T, error)
-	opts   Options
+	min, max int
+	create   func(context.Context) (T, error)
+	opts     Options
 
 	ready  chan T
-	taken  chan struct{} // a Get took an item: refill
+	wake   chan struct{} // a take, or the target moved: look again
 	filled chan struct{} // closed and replaced whenever an item is added
 
 	mu     sync.Mutex
 	closed bool
 	done   chan struct{}
 	wg     sync.WaitGroup
+	takes  []time.Time // takes in the last Window, oldest first
+	making int         // creations in flight
 
-	hits, misses, created, failures atomic.Int64
+	hits, misses, created, failures, shrunk atomic.Int64
 }
 
-// New returns a pool of size items made by create. It is empty until
+// New returns a pool that keeps size items ready. It is empty until
 // Populate runs.
 func New[T Item](size int, create func(context.Context) (T, error), opts Options) *Pool[T] {
+	return NewRange(size, size, create, opts)
+}
+
+// NewRange returns a pool that keeps between min and max items ready, as
+// demand asks (see Options.Window).
+func NewRange[T Item](min, max int, create func(context.Context) (T, error), opts Options) *Pool[T] {
+	min, max = maxInt(min, 0), maxInt(max, min)
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 10 * time.Second
+	}
+	if opts.Window <= 0 {
+		opts.Window = 10 * time.Second
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 1
+		if max > min {
+			opts.Workers = 2
+		}
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	return &Pool[T]{
-		size: size, create: create, opts: opts,
-		ready:  make(chan T, max(size, 0)),
-		taken:  make(chan struct{}, 1),
+		min: min, max: max, create: create, opts: opts,
+		ready:  make(chan T, max),
+		wake:   make(chan struct{}, opts.Workers+1),
 		filled: make(chan struct{}),
 		done:   make(chan struct{}),
 	}
 }
 
-// Populate keeps the pool full until ctx ends or the pool closes. Run it
-// in one goroutine.
+func maxInt(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// Target is how many items the pool aims to hold now.
+func (p *Pool[T]) Target() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.targetLocked()
+}
+
+func (p *Pool[T]) targetLocked() int {
+	cutoff := p.opts.Now().Add(-p.opts.Window)
+	i := 0
+	for i < len(p.takes) && p.takes[i].Before(cutoff) {
+		i++
+	}
+	p.takes = p.takes[i:]
+	return min(p.min+len(p.takes), p.max)
+}
+
+func (p *Pool[T]) noteTake() {
+	p.mu.Lock()
+	if len(p.takes) < 4*p.max+16 { // enough to hit Max; bounded memory
+		p.takes = append(p.takes, p.opts.Now())
+	}
+	p.mu.Unlock()
+	p.signal()
+}
+
+func (p *Pool[T]) signal() {
+	for i := 0; i < p.opts.Workers+1; i++ {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// Populate keeps the pool at its target until ctx ends or the pool
+// closes: it makes items with Options.Workers workers and closes the
+// surplus when demand falls. Run it in one goroutine; it returns when its
+// workers have stopped.
 func (p *Pool[T]) Populate(ctx context.Context) {
 	p.mu.Lock()
 	if p.closed {
@@ -93,16 +168,38 @@ func (p *Pool[T]) Populate(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}()
+	var wg sync.WaitGroup
+	for range p.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.work(ctx)
+		}()
+	}
+	p.shrinkLoop(ctx)
+	wg.Wait()
+}
+
+// work is one worker: it makes items while the pool is below its target.
+func (p *Pool[T]) work(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		if len(p.ready) >= p.size {
+		p.mu.Lock()
+		need := p.targetLocked() - len(p.ready) - p.making
+		if need <= 0 {
+			p.mu.Unlock()
 			select {
-			case <-p.taken:
+			case <-p.wake:
 			case <-ctx.Done():
 			}
 			continue
 		}
+		p.making++
+		p.mu.Unlock()
 		it, err := p.make(ctx)
+		p.mu.Lock()
+		p.making--
+		p.mu.Unlock()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -127,10 +224,46 @@ func (p *Pool[T]) Populate(ctx context.Context) {
 		case p.ready <- it:
 			close(p.filled)
 			p.filled = make(chan struct{})
-		default: // cannot happen with one populator; never leak the item
+		default: // over Max: cannot happen while making counts; never leak
 			it.Close()
 		}
 		p.mu.Unlock()
+	}
+}
+
+// shrinkLoop closes items above the target once demand has fallen.
+func (p *Pool[T]) shrinkLoop(ctx context.Context) {
+	if p.max == p.min {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(max(p.opts.Window/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			p.mu.Lock()
+			surplus := len(p.ready) - p.targetLocked()
+			var it T
+			ok := false
+			if surplus > 0 {
+				select {
+				case it = <-p.ready:
+					ok = true
+				default:
+				}
+			}
+			p.mu.Unlock()
+			if !ok {
+				break
+			}
+			p.shrunk.Add(1)
+			it.Close()
+		}
 	}
 }
 
@@ -151,6 +284,7 @@ func (p *Pool[T]) make(ctx context.Context) (T, error) {
 }
 
 // Get returns a waiting item (hit) or, if none waits, a new one (miss).
+// Either way it counts as demand.
 func (p *Pool[T]) Get(ctx context.Context) (T, bool, error) {
 	var zero T
 	p.mu.Lock()
@@ -162,31 +296,30 @@ func (p *Pool[T]) Get(ctx context.Context) (T, bool, error) {
 	select {
 	case it := <-p.ready:
 		p.hits.Add(1)
-		select {
-		case p.taken <- struct{}{}:
-		default:
-		}
+		p.noteTake()
 		return it, true, nil
 	default:
 	}
 	p.misses.Add(1)
+	p.noteTake()
 	it, err := p.create(ctx)
 	return it, false, err
 }
 
-// WaitFull blocks until the pool holds its full size or ctx ends.
+// WaitFull blocks until the pool holds its current target or ctx ends.
 func (p *Pool[T]) WaitFull(ctx context.Context) error {
 	for {
 		p.mu.Lock()
-		n, filled := len(p.ready), p.filled
+		n, filled, target := len(p.ready), p.filled, p.targetLocked()
 		p.mu.Unlock()
-		if n >= p.size {
+		if n >= target {
 			return nil
 		}
 		select {
 		case <-filled:
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-time.After(50 * time.Millisecond): // the target may have fallen
 		}
 	}
 }
@@ -217,16 +350,19 @@ func (p *Pool[T]) Close() error {
 
 // Stats are a pool's counters.
 type Stats struct {
-	Size     int   `json:"size"`
+	Size     int   `json:"size"` // the current target
+	Min      int   `json:"min"`
+	Max      int   `json:"max"`
 	Ready    int   `json:"ready"`
 	Hits     int64 `json:"hits"`
 	Misses   int64 `json:"misses"`
 	Created  int64 `json:"created"`
 	Failures int64 `json:"failures"`
+	Shrunk   int64 `json:"shrunk"`
 }
 
 // Stats returns the current counters.
 func (p *Pool[T]) Stats() Stats {
-	return Stats{Size: p.size, Ready: len(p.ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
-		Created: p.created.Load(), Failures: p.failures.Load()}
+	return Stats{Size: p.Target(), Min: p.min, Max: p.max, Ready: len(p.ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
+		Created: p.created.Load(), Failures: p.failures.Load(), Shrunk: p.shrunk.Load()}
 }

@@ -143,3 +143,96 @@ func TestCloseClosesWaitingAndStopsPopulate(t *testing.T) {
 		t.Fatalf("Get after Close: %v", err)
 	}
 }
+
+// clock is a settable clock for the demand window.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func waitReady(t *testing.T, p *Pool[*item], want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Ready != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("ready %d, want %d (%+v)", p.Stats().Ready, want, p.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFollowsDemand(t *testing.T) {
+	f := &factory{}
+	c := &clock{now: time.Unix(1000, 0)}
+	p := NewRange(1, 5, f.create, Options{Window: 10 * time.Second, Now: c.Now})
+	go p.Populate(context.Background())
+	defer p.Close()
+	waitReady(t, p, 1) // idle: the minimum
+	// A burst of 4 takes: the pool grows to min + 4, capped at max 5.
+	for range 4 {
+		it, _, err := p.Get(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		it.Close()
+	}
+	if got := p.Target(); got != 5 {
+		t.Fatalf("target after 4 takes: %d, want 5", got)
+	}
+	waitReady(t, p, 5)
+	// The next burst is served from the pool.
+	for i := range 5 {
+		if _, hit, _ := p.Get(context.Background()); !hit {
+			t.Fatalf("take %d of the second burst missed", i)
+		}
+	}
+	// Demand stops: one window later the pool is back at its minimum,
+	// the surplus closed, not leaked.
+	waitReady(t, p, 5)
+	c.add(11 * time.Second)
+	waitReady(t, p, 1)
+	st := p.Stats()
+	if st.Shrunk != 4 || st.Size != 1 {
+		t.Fatalf("after the window: %+v, want 4 shrunk and target 1", st)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	open := 0
+	for _, it := range f.all {
+		if !it.closed.Load() {
+			open++
+		}
+	}
+	if open != 1+5 { // one waiting, five handed out and not closed by the test
+		t.Fatalf("%d items open, want 6", open)
+	}
+}
+
+func TestNeverAboveMax(t *testing.T) {
+	f := &factory{}
+	p := NewRange(0, 3, f.create, Options{Workers: 4})
+	go p.Populate(context.Background())
+	defer p.Close()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if it, _, err := p.Get(context.Background()); err == nil {
+				it.Close()
+			}
+			if r := p.Stats().Ready; r > 3 {
+				t.Errorf("%d ready, above max 3", r)
+			}
+		}()
+	}
+	wg.Wait()
+	waitReady(t, p, 3)
+}

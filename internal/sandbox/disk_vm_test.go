@@ -28,14 +28,19 @@ func TestDiskLayerGivesSpaceBack(t *testing.T) {
 	defer noLeftovers(t, m)
 	ctx := context.Background()
 	e, _ := m.catalog.Lookup("python", "")
-	vm, err := m.AcquireShape(ctx, e, false, Shape{DiskMiB: 512})
+	tmpl, err := m.Template(ctx, e, Shape{DiskMiB: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A sandbox's disk: where its owner says, and kept across hibernation.
+	disk := filepath.Join(t.TempDir(), "disk.ext4")
+	vm, err := m.Start(ctx, tmpl, StartOptions{Disk: disk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer vm.Close()
-	disk := vm.disk
-	if disk == "" {
-		t.Fatal("VM has no writable disk")
+	if vm.disk != disk {
+		t.Fatalf("VM's writable disk is %q, want %q", vm.disk, disk)
 	}
 	sh := func(script string) {
 		t.Helper()
@@ -61,14 +66,14 @@ func TestDiskLayerGivesSpaceBack(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // discards reach the host file asynchronously
 	}
 
-	// The disk goes with a hibernated sandbox and comes back with it.
+	// The disk stays with a hibernated sandbox and comes back with it.
 	sh("echo persisted > keep.txt && sync")
 	dir := t.TempDir()
 	if err := m.Hibernate(ctx, vm, dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
-		t.Fatalf("hibernation dir lacks the disk: %v", err)
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("hibernation lost the disk: %v", err)
 	}
 	// A resume that fails must not lose the sandbox's only disk.
 	state := filepath.Join(dir, "vmstate")
@@ -77,14 +82,14 @@ func TestDiskLayerGivesSpaceBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(state, good[:len(good)/2], 0o600)
-	if _, err := m.Resume(ctx, e, Shape{DiskMiB: 512}, dir); err == nil {
+	if _, err := m.Resume(ctx, tmpl, dir, disk); err == nil {
 		t.Fatal("resume from a truncated device state succeeded")
 	}
-	if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
+	if _, err := os.Stat(disk); err != nil {
 		t.Fatalf("a failed resume lost the disk: %v", err)
 	}
 	os.WriteFile(state, good, 0o600)
-	back, err := m.Resume(ctx, e, Shape{DiskMiB: 512}, dir)
+	back, err := m.Resume(ctx, tmpl, dir, disk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,9 +98,18 @@ func TestDiskLayerGivesSpaceBack(t *testing.T) {
 	if err != nil || string(got) != "persisted\n" {
 		t.Fatalf("after resume: %q %v", got, err)
 	}
-	d := back.disk
 	back.Close()
-	if _, err := os.Stat(d); !os.IsNotExist(err) {
-		t.Fatalf("closing the VM left its disk %s", d)
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("closing a sandbox's VM removed the disk its owner keeps: %v", err)
+	}
+	// A VM's private disk goes with it.
+	priv, err := m.AcquireShape(ctx, e, false, Shape{DiskMiB: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := priv.disk
+	priv.Close()
+	if _, err := os.Stat(p); p == "" || !os.IsNotExist(err) {
+		t.Fatalf("closing the VM left its private disk %q", p)
 	}
 }

@@ -6,4 +6,11 @@ import "errors"
 var (
 	ErrNotReady   = errors.New("guest did not become ready")
 	ErrBadRequest = errors.New("bad request")
+
+	// Errors of long-lived sandboxes.
+	ErrNoSandbox      = errors.New("no such sandbox")
+	ErrSandboxDeleted = errors.New("sandbox deleted")
+	ErrSandboxLost    = errors.New("sandbox lost")
+	ErrSandboxBusy    = errors.New("sandbox busy")
+	ErrClosed         = errors.New("sandboxes: shutting down")
 )

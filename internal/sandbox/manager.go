@@ -4,23 +4,23 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/disk"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 	"github.com/firesandbox/firesandbox/languages"
 )
 
@@ -48,17 +48,25 @@ type Config struct {
 	// NoPrewarm leaves languages' prewarmed runtimes out of snapshots, so
 	// every run starts its interpreter (for comparison; slower).
 	NoPrewarm bool `json:"no_prewarm"`
+	// Snapshots says which pulled snapshots to trust (signing keys).
+	Snapshots snapshot.Config `json:"snapshots"`
+	// VMM configures the drivers (the config file's [qemu] and
+	// [firecracker] sections); Driver and Accel above override its own.
+	VMM drivers.Config `json:"vmm"`
 }
 
 // DefaultDataDir is where firesandbox keeps its data unless told otherwise.
 const DefaultDataDir = "/var/lib/firesandbox"
+
+// DefaultRunDir holds per-VM sockets and logs unless told otherwise.
+const DefaultRunDir = "/run/firesandbox"
 
 func (c *Config) setDefaults() {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
 	if c.RunDir == "" {
-		c.RunDir = "/run/firesandbox"
+		c.RunDir = DefaultRunDir
 	}
 	if c.Driver == "" {
 		c.Driver = "auto"
@@ -103,6 +111,9 @@ func (c *Config) Validate() error {
 	if c.VCPUs < 0 || c.VCPUs > 32 || c.MemoryMiB < 0 || c.MemoryMiB > 64<<10 {
 		return fmt.Errorf("%w: vcpus %d / memory %d MiB out of range", ErrBadRequest, c.VCPUs, c.MemoryMiB)
 	}
+	if err := c.Snapshots.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 	return nil
 }
 
@@ -113,8 +124,14 @@ type Manager struct {
 	catalog   *image.Catalog
 	images    *image.Store
 	snapshots *snapshot.Store
-	driver    vmm.Driver // created on first use: choosing may boot a probe VM
+
+	driver  vmm.Driver       // injected by WithDriver, else chosen by drivers
+	drivers *drivers.Chooser // chooses once, safely for concurrent callers
+
+	tmpl templates
 	pools
+
+	snapshotsMade atomic.Int64 // snapshots created by this Manager
 }
 
 // Option configures a Manager.
@@ -136,13 +153,24 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	trust, err := cfg.Snapshots.Trust()
+	if err != nil {
+		return nil, err
+	}
 	m := &Manager{
 		cfg: cfg, log: slog.New(slog.DiscardHandler), catalog: cat,
 		images:    image.NewStore(cfg.DataDir),
-		snapshots: snapshot.NewStore(filepath.Join(cfg.DataDir, "snapshots"), cfg.SnapshotCacheBytes),
+		snapshots: snapshot.NewStore(filepath.Join(cfg.DataDir, "snapshots"), cfg.SnapshotCacheBytes, snapshot.WithTrust(trust)),
 	}
 	for _, o := range opts {
 		o(m)
+	}
+	dopts := []drivers.Option{drivers.WithLogger(m.log), drivers.WithAccelCache(cfg.DataDir)}
+	if m.driver != nil {
+		dopts = append(dopts, drivers.WithDriver(m.driver))
+	}
+	if m.drivers, err = drivers.New(cfg.vmmConfig(), dopts...); err != nil {
+		return nil, err
 	}
 	m.sweep()
 	return m, nil
@@ -157,209 +185,16 @@ func (m *Manager) Images() *image.Store { return m.images }
 // Config returns the effective configuration.
 func (m *Manager) Config() Config { return m.cfg }
 
-// VM is a booted machine with a connected agent.
-type VM struct {
-	Machine vmm.Machine
-	Agent   *agentproto.Client
-	// Ready is the time from asking for the VM to the agent's Hello
-	// (after a restore: and its resync).
-	Ready time.Duration
-	// Restored says the VM came from a snapshot rather than a cold boot.
-	Restored bool
-	Shape    Shape
-	owner    string
-	disk     string   // writable layer disk, removed with the VM
-	volumes  []string // packed mounts, removed with the VM
-}
-
-// Close stops the VM and frees everything it held.
-func (v *VM) Close() error {
-	if v.Agent != nil {
-		v.Agent.Close()
-	}
-	var err error
-	if v.Machine != nil {
-		err = v.Machine.Stop(context.Background())
-	}
-	if v.owner != "" {
-		os.Remove(v.owner)
-	}
-	if v.disk != "" {
-		os.Remove(v.disk)
-	}
-	for _, vol := range v.volumes {
-		os.Remove(vol)
-	}
-	return err
-}
-
-// prepare finds what a VM of e needs: the current kernel, e's image and
-// the driver (chosen on first use).
-func (m *Manager) prepare(ctx context.Context, e *image.Entry) (*guestkernel.Kernel, *image.Image, vmm.Driver, error) {
-	k, err := guestkernel.Load(m.cfg.DataDir)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	img, err := m.images.ForEntry(e, m.cfg.ImageFormat)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	d, err := m.Driver(ctx, k, img)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return k, img, d, nil
+// vmmDriver returns the VMM driver, choosing it once: concurrent first
+// callers wait for one choice (and at most one KVM probe).
+func (m *Manager) vmmDriver(ctx context.Context, k *guestkernel.Kernel, img *image.Image) (vmm.Driver, error) {
+	return m.Driver(ctx, k, img)
 }
 
 func newID(prefix string) string {
 	b := make([]byte, 5)
 	_, _ = rand.Read(b)
 	return prefix + hex.EncodeToString(b)
-}
-
-// vmConfig describes a VM of img: one read-only disk per image layer,
-// bottom first, which the agent stacks with overlayfs.
-func (m *Manager) vmConfig(d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, id, disk string, mounts []Mount, volumes []string) (vmm.Config, error) {
-	layers, err := m.images.Layers(img)
-	if err != nil {
-		return vmm.Config{}, err
-	}
-	var disks []vmm.Disk
-	var refs []string
-	for i, l := range layers {
-		did := fmt.Sprintf("layer%d", i)
-		disks = append(disks, vmm.Disk{ID: did, Path: l.Path(), ReadOnly: true})
-		refs = append(refs, vmm.GuestDiskRef(d.Capabilities(), i, did))
-	}
-	cmdline := []string{"fs.root=" + strings.Join(refs, ","), "fs.rootfs=" + img.Format}
-	if disk != "" {
-		disks = append(disks, vmm.Disk{ID: "upper", Path: disk})
-		cmdline = append(cmdline, "fs.upper="+vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, "upper"))
-	}
-	var vols []string
-	for i, v := range volumes {
-		did := fmt.Sprintf("mount%d", i)
-		disks = append(disks, vmm.Disk{ID: did, Path: v, ReadOnly: true})
-		vols = append(vols, vmm.GuestDiskRef(d.Capabilities(), len(disks)-1, did)+"@"+mounts[i].GuestDir)
-	}
-	if len(vols) > 0 {
-		cmdline = append(cmdline, "fs.mounts="+strings.Join(vols, ","))
-	}
-	return vmm.Config{
-		ID:        id,
-		Kernel:    k.Vmlinux,
-		Initrd:    k.Initramfs,
-		VCPUs:     shape.VCPUs,
-		MemoryMiB: shape.MemoryMiB,
-		Disks:     disks,
-		Cmdline:   cmdline,
-		RunDir:    filepath.Join(m.cfg.RunDir, id),
-	}, nil
-}
-
-// diskPath is where VM id's writable disk lives: in the data directory,
-// so hibernation moves it with a rename.
-func (m *Manager) diskPath(id string) string {
-	return filepath.Join(m.cfg.DataDir, "disks", id+".ext4")
-}
-
-// newDisk makes a sparse ext4 file system of mib MiB for a writable layer.
-// Only metadata takes space until the guest writes.
-func (m *Manager) newDisk(ctx context.Context, id string, mib int) (string, error) {
-	p := m.diskPath(id)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return "", err
-	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return "", err
-	}
-	err = f.Truncate(int64(mib) << 20)
-	f.Close()
-	if err == nil {
-		var out []byte
-		out, err = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", p).CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("mkfs.ext4: %v: %s", err, out)
-		}
-	}
-	if err != nil {
-		os.Remove(p)
-		return "", fmt.Errorf("create writable disk: %w", err)
-	}
-	return p, nil
-}
-
-func (m *Manager) boot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, timeout time.Duration, mounts ...Mount) (*VM, error) {
-	start := time.Now()
-	id := newID("vm-")
-	owner, err := m.claim(id)
-	if err != nil {
-		return nil, err
-	}
-	vm := &VM{owner: owner, Shape: shape}
-	fail := func(err error) (*VM, error) {
-		vm.Close() // releases whatever it holds so far
-		return nil, err
-	}
-	if shape.DiskMiB > 0 {
-		if vm.disk, err = m.newDisk(ctx, id, shape.DiskMiB); err != nil {
-			return fail(err)
-		}
-	}
-	if vm.volumes, err = m.packMounts(ctx, id, mounts); err != nil {
-		return fail(err)
-	}
-	cfg, err := m.vmConfig(d, k, img, shape, id, vm.disk, mounts, vm.volumes)
-	if err != nil {
-		return fail(err)
-	}
-	mach, err := d.Boot(ctx, cfg)
-	if err != nil {
-		return fail(fmt.Errorf("boot %s: %w", img.Language, err))
-	}
-	vm.Machine = mach
-	if err := m.connect(ctx, vm, timeout); err != nil {
-		return fail(err)
-	}
-	vm.Ready = time.Since(start)
-	m.log.Debug("vm ready", "vm", id, "image", img.ID, "ready", vm.Ready)
-	return vm, nil
-}
-
-// connect dials the agent and waits for its Hello, giving up early if the
-// VMM exits; on failure the error carries the guest console's tail.
-func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	go func() {
-		if vm.Machine.Wait(ctx) == nil {
-			cancel() // the VMM exited: stop waiting for a Hello
-		}
-	}()
-	conn, err := vm.Machine.DialAgent(ctx)
-	if err == nil {
-		vm.Agent = agentproto.NewClient(conn)
-		_, err = vm.Agent.WaitHello(ctx)
-	}
-	if err == nil {
-		return nil
-	}
-	why := err.Error()
-	if vm.Machine.State() == vmm.StateStopped {
-		why = "the VM exited"
-	} else if errors.Is(err, context.DeadlineExceeded) {
-		why = fmt.Sprintf("no answer within %s", timeout)
-	}
-	return fmt.Errorf("%w (%s); guest console:\n%s", ErrNotReady, why, indent(vm.Machine.Console(2048)))
-}
-
-func indent(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if s == "" {
-		return "  (empty)"
-	}
-	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
 }
 
 // claim records that this process owns VM id, so a later Manager can tell
@@ -373,8 +208,8 @@ func (m *Manager) claim(id string) (string, error) {
 	return p, os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0o600)
 }
 
-// sweep removes run directories and RAM files of VMs whose owner died.
-// Their QEMU processes died with the owner (parent-death signal).
+// sweep removes run directories and RAM files of VMs whose owner died,
+// and kills their VMMs where those outlived it.
 func (m *Manager) sweep() {
 	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
 	for _, o := range owners {
@@ -388,21 +223,17 @@ func (m *Manager) sweep() {
 		}
 		id := filepath.Base(o)
 		m.log.Info("sweeping leftovers of dead VM", "vm", id)
-		os.RemoveAll(filepath.Join(m.cfg.RunDir, id))
-		os.Remove(filepath.Join("/dev/shm", "firesandbox-"+id+".ram"))
+		// Kills its VMM if that very process still runs (Firecracker has
+		// no parent-death signal), and removes its RAM file, jail and
+		// run dir.
+		if killed, err := vmmproc.Sweep(filepath.Join(m.cfg.RunDir, id)); err != nil {
+			m.log.Warn("sweep", "vm", id, "err", err)
+		} else if killed {
+			m.log.Info("killed the VMM of a dead VM", "vm", id)
+		}
 		// Its writable disk and packed mounts: without the VM's memory a
 		// disk cannot be resumed (serve marks such a sandbox lost).
-		os.Remove(m.diskPath(id))
-		vols, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, "disks", id+"-m*.squashfs"))
-		for _, v := range vols {
-			os.Remove(v)
-		}
+		disk.RemoveVM(m.disksDir(), id)
 		os.Remove(o)
 	}
-}
-
-// Streams receive a run's output as it is produced. Nil writers discard.
-type Streams struct {
-	Stdout, Stderr               io.Writer
-	CompileStdout, CompileStderr io.Writer
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path"
-	"path/filepath"
 	"strings"
 
-	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/disk"
 )
 
 // Mount makes a host directory visible in the guest, read-only, as it was
@@ -44,8 +42,10 @@ func (m Mount) Validate() error {
 		return fmt.Errorf("%w: mount: %s is not a directory", ErrBadRequest, m.HostDir)
 	}
 	g := m.GuestDir
-	if !path.IsAbs(g) || path.Clean(g) != g || g == "/" || strings.ContainsAny(g, " ,@\t\n\"'") || len(g) > 200 {
-		return fmt.Errorf("%w: mount: guest path %q: want a clean absolute path other than / without spaces, commas or @", ErrBadRequest, g)
+	// The kernel command line carries it: no control character, blank or
+	// separator may pass (a carriage return once injected an argument).
+	if err := agentproto.ValidateMountDir(g); err != nil {
+		return fmt.Errorf("%w: mount: %v", ErrBadRequest, err)
 	}
 	for _, sys := range []string{"/proc", "/sys", "/dev", "/tmp"} {
 		if g == sys || strings.HasPrefix(g, sys+"/") {
@@ -72,16 +72,9 @@ func (m *Manager) packMounts(ctx context.Context, id string, mounts []Mount) ([]
 		if err := mt.Validate(); err != nil {
 			return fail(err)
 		}
-		v := filepath.Join(m.cfg.DataDir, "disks", fmt.Sprintf("%s-m%d.squashfs", id, i))
-		if err := os.MkdirAll(filepath.Dir(v), 0o700); err != nil {
+		v := disk.VolumePath(m.disksDir(), id, i)
+		if err := disk.Pack(ctx, mt.HostDir, v); err != nil {
 			return fail(err)
-		}
-		uid := fmt.Sprint(image.SandboxUID)
-		out, err := exec.CommandContext(ctx, "mksquashfs", mt.HostDir, v, "-comp", "zstd", "-noappend", "-quiet", "-no-progress",
-			"-force-uid", uid, "-force-gid", uid).CombinedOutput()
-		if err != nil {
-			os.Remove(v)
-			return fail(fmt.Errorf("pack mount %s: %v: %s", mt.HostDir, err, out))
 		}
 		vols = append(vols, v)
 	}

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
@@ -16,17 +18,60 @@ type pools struct {
 	byLang  map[string]*pool.Pool[*VM]
 }
 
-// StartPool keeps size restored VMs of a language waiting, refilled in the
+// PoolRange is how many VMs a pool keeps waiting: Min when idle, up to
+// Max while runs come in (see pool.Options.Window). Written "N" or "N..M".
+type PoolRange struct{ Min, Max int }
+
+// ParsePoolRange parses "2" (a fixed size) or "1..8".
+func ParsePoolRange(s string) (PoolRange, error) {
+	lo, hi, ranged := strings.Cut(strings.TrimSpace(s), "..")
+	a, err1 := strconv.Atoi(lo)
+	b, err2 := a, error(nil)
+	if ranged {
+		b, err2 = strconv.Atoi(hi)
+	}
+	r := PoolRange{a, b}
+	if err1 != nil || err2 != nil {
+		return r, fmt.Errorf("%w: pool size %q: want N or MIN..MAX", ErrBadRequest, s)
+	}
+	return r, r.Validate()
+}
+
+// Validate checks a range.
+func (r PoolRange) Validate() error {
+	if r.Min < 0 || r.Max < r.Min || r.Max > 64 {
+		return fmt.Errorf("%w: pool size %d..%d: want 0 <= MIN <= MAX <= 64", ErrBadRequest, r.Min, r.Max)
+	}
+	return nil
+}
+
+// UnmarshalText reads a range from a config file.
+func (r *PoolRange) UnmarshalText(b []byte) error {
+	v, err := ParsePoolRange(string(b))
+	*r = v
+	return err
+}
+
+// String writes a range as ParsePoolRange reads it.
+func (r PoolRange) String() string {
+	if r.Min == r.Max {
+		return strconv.Itoa(r.Min)
+	}
+	return fmt.Sprintf("%d..%d", r.Min, r.Max)
+}
+
+// StartPool keeps restored VMs of a language waiting, as many as size
+// says (Min when idle, more while runs come in), refilled in the
 // background until Close. warm runs the language's test program once in
 // each VM before it waits (not in the user's directory), so the first
 // real run does not pay for the interpreter's first start.
-func (m *Manager) StartPool(ctx context.Context, language string, size int, warm bool) error {
+func (m *Manager) StartPool(ctx context.Context, language string, size PoolRange, warm bool) error {
 	e, err := m.catalog.Lookup(language, "")
 	if err != nil {
 		return err
 	}
-	if size < 0 || size > 64 {
-		return fmt.Errorf("%w: pool size %d: want 0-64", ErrBadRequest, size)
+	if err := size.Validate(); err != nil {
+		return err
 	}
 	m.poolsMu.Lock()
 	defer m.poolsMu.Unlock()
@@ -37,14 +82,14 @@ func (m *Manager) StartPool(ctx context.Context, language string, size int, warm
 		old.Close()
 		delete(m.byLang, e.Name)
 	}
-	if size == 0 {
+	if size.Max == 0 {
 		return nil
 	}
 	opts := pool.Options{Log: m.log.With("pool", e.Name)}
 	if warm {
 		opts.Warm = func(ctx context.Context, it pool.Item) error { return m.warm(ctx, it.(*VM), e) }
 	}
-	p := pool.New(size, func(ctx context.Context) (*VM, error) { return m.Acquire(ctx, e, false) }, opts)
+	p := pool.NewRange(size.Min, size.Max, func(ctx context.Context) (*VM, error) { return m.Acquire(ctx, e, false) }, opts)
 	m.byLang[e.Name] = p
 	go p.Populate(context.WithoutCancel(ctx))
 	return nil
@@ -85,7 +130,11 @@ func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool, mounts []
 	if p := m.Pool(e.Name); p != nil && !cold && len(mounts) == 0 {
 		return p.Get(ctx)
 	}
-	vm, err := m.acquire(ctx, e, cold, Shape{}, mounts)
+	t, err := m.Template(ctx, e, Shape{})
+	if err != nil {
+		return nil, false, err
+	}
+	vm, err := m.Start(ctx, t, StartOptions{Cold: cold, Mounts: mounts})
 	return vm, false, err
 }
 

@@ -6,10 +6,15 @@ import (
 	"io"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
 )
+
+// Streams receive a run's output as it is produced. Nil writers discard.
+type Streams struct {
+	Stdout, Stderr               io.Writer
+	CompileStdout, CompileStderr io.Writer
+}
 
 // RunRequest is a one-shot run: files in, program output and result out.
 type RunRequest struct {
@@ -26,6 +31,10 @@ type RunRequest struct {
 	Cold bool
 	// Mounts show host directories read-only in the guest (cold boot).
 	Mounts []Mount
+	// RunCmd, if set, replaces the language's run command (Args are still
+	// appended) and CompileCmd its compile command: none if empty. The
+	// language still picks the image and snapshot.
+	RunCmd, CompileCmd []string
 }
 
 // RunResult is how a run ended. Compile is nil for interpreted languages;
@@ -70,6 +79,12 @@ func (r *RunRequest) validate() error {
 	if n > MaxRunBytes {
 		return fmt.Errorf("%w: files and stdin total %d bytes, at most %d", ErrBadRequest, n, MaxRunBytes)
 	}
+	if (r.RunCmd != nil && (len(r.RunCmd) == 0 || r.RunCmd[0] == "")) || (len(r.CompileCmd) > 0 && r.CompileCmd[0] == "") {
+		return fmt.Errorf("%w: a command starts with an empty word", ErrBadRequest)
+	}
+	if r.RunCmd == nil && r.CompileCmd != nil {
+		return fmt.Errorf("%w: a compile command needs a run command", ErrBadRequest)
+	}
 	return nil
 }
 
@@ -93,7 +108,13 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 		return nil, err
 	}
 	defer vm.Close()
-	res, err := m.execProgram(ctx, vm, e, workDir, files, req.Args, req.Stdin, req.CompileLimits, req.RunLimits, out)
+	prog := e
+	if req.RunCmd != nil {
+		c := *e
+		c.Run, c.Compile = req.RunCmd, req.CompileCmd
+		prog = &c
+	}
+	res, err := m.execProgram(ctx, vm, prog, workDir, files, req.Args, req.Stdin, req.CompileLimits, req.RunLimits, out)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +160,7 @@ const execMargin = 30 * time.Second
 // execBounded runs one exec with a host-side deadline, so an agent that
 // stops answering cannot hang the caller.
 func execBounded(ctx context.Context, vm *VM, req agentproto.ExecRequest, stdout, stderr io.Writer) (*agentproto.ExitResult, error) {
-	wall := time.Duration(max(req.Limits.WallMillis, agent.DefaultLimits.WallMillis)) * time.Millisecond
+	wall := time.Duration(max(req.Limits.WallMillis, agentproto.DefaultLimits.WallMillis)) * time.Millisecond
 	ctx, cancel := context.WithTimeout(ctx, wall+execMargin)
 	defer cancel()
 	return vm.Agent.Exec(ctx, req, stdout, stderr)

@@ -5,16 +5,15 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
-	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/testutil"
+	"github.com/firesandbox/firesandbox/internal/vmm"
 )
 
 // newTestManager returns a Manager on the shared fixtures with its own run
@@ -67,8 +66,8 @@ func noLeftovers(t *testing.T, m *Manager) {
 	if len(owners) != 0 {
 		t.Errorf("%d VM ownership records left behind", len(owners))
 	}
-	if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+m.cfg.RunDir).Output(); len(out) > 0 {
-		t.Errorf("qemu processes left running: %s", out)
+	if n := testutil.VMMProcesses(); n > 0 {
+		t.Errorf("%d VMM processes left running", n)
 	}
 }
 
@@ -151,8 +150,9 @@ func TestRunBadInput(t *testing.T) {
 }
 
 func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
-	m, fx := newTestManager(t)
-	d, err := m.Driver(context.Background(), fx.Kernel, fx.Python)
+	m, _ := newTestManager(t)
+	e, _ := m.catalog.Lookup("python", "")
+	good, err := m.Template(context.Background(), e, Shape{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,17 +160,18 @@ func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
 	if err := os.WriteFile(junk, bytes.Repeat([]byte("junk"), 1<<18), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bad := *fx.Python
-	bad.Dir, bad.File = filepath.Dir(junk), filepath.Base(junk)
+	bad := &Template{Entry: good.Entry, Shape: good.Shape, Kernel: good.Kernel, Image: good.Image, Driver: good.Driver, Base: good.Base}
+	bad.Base.Disks = append([]vmm.Disk(nil), good.Base.Disks...)
+	bad.Base.Disks[len(bad.Base.Disks)-1].Path = junk
 
 	// The agent cannot mount the junk root, says so, and powers off.
-	_, err = m.boot(context.Background(), d, fx.Kernel, &bad, m.shape(Shape{}), time.Minute)
+	_, err = m.boot(context.Background(), bad, time.Minute, StartOptions{})
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "firesandbox-agent: fatal") {
 		t.Fatalf("boot with a junk root: %v; want ErrNotReady with the agent's console message", err)
 	}
 	// A guest that is too slow is given up on at the deadline.
 	start := time.Now()
-	_, err = m.boot(context.Background(), d, fx.Kernel, fx.Python, m.shape(Shape{}), 300*time.Millisecond)
+	_, err = m.boot(context.Background(), good, 300*time.Millisecond, StartOptions{})
 	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "no answer within") {
 		t.Fatalf("boot with a short deadline: %v", err)
 	}
@@ -180,39 +181,23 @@ func TestBootFailureShowsConsoleAndCleansUp(t *testing.T) {
 	noLeftovers(t, m)
 }
 
-func mustKernel(t *testing.T, m *Manager) *guestkernel.Kernel {
-	t.Helper()
-	k, err := guestkernel.Load(m.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func mustImage(t *testing.T, m *Manager) *image.Image {
-	t.Helper()
-	e, _ := m.catalog.Lookup("python", "")
-	im, err := m.images.ForEntry(e, m.cfg.ImageFormat)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return im
-}
-
 func TestRunWithMount(t *testing.T) {
 	m, _ := newTestManager(t)
 	defer noLeftovers(t, m)
 	host := t.TempDir()
 	os.MkdirAll(filepath.Join(host, "sub"), 0o755)
-	os.WriteFile(filepath.Join(host, "sub", "data.txt"), []byte("from the host\n"), 0o600)
+	os.WriteFile(filepath.Join(host, "sub", "data.txt"), []byte("from the host\n"), 0o644)
+	// A root-only file on the host stays unreadable to the guest's user.
+	os.WriteFile(filepath.Join(host, "secret"), []byte("root only\n"), 0o600)
 	var out, errb bytes.Buffer
-	code := "print(open('/data/sub/data.txt').read(), end='')\ntry:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print('read-only', e.errno)"
+	code := "print(open('/data/sub/data.txt').read(), end='')\ntry:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print('read-only', e.errno)\n" +
+		"try:\n    print(open('/data/secret').read())\nexcept OSError as e:\n    print('secret', e.errno)"
 	res, err := m.Run(context.Background(), RunRequest{Language: "python", Files: []agentproto.File{{Content: []byte(code)}},
 		Mounts: []Mount{{HostDir: host, GuestDir: "/data"}}}, Streams{Stdout: &out, Stderr: &errb})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.String() != "from the host\nread-only 30\n" || res.Run.Code != 0 {
+	if out.String() != "from the host\nread-only 30\nsecret 13\n" || res.Run.Code != 0 {
 		t.Fatalf("stdout %q stderr %q result %+v", out.String(), errb.String(), res.Run)
 	}
 	if vols, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, "disks", "*.squashfs")); len(vols) != 0 {

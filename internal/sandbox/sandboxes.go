@@ -2,31 +2,17 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/state"
-	"github.com/firesandbox/firesandbox/internal/vmm"
-)
-
-// Errors of long-lived sandboxes; the API maps them to status codes.
-var (
-	ErrNoSandbox      = errors.New("no such sandbox")
-	ErrSandboxDeleted = errors.New("sandbox deleted")
-	ErrSandboxLost    = errors.New("sandbox lost")
-	ErrSandboxBusy    = errors.New("sandbox busy")
-	ErrClosed         = errors.New("sandboxes: shutting down")
 )
 
 // WorkDir is a sandbox's working directory in the guest: files are
@@ -41,31 +27,52 @@ type Gate interface {
 
 // SandboxesConfig configures Sandboxes.
 type SandboxesConfig struct {
-	// Dir holds hibernated sandboxes, one directory per id.
+	// Dir holds the sandboxes' files, one directory per id: a hibernation
+	// (snapshot/) and a writable disk (disk.ext4).
 	Dir string
 	// IdleTimeout is the default time a sandbox may sit unused before
 	// it is hibernated; zero disables idle hibernation by default.
 	IdleTimeout time.Duration
-	// IdleCheck is how often idle sandboxes are looked for; default 1s.
+	// IdleCheck is how often idle and expired sandboxes are looked for;
+	// default 1s.
 	IdleCheck time.Duration
+	// HibernatedTTL, if set, deletes sandboxes that stayed hibernated this
+	// long (counted from when they were hibernated).
+	HibernatedTTL time.Duration
+	// Directory, if set, is told of every change (many hosts); nil keeps
+	// the sandboxes to this host.
+	Directory Directory
 }
 
-// Sandboxes owns the long-lived sandboxes: their live VMs, by id, and
-// their persisted state. Operations on one sandbox are serialised against
-// hibernate, resume and delete by a per-sandbox lock; execs may overlap.
+// AdmitFunc is asked before an operation that takes room on the server
+// ("create", "resume", or a client's "hibernate"), with the sandbox's
+// record (its tenant and shape); an error refuses the operation, and
+// release is called once it has ended. See SetAdmission.
+type AdmitFunc func(ctx context.Context, op string, sb state.Sandbox) (release func(), err error)
+
+// Sandboxes owns the long-lived sandboxes: their persisted records (the
+// truth about each one's state) and the live VMs of the running ones.
+// Operations on one sandbox are serialised against create, hibernate,
+// resume and delete by a per-sandbox lock; execs may overlap.
 //
 //	sbx, _ := sandbox.OpenSandboxes(mgr, db, cfg, gate, log) // reconciles
 //	sb, _ := sbx.Create(ctx, sandbox.CreateRequest{Language: "python"})
-//	res, _ := sbx.Exec(ctx, sb.ID, agentproto.ExecRequest{Argv: argv}, w, w)
-//	_, _ = sbx.Hibernate(ctx, sb.ID)  // VM gone, memory and disk on storage
-//	res, _ = sbx.Exec(ctx, sb.ID, ...) // resumes first
-//	sbx.Close(ctx)                    // hibernates what still runs
+//	res, _ := sbx.Exec(ctx, "", sb.ID, agentproto.ExecRequest{Argv: argv}, w, w)
+//	_, _ = sbx.Hibernate(ctx, "", sb.ID)  // VM gone, memory and disk on storage
+//	res, _ = sbx.Exec(ctx, "", sb.ID, ...) // resumes first
+//	sbx.Close(ctx)                        // hibernates what still runs
+//
+// Every method that names a sandbox takes the caller's tenant: a sandbox
+// of another tenant does not exist for it (ErrNoSandbox).
 type Sandboxes struct {
 	mgr  *Manager
 	db   *state.DB
 	cfg  SandboxesConfig
 	gate Gate
 	log  *slog.Logger
+	now  func() time.Time
+
+	admit AdmitFunc // nil: everything is admitted
 
 	mu     sync.Mutex
 	boxes  map[string]*box
@@ -77,10 +84,10 @@ type Sandboxes struct {
 
 // box is the in-memory side of one sandbox.
 type box struct {
-	// mu: read-held by exec and file transfers, write-held by create,
-	// hibernate, resume and delete.
+	// mu: read-held by exec and file transfers, write-held by the
+	// operations of the transition table.
 	mu       sync.RWMutex
-	vm       *VM    // nil unless the sandbox runs
+	vm       *VM    // the live VM while the record says running
 	release  func() // frees vm's gate slot
 	lastUsed atomic.Int64
 	// stopOps is cancelled by Delete so running execs end promptly.
@@ -90,7 +97,7 @@ type box struct {
 
 // OpenSandboxes reconciles what a previous process left in db (running
 // sandboxes lost their VMs, complete snapshots are resumable) and starts
-// the idle-hibernation loop.
+// the loop that hibernates idle sandboxes and ends expired ones.
 func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, log *slog.Logger) (*Sandboxes, error) {
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: sandboxes directory not set", ErrBadRequest)
@@ -104,34 +111,60 @@ func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, l
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
 	}
-	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, log: log, boxes: map[string]*box{}, stop: make(chan struct{})}
-	changed, err := db.Reconcile(context.Background(), func(sb state.Sandbox) bool {
-		return sb.SnapshotDir != "" && snapshotComplete(sb.SnapshotDir)
-	})
-	if err != nil {
+	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, log: log, now: time.Now,
+		boxes: map[string]*box{}, stop: make(chan struct{})}
+	if err := s.reconcile(context.Background()); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
-	}
-	for _, c := range changed {
-		log.Info("sandbox reconciled", "sandbox", c.ID, "from", c.From, "to", c.State, "reason", c.Reason)
-		if c.State == state.Lost {
-			os.RemoveAll(s.dirOf(c.ID))
-		}
 	}
 	s.sweep()
 	s.wg.Add(1)
-	go s.idleLoop()
+	go s.lifetimeLoop()
 	return s, nil
+}
+
+// reconcile settles the records of a previous process, which took its
+// VMs with it: what ran is lost (its data kept), what was caught between
+// states is hibernated if its snapshot is complete, and unfinished
+// deletions are finished.
+func (s *Sandboxes) reconcile(ctx context.Context) error {
+	changed, err := s.db.Reconcile(ctx, func(sb state.Sandbox) bool {
+		return sb.SnapshotDir != "" && snapshotComplete(sb.SnapshotDir)
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range changed {
+		s.log.Info("sandbox reconciled", "sandbox", c.ID, "from", c.From, "to", c.State, "reason", c.Reason)
+	}
+	deleting, err := s.db.List(ctx, state.Deleting)
+	if err != nil {
+		return err
+	}
+	for _, sb := range deleting {
+		os.RemoveAll(s.dirOf(sb.ID))
+		if err := s.db.Transition(ctx, sb.ID, state.Change{To: state.Deleted}, state.Deleting); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // snapshotComplete says dir holds a finished hibernation: it is only
 // renamed into place once written.
 func snapshotComplete(dir string) bool {
 	st, err := os.Stat(dir)
-	return err == nil && st.IsDir() && filepath.Base(dir) == "snapshot"
+	return err == nil && st.IsDir() && filepath.Base(dir) == snapshotDirName
 }
 
-// sweep removes directories of sandboxes that are not hibernated and
-// half-written snapshots.
+// Names inside a sandbox's directory.
+const (
+	snapshotDirName = "snapshot"
+	diskName        = "disk.ext4"
+)
+
+// sweep removes the directories of sandboxes that no longer exist and
+// half-written snapshots. It never removes a directory whose sandbox
+// still has a record (a lost sandbox keeps its data until deleted).
 func (s *Sandboxes) sweep() {
 	ents, err := os.ReadDir(s.cfg.Dir)
 	if err != nil {
@@ -140,16 +173,36 @@ func (s *Sandboxes) sweep() {
 	for _, e := range ents {
 		sb, err := s.db.Get(context.Background(), e.Name())
 		switch {
-		case errors.Is(err, state.ErrNotFound) || (err == nil && sb.State != state.Hibernated):
+		case errors.Is(err, state.ErrNotFound) || (err == nil && sb.State == state.Deleted):
 			s.log.Info("removing leftover sandbox directory", "sandbox", e.Name())
 			os.RemoveAll(filepath.Join(s.cfg.Dir, e.Name()))
 		case err == nil:
-			os.RemoveAll(filepath.Join(s.cfg.Dir, e.Name(), "snapshot.tmp"))
+			os.RemoveAll(filepath.Join(s.cfg.Dir, e.Name(), snapshotDirName+".tmp"))
 		}
 	}
 }
 
-func (s *Sandboxes) dirOf(id string) string { return filepath.Join(s.cfg.Dir, id) }
+// SetAdmission installs a server's policy before it serves: gate, if not
+// nil, replaces the VM gate (its Acquire gets the caller's context, so it
+// may count per tenant), and admit decides on operations (per-tenant
+// quotas, allowed shapes).
+func (s *Sandboxes) SetAdmission(gate Gate, admit AdmitFunc) {
+	if gate != nil {
+		s.gate = gate
+	}
+	s.admit = admit
+}
+
+// admitted asks the admission policy about op on sb.
+func (s *Sandboxes) admitted(ctx context.Context, o op, sb state.Sandbox) (func(), error) {
+	if s.admit == nil {
+		return func() {}, nil
+	}
+	return s.admit(ctx, string(o), sb)
+}
+
+func (s *Sandboxes) dirOf(id string) string  { return filepath.Join(s.cfg.Dir, id) }
+func (s *Sandboxes) diskOf(id string) string { return filepath.Join(s.dirOf(id), diskName) }
 
 // boxFor returns the in-memory entry for id, creating it.
 func (s *Sandboxes) boxFor(id string) (*box, error) {
@@ -167,93 +220,6 @@ func (s *Sandboxes) boxFor(id string) (*box, error) {
 	return b, nil
 }
 
-// CreateRequest describes a new sandbox.
-type CreateRequest struct {
-	Language, Version string
-	Shape             Shape
-	// DiskMiB, if set, puts the writable layer on a sparse ext4 disk of
-	// that size instead of guest memory (see Shape.DiskMiB).
-	DiskMiB int
-	// IdleTimeout overrides the default idle time before hibernation.
-	IdleTimeout time.Duration
-}
-
-func newSandboxID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return "sb-" + hex.EncodeToString(b)
-}
-
-// Create starts a sandbox: a VM of the language, restored from its
-// snapshot, that lives until deleted (hibernated while idle).
-func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbox, error) {
-	e, err := s.mgr.catalog.Lookup(req.Language, req.Version)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
-	if err := req.Shape.Validate(); err != nil {
-		return state.Sandbox{}, err
-	}
-	if req.DiskMiB < 0 || req.IdleTimeout < 0 {
-		return state.Sandbox{}, fmt.Errorf("%w: negative disk size or timeout", ErrBadRequest)
-	}
-	idle := req.IdleTimeout
-	if idle == 0 {
-		idle = s.cfg.IdleTimeout
-	}
-	shape := s.mgr.shape(req.Shape)
-	shape.DiskMiB = req.DiskMiB
-	if err := shape.Validate(); err != nil {
-		return state.Sandbox{}, err
-	}
-	sb := state.Sandbox{
-		ID: newSandboxID(), Language: e.Name, Version: e.Version, VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB,
-		DiskMiB: req.DiskMiB, IdleTimeout: idle, State: state.Creating,
-	}
-	b, err := s.boxFor(sb.ID)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	release, err := s.acquireSlot(ctx)
-	if err != nil {
-		s.forget(sb.ID)
-		return state.Sandbox{}, err
-	}
-	if err := s.db.Create(ctx, sb); err != nil {
-		release()
-		s.forget(sb.ID)
-		return state.Sandbox{}, err
-	}
-	vm, err := s.mgr.AcquireShape(ctx, e, false /* cold */, shape)
-	if err != nil {
-		release()
-		s.forget(sb.ID)
-		if rerr := s.db.Remove(context.WithoutCancel(ctx), sb.ID); rerr != nil {
-			return state.Sandbox{}, errors.Join(fmt.Errorf("create sandbox: %w", err), rerr)
-		}
-		return state.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
-	}
-	if err := s.db.Transition(context.WithoutCancel(ctx), sb.ID, state.Change{To: state.Running}, state.Creating); err != nil {
-		vm.Close()
-		release()
-		s.forget(sb.ID)
-		return state.Sandbox{}, errors.Join(err, s.db.Remove(context.WithoutCancel(ctx), sb.ID))
-	}
-	b.vm, b.release = vm, release
-	b.lastUsed.Store(time.Now().UnixNano())
-	s.log.Info("sandbox created", "sandbox", sb.ID, "language", e.Name, "vm", vm.Machine.ID(), "ready", vm.Ready)
-	return s.db.Get(ctx, sb.ID)
-}
-
-func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
-	if s.gate == nil {
-		return func() {}, nil
-	}
-	return s.gate.Acquire(ctx)
-}
-
 func (s *Sandboxes) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -263,17 +229,50 @@ func (s *Sandboxes) forget(id string) {
 	}
 }
 
-// Get returns a sandbox's record.
-func (s *Sandboxes) Get(ctx context.Context, id string) (state.Sandbox, error) {
+// Get returns a sandbox's record, if it belongs to tenant.
+func (s *Sandboxes) Get(ctx context.Context, tenant, id string) (state.Sandbox, error) {
 	sb, err := s.db.Get(ctx, id)
-	if errors.Is(err, state.ErrNotFound) {
-		return sb, fmt.Errorf("%w: %s", ErrNoSandbox, id)
+	if errors.Is(err, state.ErrNotFound) || (err == nil && sb.Tenant != tenant) {
+		return state.Sandbox{}, fmt.Errorf("%w: %s", ErrNoSandbox, id)
 	}
 	return sb, err
 }
 
-// List returns every sandbox that is not deleted.
-func (s *Sandboxes) List(ctx context.Context) ([]state.Sandbox, error) { return s.db.List(ctx) }
+// ListFilter selects sandboxes in List.
+type ListFilter struct {
+	// States, if set, keeps sandboxes in one of them.
+	States []state.State
+	// Metadata, if set, keeps sandboxes whose metadata has every pair.
+	Metadata map[string]string
+}
+
+// List returns tenant's sandboxes that are not deleted, oldest first.
+func (s *Sandboxes) List(ctx context.Context, tenant string, f ListFilter) ([]state.Sandbox, error) {
+	var all []state.Sandbox
+	var err error
+	if s.cfg.Directory != nil { // every host's
+		all, err = s.cfg.Directory.List(ctx, tenant)
+	} else {
+		all, err = s.db.List(ctx, f.States...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+outer:
+	for _, sb := range all {
+		if sb.Tenant != tenant || sb.State == state.Deleted || (len(f.States) > 0 && !slices.Contains(f.States, sb.State)) {
+			continue
+		}
+		for k, v := range f.Metadata {
+			if got, ok := sb.Metadata[k]; !ok || got != v {
+				continue outer
+			}
+		}
+		out = append(out, sb)
+	}
+	return out, nil
+}
 
 // Counts returns how many sandboxes are in each state.
 func (s *Sandboxes) Counts(ctx context.Context) (map[state.State]int, error) { return s.db.Count(ctx) }
@@ -303,369 +302,10 @@ func (s *Sandboxes) Live() int {
 // usable checks a record allows work on the sandbox.
 func usable(sb state.Sandbox) error {
 	switch sb.State {
-	case state.Deleted:
+	case state.Deleted, state.Deleting:
 		return fmt.Errorf("%w: sandbox %s was deleted", ErrSandboxDeleted, sb.ID)
 	case state.Lost:
 		return fmt.Errorf("%w: sandbox %s: %s; delete it and create a new one", ErrSandboxLost, sb.ID, sb.Reason)
 	}
 	return nil
-}
-
-// withVM runs fn with the sandbox's VM under the read lock, resuming the
-// sandbox first if it is hibernated.
-func (s *Sandboxes) withVM(ctx context.Context, id string, fn func(ctx context.Context, vm *VM) error) error {
-	for attempt := 0; ; attempt++ {
-		sb, err := s.Get(ctx, id)
-		if err != nil {
-			return err
-		}
-		if err := usable(sb); err != nil {
-			return err
-		}
-		b, err := s.boxFor(id)
-		if err != nil {
-			return err
-		}
-		b.mu.RLock()
-		if vm := b.vm; vm != nil {
-			b.lastUsed.Store(time.Now().UnixNano())
-			octx, cancel := context.WithCancel(ctx)
-			stop := context.AfterFunc(b.opsCtx, cancel)
-			err := fn(octx, vm)
-			stop()
-			cancel()
-			b.lastUsed.Store(time.Now().UnixNano())
-			b.mu.RUnlock()
-			if err != nil && b.opsCtx.Err() != nil && ctx.Err() == nil {
-				return fmt.Errorf("%w: sandbox %s was deleted while in use", ErrSandboxDeleted, id)
-			}
-			_ = s.db.Touch(context.WithoutCancel(ctx), id, time.Now())
-			return err
-		}
-		b.mu.RUnlock()
-		if attempt >= 3 {
-			return fmt.Errorf("%w: sandbox %s keeps changing state; retry", ErrSandboxBusy, id)
-		}
-		if _, err := s.Resume(ctx, id); err != nil {
-			return err
-		}
-	}
-}
-
-// Exec runs a command in a sandbox (resuming it if hibernated). A
-// relative or empty Dir is taken relative to WorkDir.
-func (s *Sandboxes) Exec(ctx context.Context, id string, req agentproto.ExecRequest, stdout, stderr io.Writer) (*agentproto.ExitResult, error) {
-	switch {
-	case req.Dir == "":
-		req.Dir = WorkDir
-	case !path.IsAbs(req.Dir):
-		req.Dir = path.Join(WorkDir, req.Dir)
-	}
-	if err := req.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
-	}
-	var res *agentproto.ExitResult
-	err := s.withVM(ctx, id, func(ctx context.Context, vm *VM) error {
-		var err error
-		res, err = execBounded(ctx, vm, req, orDiscard(stdout), orDiscard(stderr))
-		return err
-	})
-	return res, err
-}
-
-// WriteFiles writes files (paths relative to WorkDir) into a sandbox.
-func (s *Sandboxes) WriteFiles(ctx context.Context, id string, files []agentproto.File) error {
-	if len(files) == 0 {
-		return fmt.Errorf("%w: no files", ErrBadRequest)
-	}
-	for i, f := range files {
-		if err := agentproto.ValidateRelPath(f.Path); err != nil {
-			return fmt.Errorf("%w: file %d: %v", ErrBadRequest, i, err)
-		}
-		if len(f.Content) > agentproto.MaxFileTransfer {
-			return fmt.Errorf("%w: file %s: %d bytes, at most %d per file", ErrBadRequest, f.Path, len(f.Content), agentproto.MaxFileTransfer)
-		}
-	}
-	return s.withVM(ctx, id, func(ctx context.Context, vm *VM) error {
-		// Batches that fit one agent request each.
-		for len(files) > 0 {
-			n, size := 0, 0
-			for n < len(files) && n < agentproto.MaxFiles && size+len(files[n].Content) <= agentproto.MaxFileTransfer {
-				size += len(files[n].Content)
-				n++
-			}
-			if err := vm.Agent.WriteFiles(ctx, WorkDir, files[:n]); err != nil {
-				return fmt.Errorf("write files: %w", err)
-			}
-			files = files[n:]
-		}
-		return nil
-	})
-}
-
-// ReadFile reads a file (path relative to WorkDir) from a sandbox.
-func (s *Sandboxes) ReadFile(ctx context.Context, id, rel string, maxBytes int64) ([]byte, error) {
-	if err := agentproto.ValidateRelPath(rel); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
-	}
-	if maxBytes <= 0 || maxBytes > agentproto.MaxFileTransfer {
-		maxBytes = agentproto.MaxFileTransfer
-	}
-	var data []byte
-	err := s.withVM(ctx, id, func(ctx context.Context, vm *VM) error {
-		var err error
-		data, err = vm.Agent.ReadFile(ctx, path.Join(WorkDir, rel), maxBytes)
-		return err
-	})
-	return data, err
-}
-
-// Hibernate saves a running sandbox (memory, which holds its files, and
-// device state) under its directory and stops its VM. Hibernating a
-// hibernated sandbox does nothing.
-func (s *Sandboxes) Hibernate(ctx context.Context, id string) (state.Sandbox, error) {
-	b, err := s.boxFor(id)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return s.hibernateLocked(ctx, id, b)
-}
-
-func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) (state.Sandbox, error) {
-	sb, err := s.Get(ctx, id)
-	if err != nil {
-		return sb, err
-	}
-	if err := usable(sb); err != nil {
-		return sb, err
-	}
-	if b.vm == nil {
-		return sb, nil // hibernated already
-	}
-	// The slow part must not be cut short by a caller that goes away:
-	// a half-written snapshot is worth nothing.
-	ctx = context.WithoutCancel(ctx)
-	start := time.Now()
-	if err := s.db.Transition(ctx, id, state.Change{To: state.Hibernating}, state.Running); err != nil {
-		return sb, err
-	}
-	final := filepath.Join(s.dirOf(id), "snapshot")
-	tmp := final + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return sb, errors.Join(fmt.Errorf("hibernate %s: %w", id, err),
-			s.db.Transition(ctx, id, state.Change{To: state.Running}, state.Hibernating))
-	}
-	vm := b.vm
-	if err := s.mgr.Hibernate(ctx, vm, tmp); err != nil {
-		os.RemoveAll(tmp)
-		herr := fmt.Errorf("hibernate %s: %w", id, err)
-		if vm.Agent != nil && vm.Machine.State() == vmm.StateRunning {
-			return sb, errors.Join(herr, s.db.Transition(ctx, id, state.Change{To: state.Running}, state.Hibernating))
-		}
-		s.dropVM(b)
-		return sb, errors.Join(herr, s.markLost(ctx, id, "hibernation failed: "+err.Error()))
-	}
-	s.dropVM(b)
-	os.RemoveAll(final)
-	if err := os.Rename(tmp, final); err != nil {
-		os.RemoveAll(tmp)
-		return sb, errors.Join(fmt.Errorf("hibernate %s: %w", id, err), s.markLost(ctx, id, "hibernation failed: "+err.Error()))
-	}
-	if err := s.db.Transition(ctx, id, state.Change{To: state.Hibernated, SnapshotDir: &final}, state.Hibernating); err != nil {
-		return sb, err
-	}
-	s.log.Info("sandbox hibernated", "sandbox", id, "took", time.Since(start))
-	return s.db.Get(ctx, id)
-}
-
-// dropVM forgets a stopped (or failed) VM and frees its slot.
-func (s *Sandboxes) dropVM(b *box) {
-	if b.vm != nil {
-		b.vm.Close()
-		b.vm = nil
-	}
-	if b.release != nil {
-		b.release()
-		b.release = nil
-	}
-}
-
-func (s *Sandboxes) markLost(ctx context.Context, id, reason string) error {
-	empty := ""
-	os.RemoveAll(s.dirOf(id))
-	return s.db.Transition(context.WithoutCancel(ctx), id, state.Change{To: state.Lost, Reason: reason, SnapshotDir: &empty})
-}
-
-// Resume restores a hibernated sandbox. Resuming a running one does
-// nothing.
-func (s *Sandboxes) Resume(ctx context.Context, id string) (state.Sandbox, error) {
-	b, err := s.boxFor(id)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	sb, err := s.Get(ctx, id)
-	if err != nil {
-		return sb, err
-	}
-	if err := usable(sb); err != nil {
-		return sb, err
-	}
-	if b.vm != nil {
-		return sb, nil
-	}
-	if sb.State != state.Hibernated {
-		return sb, fmt.Errorf("%w: sandbox %s is %s", ErrSandboxBusy, id, sb.State)
-	}
-	e, err := s.mgr.catalog.Lookup(sb.Language, sb.Version)
-	if err != nil {
-		return sb, fmt.Errorf("resume %s: %w", id, err)
-	}
-	release, err := s.acquireSlot(ctx)
-	if err != nil {
-		return sb, err
-	}
-	if err := s.db.Transition(ctx, id, state.Change{To: state.Resuming}, state.Hibernated); err != nil {
-		release()
-		return sb, err
-	}
-	start := time.Now()
-	vm, err := s.mgr.Resume(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB}, sb.SnapshotDir)
-	if err != nil {
-		release()
-		// The snapshot is untouched: the sandbox stays resumable.
-		return sb, errors.Join(fmt.Errorf("resume %s: %w", id, err),
-			s.db.Transition(context.WithoutCancel(ctx), id, state.Change{To: state.Hibernated}, state.Resuming))
-	}
-	empty := ""
-	if err := s.db.Transition(context.WithoutCancel(ctx), id, state.Change{To: state.Running, SnapshotDir: &empty}, state.Resuming); err != nil {
-		vm.Close()
-		release()
-		return sb, err
-	}
-	// The VM maps its memory privately from the snapshot; the files can go
-	// once the record no longer points at them.
-	os.RemoveAll(sb.SnapshotDir)
-	b.vm, b.release = vm, release
-	b.lastUsed.Store(time.Now().UnixNano())
-	_ = s.db.Touch(context.WithoutCancel(ctx), id, time.Now())
-	s.log.Info("sandbox resumed", "sandbox", id, "took", time.Since(start))
-	return s.db.Get(ctx, id)
-}
-
-// Delete stops a sandbox's VM (cancelling its running commands), removes
-// its files and marks it deleted.
-func (s *Sandboxes) Delete(ctx context.Context, id string) error {
-	sb, err := s.Get(ctx, id)
-	if err != nil {
-		return err
-	}
-	if sb.State == state.Deleted {
-		return usable(sb)
-	}
-	b, err := s.boxFor(id)
-	if err != nil {
-		return err
-	}
-	b.stopOps()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s.dropVM(b)
-	ctx = context.WithoutCancel(ctx)
-	empty := ""
-	if err := s.db.Transition(ctx, id, state.Change{To: state.Deleted, SnapshotDir: &empty}); err != nil {
-		return err
-	}
-	os.RemoveAll(s.dirOf(id))
-	s.mu.Lock()
-	delete(s.boxes, id)
-	s.mu.Unlock()
-	s.log.Info("sandbox deleted", "sandbox", id)
-	return nil
-}
-
-// idleLoop hibernates sandboxes left unused for their idle timeout.
-func (s *Sandboxes) idleLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.IdleCheck)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case now := <-t.C:
-			s.hibernateIdle(now)
-		}
-	}
-}
-
-func (s *Sandboxes) hibernateIdle(now time.Time) {
-	s.mu.Lock()
-	ids := make(map[string]*box, len(s.boxes))
-	for id, b := range s.boxes {
-		ids[id] = b
-	}
-	s.mu.Unlock()
-	for id, b := range ids {
-		if !b.mu.TryLock() { // in use
-			continue
-		}
-		if b.vm != nil {
-			sb, err := s.db.Get(context.Background(), id)
-			idle := now.Sub(time.Unix(0, b.lastUsed.Load()))
-			if err == nil && sb.IdleTimeout > 0 && idle >= sb.IdleTimeout {
-				if _, err := s.hibernateLocked(context.Background(), id, b); err != nil {
-					s.log.Warn("idle hibernation failed", "sandbox", id, "err", err)
-				} else {
-					s.log.Info("idle sandbox hibernated", "sandbox", id, "idle", idle.Round(time.Second))
-				}
-			}
-		}
-		b.mu.Unlock()
-	}
-}
-
-// Close stops idle hibernation, then hibernates every running sandbox so
-// it survives the restart; one that cannot be hibernated is stopped and
-// marked lost.
-func (s *Sandboxes) Close(ctx context.Context) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	boxes := s.boxes
-	s.mu.Unlock()
-	close(s.stop)
-	s.wg.Wait()
-
-	var (
-		wg   sync.WaitGroup
-		emu  sync.Mutex
-		errs []error
-	)
-	for id, b := range boxes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			if b.vm == nil {
-				return
-			}
-			if _, err := s.hibernateLocked(ctx, id, b); err != nil {
-				s.dropVM(b)
-				emu.Lock()
-				errs = append(errs, err)
-				emu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }

@@ -2,19 +2,15 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
-	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
-	"github.com/firesandbox/firesandbox/internal/vmm/qemu"
 )
 
 // restoreTimeout bounds a restore up to the agent's answer. Restores take
@@ -67,105 +63,43 @@ func (m *Manager) Acquire(ctx context.Context, e *image.Entry, cold bool) (*VM, 
 // AcquireShape is Acquire for a VM of a given shape; each shape has its
 // own snapshot.
 func (m *Manager) AcquireShape(ctx context.Context, e *image.Entry, cold bool, shape Shape) (*VM, error) {
-	return m.acquire(ctx, e, cold, shape, nil)
-}
-
-// acquire is AcquireShape with host directories mounted; mounts add disks,
-// which a snapshot's machine does not have, so they mean a cold boot.
-func (m *Manager) acquire(ctx context.Context, e *image.Entry, cold bool, shape Shape, mounts []Mount) (*VM, error) {
-	if err := shape.Validate(); err != nil {
-		return nil, err
-	}
-	shape = m.shape(shape)
-	k, img, d, err := m.prepare(ctx, e)
+	t, err := m.Template(ctx, e, shape)
 	if err != nil {
 		return nil, err
 	}
-	if cold || shape.DiskMiB > 0 || len(mounts) > 0 || !d.Capabilities().Snapshot {
-		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout, mounts...)
-	}
-	snap, err := m.snapshotFor(ctx, d, k, img, shape)
-	if err != nil {
-		return nil, err
-	}
-	vm, err := m.restore(ctx, d, k, img, shape, snap.Dir)
-	if err != nil && ctx.Err() == nil {
-		m.log.Warn("restore failed; booting cold", "snapshot", snap.Key, "err", err)
-		return m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
-	}
-	return vm, err
+	return m.Start(ctx, t, StartOptions{Cold: cold})
 }
 
-// SnapshotSpec is what a snapshot of img, in the default shape, must match
-// on this host.
-func (m *Manager) SnapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image) (snapshot.Spec, error) {
-	return m.snapshotSpec(ctx, d, k, img, m.shape(Shape{}))
-}
-
-func (m *Manager) snapshotSpec(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape) (snapshot.Spec, error) {
-	ver, err := d.Version(ctx)
-	if err != nil {
-		return snapshot.Spec{}, err
-	}
-	spec := snapshot.Spec{
-		Language: img.Language, Driver: d.Name(), DriverVersion: ver,
-		KernelID: k.ID(), ImageID: img.ID,
-		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
-	}
-	if q, ok := d.(*qemu.Driver); ok {
-		spec.Machine = q.Accel()
-	}
-	if e := m.prewarmEntry(img.Language); e != nil {
-		spec.Runtime = e.RuntimeID()
-	}
-	return spec, nil
-}
-
-// snapshotFor returns a verified snapshot, creating it if there is none
-// and rebuilding it if the one there is corrupt or does not fit.
-func (m *Manager) snapshotFor(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape) (*snapshot.Snapshot, error) {
-	spec, err := m.snapshotSpec(ctx, d, k, img, shape)
-	if err != nil {
-		return nil, err
-	}
-	snap, err := m.snapshots.Get(spec)
-	if err == nil {
-		return snap, nil
-	}
-	if !errors.Is(err, snapshot.ErrNotFound) {
-		m.log.Warn("snapshot unusable; rebuilding it", "snapshot", spec.Key(), "err", err)
-		if rerr := m.snapshots.Remove(spec.Key()); rerr != nil {
-			return nil, fmt.Errorf("remove bad snapshot: %w", rerr)
-		}
-	}
-	return m.createSnapshot(ctx, d, k, img, shape, spec)
-}
-
-// CreateSnapshot boots img, waits for the agent, pauses and saves a full
-// snapshot, replacing any existing one.
+// CreateSnapshot boots e's template, waits for the agent, pauses and saves
+// a full snapshot, replacing any existing one.
 func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot.Snapshot, error) {
-	k, img, d, err := m.prepare(ctx, e)
+	t, err := m.Template(ctx, e, Shape{})
 	if err != nil {
 		return nil, err
 	}
-	if !d.Capabilities().Snapshot {
-		return nil, fmt.Errorf("driver %s: %w", d.Name(), vmm.ErrUnsupported)
+	if !t.Driver.Capabilities().Snapshot {
+		return nil, fmt.Errorf("driver %s: %w", t.Driver.Name(), vmm.ErrUnsupported)
 	}
-	spec, err := m.SnapshotSpec(ctx, d, k, img)
+	t.snapMu.Lock()
+	defer t.snapMu.Unlock()
+	t.snap = nil
+	snap, err := m.createSnapshot(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	return m.createSnapshot(ctx, d, k, img, m.shape(Shape{}), spec)
+	return snap, m.remember(t, snap)
 }
 
-func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, spec snapshot.Spec) (*snapshot.Snapshot, error) {
+// createSnapshot makes t's snapshot; the caller holds t.snapMu.
+func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Snapshot, error) {
 	start := time.Now()
-	vm, err := m.boot(ctx, d, k, img, shape, m.cfg.BootTimeout)
+	name := t.Entry.Name
+	vm, err := m.boot(ctx, t, m.cfg.BootTimeout, StartOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
 	defer vm.Close()
-	if e := m.prewarmEntry(img.Language); e != nil {
+	if e := m.prewarmEntry(t.Entry); e != nil {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		err := vm.Agent.Prewarm(pctx, agentproto.PrewarmRequest{
 			Argv: e.Prewarm.Run, Env: e.Env, Dir: image.PrewarmDir,
@@ -173,7 +107,7 @@ func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkern
 		})
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("create snapshot of %s: start prewarmed runtime: %w", img.Language, err)
+			return nil, fmt.Errorf("create snapshot of %s: start prewarmed runtime: %w", name, err)
 		}
 	}
 	// Close our end first: the guest sees the host leave and waits for
@@ -181,77 +115,25 @@ func (m *Manager) createSnapshot(ctx context.Context, d vmm.Driver, k *guestkern
 	vm.Agent.Close()
 	vm.Agent = nil
 	if err := vm.Machine.Pause(ctx); err != nil {
-		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
-	snap, err := m.snapshots.Create(spec, func(dir string) error { return vm.Machine.Snapshot(ctx, dir) })
+	snap, err := m.snapshots.Create(t.Spec, func(dir string) error { return vm.Machine.Snapshot(ctx, dir) })
 	if err != nil {
-		return nil, fmt.Errorf("create snapshot of %s: %w", img.Language, err)
+		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
-	m.log.Info("snapshot created", "snapshot", snap.Key, "took", time.Since(start))
+	m.snapshotsMade.Add(1)
+	m.log.Info("snapshot created", "op", "snapshot", "snapshot", snap.Key, "took", time.Since(start))
 	return snap, nil
 }
 
-// restore starts a VM from a snapshot directory and gives the guest its
-// own clock, randomness and identity.
-func (m *Manager) restore(ctx context.Context, d vmm.Driver, k *guestkernel.Kernel, img *image.Image, shape Shape, snapDir string) (*VM, error) {
-	start := time.Now()
-	id := newID("vm-")
-	owner, err := m.claim(id)
-	if err != nil {
-		return nil, err
-	}
-	vm := &VM{owner: owner, Restored: true, Shape: shape}
-	giveBack := "" // where a hibernated sandbox's disk returns if this fails
-	fail := func(err error) (*VM, error) {
-		if giveBack != "" {
-			if vm.Machine != nil {
-				_ = vm.Machine.Stop(context.WithoutCancel(ctx)) // before its disk moves
-			}
-			if os.Rename(vm.disk, giveBack) == nil {
-				vm.disk = "" // the sandbox keeps its only copy
-			}
-		}
-		vm.Close()
-		return nil, err
-	}
-	if shape.DiskMiB > 0 {
-		disk := m.diskPath(id)
-		if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {
-			return fail(err)
-		}
-		if err := os.Rename(filepath.Join(snapDir, hibernatedDisk), disk); err != nil {
-			return fail(fmt.Errorf("restore: writable disk: %w", err))
-		}
-		vm.disk, giveBack = disk, filepath.Join(snapDir, hibernatedDisk)
-	}
-	cfg, err := m.vmConfig(d, k, img, shape, id, vm.disk, nil, nil)
-	if err != nil {
-		return fail(err)
-	}
-	mach, err := d.Restore(ctx, snapDir, cfg)
-	if err != nil {
-		return fail(err)
-	}
-	vm.Machine = mach
-	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
-		return fail(err)
-	}
-	entropy := make([]byte, 64)
-	_, _ = rand.Read(entropy)
-	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
-	defer cancel()
-	if _, err := vm.Agent.Resync(rctx, agentproto.ResyncRequest{
-		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
-	}); err != nil {
-		return fail(fmt.Errorf("resync restored VM: %w", err))
-	}
-	vm.Ready = time.Since(start)
-	return vm, nil
-}
+// hibernationSpec is the Spec file of a hibernation directory: what the
+// VM was, so a resume on a changed host is refused by name.
+const hibernationSpec = "spec.json"
 
-// Hibernate saves a VM whole (memory, which holds its writable layer, and
-// device state) into dir, which must exist and be empty, and stops it.
-// Resume brings it back. On error the VM is left running if it can be.
+// Hibernate saves a VM whole (memory and device state) into dir, which
+// must exist and be empty, and stops it. A writable disk stays where it
+// is, with its owner. Resume brings the VM back. On error the VM is left
+// running if it can be.
 func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 	if vm.Agent != nil {
 		vm.Agent.Close() // the guest waits for the next host, as in a template
@@ -269,49 +151,37 @@ func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 		return fmt.Errorf("hibernate: %w", err)
 	}
 	stopErr := vm.Machine.Stop(context.WithoutCancel(ctx))
-	if vm.disk != "" { // the writable layer goes with the memory
-		if err := os.Rename(vm.disk, filepath.Join(dir, hibernatedDisk)); err != nil {
-			return fmt.Errorf("hibernate: keep disk: %w", err)
-		}
-		vm.disk = ""
+	if err := sealHibernation(dir, vm.Template.Spec); err != nil {
+		return errors.Join(fmt.Errorf("hibernate: %w", err), stopErr, vm.Close())
 	}
 	return errors.Join(stopErr, vm.Close())
 }
 
-// hibernatedDisk is the writable disk's name in a hibernation directory.
-const hibernatedDisk = "upper.ext4"
-
-// Resume restores a VM hibernated into dir by Hibernate. The language and
-// shape must be those it was created with.
-func (m *Manager) Resume(ctx context.Context, e *image.Entry, shape Shape, dir string) (*VM, error) {
-	if err := shape.Validate(); err != nil {
-		return nil, err
+// Resume restores a VM of t hibernated into dir by Hibernate, with its
+// writable disk at disk (if t's shape has one). A host whose kernel, image
+// or VMM changed since refuses it with ErrIncompatible naming what
+// changed, and leaves dir and disk as they were.
+func (m *Manager) Resume(ctx context.Context, t *Template, dir, disk string) (*VM, error) {
+	if err := checkHibernation(dir, t.Spec); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
 	}
-	shape = m.shape(shape)
-	k, img, d, err := m.prepare(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	if shape.DiskMiB > 0 { // take the disk back where restore looks for it
-		if _, err := os.Stat(filepath.Join(dir, hibernatedDisk)); err != nil {
+	if t.Shape.DiskMiB > 0 {
+		if _, err := os.Stat(disk); err != nil {
 			return nil, fmt.Errorf("resume: hibernated sandbox has no disk: %w", err)
 		}
+	} else {
+		disk = ""
 	}
-	vm, err := m.restore(ctx, d, k, img, shape, dir)
+	vm, err := m.restore(ctx, t, dir, disk)
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	return vm, nil
 }
 
-// prewarmEntry returns the language's entry if its snapshots hold a
-// prewarmed runtime, else nil.
-func (m *Manager) prewarmEntry(language string) *image.Entry {
-	if m.cfg.NoPrewarm {
-		return nil
-	}
-	e, err := m.catalog.Lookup(language, "")
-	if err != nil || e.Prewarm == nil {
+// prewarmEntry returns e if its snapshots hold a prewarmed runtime, else nil.
+func (m *Manager) prewarmEntry(e *image.Entry) *image.Entry {
+	if m.cfg.NoPrewarm || e.Prewarm == nil {
 		return nil
 	}
 	return e

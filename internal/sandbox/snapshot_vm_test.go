@@ -105,10 +105,12 @@ func TestSnapshotRestoredRuns(t *testing.T) {
 		b, _ = json.Marshal(raw)
 		os.WriteFile(mf, b, 0o644)
 
-		spec, err := m.SnapshotSpec(context.Background(), m.driver, mustKernel(t, m), mustImage(t, m))
+		e, _ := m.catalog.Lookup("python", "")
+		tmpl, err := m.Template(context.Background(), e, Shape{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		spec := tmpl.Spec
 		if _, err := m.snapshots.Get(spec); err == nil {
 			t.Fatal("a manifest for another kernel was accepted")
 		}
@@ -135,7 +137,7 @@ func TestSnapshotRestoredRuns(t *testing.T) {
 func TestPoolHandsOutFreshVMs(t *testing.T) {
 	m := snapshotManager(t)
 	ctx := context.Background()
-	if err := m.StartPool(ctx, "python", 2, true /* warm */); err != nil {
+	if err := m.StartPool(ctx, "python", PoolRange{Min: 2, Max: 2}, true /* warm */); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { m.Close(); noLeftovers(t, m) }()
@@ -169,7 +171,11 @@ func TestHibernateResumeKeepsFiles(t *testing.T) {
 	defer noLeftovers(t, m)
 	ctx := context.Background()
 	e, _ := m.catalog.Lookup("python", "")
-	vm, err := m.AcquireShape(ctx, e, false, Shape{MemoryMiB: 384})
+	tmpl, err := m.Template(ctx, e, Shape{MemoryMiB: 384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := m.Start(ctx, tmpl, StartOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +191,7 @@ func TestHibernateResumeKeepsFiles(t *testing.T) {
 	if vm.Machine.State().String() != "stopped" {
 		t.Fatalf("hibernated VM is %s", vm.Machine.State())
 	}
-	back, err := m.Resume(ctx, e, Shape{MemoryMiB: 384}, dir)
+	back, err := m.Resume(ctx, tmpl, dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +227,7 @@ func TestPrewarmedRunsAreFresh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !res.Run.Prewarmed {
-			t.Fatalf("run did not use the prewarmed runtime: %+v", res.Run)
+			t.Fatalf("run did not use the prewarmed runtime: %+v\nconsole: %s", res.Run, vm.Machine.Console(4096))
 		}
 		return out.String() + errb.String(), res.Run
 	}

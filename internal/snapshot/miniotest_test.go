@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -256,7 +257,51 @@ func (s *minioServer) Client() *minio.Client {
 	return c
 }
 
-// Remote returns a Remote on s3://<bucket>/<prefix> of this server.
+// plant writes a snapshot's manifest (and signature, unless nil) under
+// <dir>/ behind Remote's back, as whoever controls the bucket could.
+func (s *minioServer) plant(t *testing.T, dir, manifest string, sig []byte) {
+	t.Helper()
+	ctx := context.Background()
+	c := s.Client()
+	if _, err := c.PutObject(ctx, s.bucket, dir+"/manifest.json", strings.NewReader(manifest), int64(len(manifest)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if sig == nil {
+		if err := c.RemoveObject(ctx, s.bucket, dir+"/manifest.sig", minio.RemoveObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if _, err := c.PutObject(ctx, s.bucket, dir+"/manifest.sig", bytes.NewReader(sig), int64(len(sig)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// put writes an object behind Remote's back.
+func (s *minioServer) put(t *testing.T, object string, data []byte) {
+	t.Helper()
+	if _, err := s.Client().PutObject(context.Background(), s.bucket, object, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get reads an object behind Remote's back.
+func (s *minioServer) get(t *testing.T, object string) []byte {
+	t.Helper()
+	o, err := s.Client().GetObject(context.Background(), s.bucket, object, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	b, err := io.ReadAll(o)
+	if err != nil {
+		t.Fatalf("get %s: %v", object, err)
+	}
+	return b
+}
+
+// Remote returns a Remote on s3://<bucket>/<prefix> of this server that
+// signs with remoteTestSigner and trusts it (opts may override both).
 func (s *minioServer) Remote(prefix string, opts ...RemoteOption) *Remote {
 	s.t.Helper()
 	env := s.Env()
@@ -267,6 +312,8 @@ func (s *minioServer) Remote(prefix string, opts ...RemoteOption) *Remote {
 	opts = append([]RemoteOption{
 		WithRemoteEnv(func(k string) string { return env[k] }),
 		WithRemoteLogger(slog.New(slog.NewTextHandler(s.t.Output(), nil))),
+		WithRemoteSigner(remoteTestSigner),
+		WithRemoteTrust(remoteTestTrust),
 	}, opts...)
 	r, err := NewRemote(url, opts...)
 	if err != nil {

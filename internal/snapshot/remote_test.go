@@ -3,8 +3,6 @@ package snapshot
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -108,63 +106,41 @@ func TestNewRemoteMissingCredentials(t *testing.T) {
 	}
 }
 
-func TestRemoteManifestValidation(t *testing.T) {
-	sum := strings.Repeat("ab", 32)
-	tests := map[string]string{
-		"parent file":      `{"key":"k1","files":{"../evil":{"size":1,"sha256":"` + sum + `"}}}`,
-		"path":             `{"key":"k1","files":{"a/b":{"size":1,"sha256":"` + sum + `"}}}`,
-		"absolute":         `{"key":"k1","files":{"/etc/passwd":{"size":1,"sha256":"` + sum + `"}}}`,
-		"dot file":         `{"key":"k1","files":{".memory.part":{"size":1,"sha256":"` + sum + `"}}}`,
-		"manifest itself":  `{"key":"k1","files":{"manifest.json":{"size":1,"sha256":"` + sum + `"}}}`,
-		"backslash":        `{"key":"k1","files":{"..\\evil":{"size":1,"sha256":"` + sum + `"}}}`,
-		"no files":         `{"key":"k1","files":{}}`,
-		"negative size":    `{"key":"k1","files":{"memory":{"size":-1,"sha256":"` + sum + `"}}}`,
-		"short sha256":     `{"key":"k1","files":{"memory":{"size":1,"sha256":"abc"}}}`,
-		"upper-case hex":   `{"key":"k1","files":{"memory":{"size":1,"sha256":"` + strings.ToUpper(sum) + `"}}}`,
-		"bad key":          `{"key":"../k1","files":{"memory":{"size":1,"sha256":"` + sum + `"}}}`,
-		"no key":           `{"files":{"memory":{"size":1,"sha256":"` + sum + `"}}}`,
-		"not json":         `{"key":`,
-		"files wrong type": `{"key":"k1","files":["memory"]}`,
-	}
-	for name, manifest := range tests {
-		t.Run(name, func(t *testing.T) {
-			if _, err := parseRemoteManifest([]byte(manifest)); !errors.Is(err, ErrInvalid) {
-				t.Fatalf("parseRemoteManifest(%s) = %v, want ErrInvalid", manifest, err)
-			}
-		})
-	}
-	m, err := parseRemoteManifest([]byte(`{"key":"k1","spec":{"x":1},"created":"2026-11-22T15:00:00Z","files":{"memory":{"size":1,"sha256":"` + sum + `"}}}`))
-	if err != nil {
-		t.Fatalf("valid manifest: %v", err)
-	}
-	if c, ok := m.created(); !ok || !c.Equal(time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)) {
-		t.Errorf("created() = %v, %v", c, ok)
-	}
-}
-
 // TestRemotePushRefusesBadLocalSnapshot needs no server: Push checks the
 // local snapshot before it sends anything.
 func TestRemotePushRefusesBadLocalSnapshot(t *testing.T) {
 	env := map[string]string{"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1"}
-	r, err := NewRemote("s3://snaps", WithRemoteEnv(func(k string) string { return env[k] }), WithRemoteRetry(1, time.Millisecond, time.Millisecond))
+	r, err := NewRemote("s3://snaps", WithRemoteEnv(func(k string) string { return env[k] }), WithRemoteRetry(1, time.Millisecond, time.Millisecond),
+		WithRemoteSigner(remoteTestSigner), WithRemoteTrust(remoteTestTrust))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 
 	evil := t.TempDir()
-	writeRemoteTestManifest(t, evil, `{"key":"k1","files":{"../evil":{"size":1,"sha256":"`+strings.Repeat("0", 64)+`"}}}`)
+	writeRemoteTestManifest(t, evil, remoteTestManifestJSON(t, "python-k1", map[string]FileInfo{"../evil": {Size: 1, Digest: strings.Repeat("0", 64)}}))
 	if err := r.Push(ctx, evil, nil); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Push of a manifest listing ../evil = %v, want ErrInvalid", err)
 	}
 
 	dir := t.TempDir()
-	writeRemoteTestSnapshot(t, dir, "k1", map[string][]byte{"memory": []byte("hello")})
+	writeRemoteTestSnapshot(t, dir, "python-k1", map[string][]byte{"memory": []byte("hello")})
 	if err := os.WriteFile(filepath.Join(dir, "memory"), []byte("HELLO"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Push(ctx, dir, nil); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Push of a file that does not match its manifest = %v, want ErrCorrupt", err)
+	}
+
+	// Without a signing key a push is refused, unless trust is off.
+	unsigned, err := NewRemote("s3://snaps", WithRemoteEnv(func(k string) string { return env[k] }), WithRemoteTrust(remoteTestTrust))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := t.TempDir()
+	writeRemoteTestSnapshot(t, good, "python-k1", map[string][]byte{"memory": []byte("hello")})
+	if err := unsigned.Push(ctx, good, nil); !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "key generate") {
+		t.Errorf("Push without a signing key = %v, want ErrUnsigned that says how to make a key", err)
 	}
 }
 
@@ -203,18 +179,18 @@ func TestRemoteS3(t *testing.T) {
 		}
 
 		dest := filepath.Join(t.TempDir(), "pulled")
-		if err := r.Pull(ctx, "python-1a2b3c4d5e6f7a8b", dest, nil); err != nil {
+		if err := r.Pull(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b"), dest, nil); err != nil {
 			t.Fatalf("Pull: %v", err)
 		}
 		checkRemoteTestDir(t, src, dest)
 
 		// An empty existing directory is fine, a non-empty one is not.
 		empty := t.TempDir()
-		if err := r.Pull(ctx, "python-1a2b3c4d5e6f7a8b", empty, nil); err != nil {
+		if err := r.Pull(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b"), empty, nil); err != nil {
 			t.Fatalf("Pull into an empty directory: %v", err)
 		}
 		checkRemoteTestDir(t, src, empty)
-		if err := r.Pull(ctx, "python-1a2b3c4d5e6f7a8b", empty, nil); !errors.Is(err, fs.ErrExist) {
+		if err := r.Pull(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b"), empty, nil); !errors.Is(err, fs.ErrExist) {
 			t.Errorf("Pull into a non-empty directory = %v, want fs.ErrExist", err)
 		}
 
@@ -224,8 +200,8 @@ func TestRemoteS3(t *testing.T) {
 		}
 		manifest, _ := os.ReadFile(filepath.Join(src, "manifest.json"))
 		wantSize := int64(len(files["memory"]) + len(files["vmstate"]) + len(manifest))
-		if len(list) != 1 || list[0].Key != "python-1a2b3c4d5e6f7a8b" || list[0].Size != wantSize || !list[0].Created.Equal(remoteTestCreated) {
-			t.Errorf("List = %+v, want one entry python-1a2b3c4d5e6f7a8b of %d bytes created %v", list, wantSize, remoteTestCreated)
+		if len(list) != 1 || list[0].Key != remoteTestKey("python-1a2b3c4d5e6f7a8b") || list[0].Size != wantSize || !list[0].Created.Equal(remoteTestCreated) {
+			t.Errorf("List = %+v, want one entry %s of %d bytes created %v", list, remoteTestKey("python-1a2b3c4d5e6f7a8b"), wantSize, remoteTestCreated)
 		}
 
 		// A second snapshot; another prefix in the same bucket stays apart.
@@ -241,17 +217,17 @@ func TestRemoteS3(t *testing.T) {
 		if err != nil {
 			t.Fatalf("List: %v", err)
 		}
-		if got := remoteEntryKeys(list); got != "go-0000000000000001,python-1a2b3c4d5e6f7a8b" {
+		if got := remoteEntryKeys(list); got != remoteTestKey("go-0000000000000001")+","+remoteTestKey("python-1a2b3c4d5e6f7a8b") {
 			t.Errorf("List keys = %s", got)
 		}
 
-		if err := r.Delete(ctx, "python-1a2b3c4d5e6f7a8b"); err != nil {
+		if err := r.Delete(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b")); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		if err := r.Delete(ctx, "python-1a2b3c4d5e6f7a8b"); !errors.Is(err, ErrNotFound) {
+		if err := r.Delete(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b")); !errors.Is(err, ErrNotFound) {
 			t.Errorf("second Delete = %v, want ErrNotFound", err)
 		}
-		if err := r.Pull(ctx, "python-1a2b3c4d5e6f7a8b", filepath.Join(t.TempDir(), "x"), nil); !errors.Is(err, ErrNotFound) {
+		if err := r.Pull(ctx, remoteTestKey("python-1a2b3c4d5e6f7a8b"), filepath.Join(t.TempDir(), "x"), nil); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Pull after Delete = %v, want ErrNotFound", err)
 		}
 		for obj := range s.Client().ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{Prefix: "fleet/test/python-", Recursive: true}) {
@@ -261,7 +237,7 @@ func TestRemoteS3(t *testing.T) {
 		if err != nil {
 			t.Fatalf("List: %v", err)
 		}
-		if got := remoteEntryKeys(list); got != "go-0000000000000001" {
+		if got := remoteEntryKeys(list); got != remoteTestKey("go-0000000000000001") {
 			t.Errorf("List keys after Delete = %s", got)
 		}
 	})
@@ -292,23 +268,22 @@ func TestRemoteS3(t *testing.T) {
 		}
 		// Same size and even the same digest metadata: only the bytes lie.
 		bad := remoteTestBytes(5, 1<<20)
-		sum := sha256.Sum256(files["memory"])
-		if _, err := s.Client().PutObject(ctx, s.bucket, "corrupt/python-0000000000000003/memory", bytes.NewReader(bad), int64(len(bad)),
-			minio.PutObjectOptions{UserMetadata: map[string]string{"sha256": hex.EncodeToString(sum[:])}}); err != nil {
+		if _, err := s.Client().PutObject(ctx, s.bucket, "corrupt/"+remoteTestKey("python-0000000000000003")+"/memory", bytes.NewReader(bad), int64(len(bad)),
+			minio.PutObjectOptions{UserMetadata: map[string]string{"digest": refDigest(files["memory"])}}); err != nil {
 			t.Fatal(err)
 		}
 		dest := filepath.Join(t.TempDir(), "pulled")
-		err := r.Pull(ctx, "python-0000000000000003", dest, nil)
-		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "sha256") {
-			t.Fatalf("Pull of a corrupt object = %v, want ErrCorrupt about sha256", err)
+		err := r.Pull(ctx, remoteTestKey("python-0000000000000003"), dest, nil)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "digest") {
+			t.Fatalf("Pull of a corrupt object = %v, want ErrCorrupt about its digest", err)
 		}
 		requireRemoteTestAbsent(t, dest)
 
 		// A truncated object is caught by its size, before any download.
-		if _, err := s.Client().PutObject(ctx, s.bucket, "corrupt/python-0000000000000003/memory", bytes.NewReader(bad[:100]), 100, minio.PutObjectOptions{}); err != nil {
+		if _, err := s.Client().PutObject(ctx, s.bucket, "corrupt/"+remoteTestKey("python-0000000000000003")+"/memory", bytes.NewReader(bad[:100]), 100, minio.PutObjectOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Pull(ctx, "python-0000000000000003", dest, nil); !errors.Is(err, ErrCorrupt) {
+		if err := r.Pull(ctx, remoteTestKey("python-0000000000000003"), dest, nil); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("Pull of a truncated object = %v, want ErrCorrupt", err)
 		}
 		requireRemoteTestAbsent(t, dest)
@@ -317,28 +292,32 @@ func TestRemoteS3(t *testing.T) {
 		if err := r.Push(ctx, src, nil); err != nil {
 			t.Fatalf("Push: %v", err)
 		}
-		if err := r.Pull(ctx, "python-0000000000000003", dest, nil); err != nil {
+		if err := r.Pull(ctx, remoteTestKey("python-0000000000000003"), dest, nil); err != nil {
 			t.Fatalf("Pull after repair: %v", err)
 		}
 		checkRemoteTestDir(t, src, dest)
 	})
 
 	t.Run("PullRefusesEvilManifest", func(t *testing.T) {
+		// Each manifest is signed by a trusted key, so what refuses it is
+		// the manifest rule (the same one the Store applies), not trust.
 		r := s.Remote("evil")
-		sum := sha256.Sum256([]byte("x"))
+		key := remoteTestKey("python-0000000000000004")
+		one := map[string]FileInfo{"memory": {Size: 1, Digest: digestBytes([]byte("x"))}}
+		valid := remoteTestManifestJSON(t, "python-0000000000000004", one)
 		for name, manifest := range map[string]string{
-			"parent":     `{"key":"python-0000000000000004","files":{"../evil":{"size":1,"sha256":"` + hex.EncodeToString(sum[:]) + `"}}}`,
-			"wrong key":  `{"key":"python-0000000000000005","files":{"memory":{"size":1,"sha256":"` + hex.EncodeToString(sum[:]) + `"}}}`,
-			"huge":       `{"key":"python-0000000000000004","pad":"` + strings.Repeat("x", 2<<20) + `"}`,
-			"not a json": `<html>`,
+			"parent":         remoteTestManifestJSON(t, "python-0000000000000004", map[string]FileInfo{"../evil": one["memory"]}),
+			"long file name": remoteTestManifestJSON(t, "python-0000000000000004", map[string]FileInfo{strings.Repeat("m", 100): one["memory"]}),
+			"unknown field":  strings.Replace(valid, `"created"`, `"pad": 1, "created"`, 1),
+			"wrong key":      remoteTestManifestJSON(t, "python-0000000000000005", one),
+			"huge":           `{"key":"` + key + `","pad":"` + strings.Repeat("x", 2<<20) + `"}`,
+			"not a json":     `<html>`,
 		} {
 			t.Run(name, func(t *testing.T) {
-				if _, err := s.Client().PutObject(ctx, s.bucket, "evil/python-0000000000000004/manifest.json", strings.NewReader(manifest), int64(len(manifest)), minio.PutObjectOptions{}); err != nil {
-					t.Fatal(err)
-				}
+				s.plant(t, "evil/"+key, manifest, remoteTestSigner.Sign(key, []byte(manifest)))
 				parent := t.TempDir()
 				dest := filepath.Join(parent, "pulled")
-				if err := r.Pull(ctx, "python-0000000000000004", dest, nil); !errors.Is(err, ErrInvalid) {
+				if err := r.Pull(ctx, key, dest, nil); !errors.Is(err, ErrInvalid) {
 					t.Fatalf("Pull = %v, want ErrInvalid", err)
 				}
 				requireRemoteTestAbsent(t, dest)
@@ -372,7 +351,7 @@ func TestRemotePullResumesAfterServerRestart(t *testing.T) {
 	var stoppedAt, last int64
 	var timer *time.Timer
 	dest := filepath.Join(t.TempDir(), "pulled")
-	err := r.Pull(ctx, "python-0000000000000006", dest, func(p Progress) {
+	err := r.Pull(ctx, remoteTestKey("python-0000000000000006"), dest, func(p Progress) {
 		if p.File != "memory" {
 			return
 		}
@@ -403,7 +382,7 @@ func TestRemotePullResumesAfterServerRestart(t *testing.T) {
 		t.Fatalf("Pull across a server restart: %v", err)
 	}
 	checkRemoteTestDir(t, src, dest)
-	ranges := requests.ranges("/python-0000000000000006/memory")
+	ranges := requests.ranges("/" + remoteTestKey("python-0000000000000006") + "/memory")
 	if len(ranges) == 0 {
 		t.Fatalf("no Range request for memory after the server stopped at byte %d:\n%s", stoppedAt, &requests)
 	}
@@ -431,7 +410,7 @@ func TestRemotePullResumesAfterServerHang(t *testing.T) {
 	var timer *time.Timer
 	dest := filepath.Join(t.TempDir(), "pulled")
 	start := time.Now()
-	err := r.Pull(ctx, "python-000000000000000a", dest, func(p Progress) {
+	err := r.Pull(ctx, remoteTestKey("python-000000000000000a"), dest, func(p Progress) {
 		if timer == nil && p.File == "memory" && p.Done < p.Total {
 			if err := s.Freeze(); err != nil {
 				t.Fatal(err)
@@ -450,7 +429,7 @@ func TestRemotePullResumesAfterServerHang(t *testing.T) {
 		t.Fatalf("Pull across a server hang: %v", err)
 	}
 	checkRemoteTestDir(t, src, dest)
-	if ranges := requests.ranges("/python-000000000000000a/memory"); len(ranges) == 0 {
+	if ranges := requests.ranges("/" + remoteTestKey("python-000000000000000a") + "/memory"); len(ranges) == 0 {
 		t.Errorf("no Range request for memory after the hang:\n%s", &requests)
 	}
 	t.Logf("pulled across a 1.5s hang in %v", time.Since(start))
@@ -472,7 +451,7 @@ func TestRemotePullServerGone(t *testing.T) {
 		r := s.Remote("", WithRemoteRetry(4, 50*time.Millisecond, 200*time.Millisecond))
 		dest := filepath.Join(t.TempDir(), "pulled")
 		start := time.Now()
-		err := r.Pull(ctx, "python-0000000000000008", dest, func(p Progress) {
+		err := r.Pull(ctx, remoteTestKey("python-0000000000000008"), dest, func(p Progress) {
 			if p.Done < p.Total {
 				s.Stop() // and never again
 			}
@@ -500,7 +479,7 @@ func TestRemotePullServerGone(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		start := time.Now()
-		err := r.Pull(ctx, "python-0000000000000008", dest, nil)
+		err := r.Pull(ctx, remoteTestKey("python-0000000000000008"), dest, nil)
 		elapsed := time.Since(start)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Pull = %v, want context.DeadlineExceeded", err)
@@ -515,32 +494,44 @@ func TestRemotePullServerGone(t *testing.T) {
 // remoteTestCreated is the "created" time in test manifests.
 var remoteTestCreated = time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)
 
-// writeRemoteTestSnapshot writes files and a manifest for them into dir,
-// with fields a Remote does not read, as the store's manifest has.
-func writeRemoteTestSnapshot(t *testing.T, dir, key string, files map[string][]byte) {
+// remoteTestSpec is the Spec of the test snapshot called label: a
+// language ("python-...") and, in the image id, the label itself.
+func remoteTestSpec(label string) Spec {
+	lang, _, _ := strings.Cut(label, "-")
+	return Spec{Language: lang, Driver: "qemu", DriverVersion: "10.0.2", Machine: "tcg", KernelID: "k1",
+		ImageID: label, VCPUs: 1, MemoryMiB: 512, AgentProtocol: 1}
+}
+
+// remoteTestKey is the key of the test snapshot called label.
+func remoteTestKey(label string) string { return remoteTestSpec(label).Key() }
+
+// remoteTestManifestJSON is the manifest of the test snapshot called
+// label listing files, encoded without any check (it may be evil).
+func remoteTestManifestJSON(t *testing.T, label string, files map[string]FileInfo) string {
 	t.Helper()
-	type file struct {
-		Size   int64  `json:"size"`
-		SHA256 string `json:"sha256"`
-	}
-	m := struct {
-		Key     string          `json:"key"`
-		Spec    map[string]any  `json:"spec"`
-		Files   map[string]file `json:"files"`
-		Created time.Time       `json:"created"`
-	}{Key: key, Spec: map[string]any{"driver": "qemu", "vcpus": 1}, Files: map[string]file{}, Created: remoteTestCreated}
-	for name, data := range files {
-		sum := sha256.Sum256(data)
-		m.Files[name] = file{Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	spec := remoteTestSpec(label)
+	m := Manifest{Version: ManifestVersion, Key: spec.Key(), Spec: spec, Files: files, Created: remoteTestCreated}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeRemoteTestManifest(t, dir, string(b))
+	return string(b)
+}
+
+// writeRemoteTestSnapshot writes files and a manifest for them into dir,
+// as the test snapshot called label, and returns its key. Digests come
+// from refDigest, an implementation independent of the package's.
+func writeRemoteTestSnapshot(t *testing.T, dir, label string, files map[string][]byte) string {
+	t.Helper()
+	infos := map[string]FileInfo{}
+	for name, data := range files {
+		infos[name] = FileInfo{Size: int64(len(data)), Digest: refDigest(data)}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeRemoteTestManifest(t, dir, remoteTestManifestJSON(t, label, infos))
+	return remoteTestKey(label)
 }
 
 func writeRemoteTestManifest(t *testing.T, dir, manifest string) {
@@ -559,7 +550,9 @@ func remoteTestBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// checkRemoteTestDir checks that got holds exactly the files of want.
+// checkRemoteTestDir checks that got holds exactly the files of want,
+// plus what a pull adds: the signature, the pull record and the digest
+// cache.
 func checkRemoteTestDir(t *testing.T, want, got string) {
 	t.Helper()
 	wantEntries, err := os.ReadDir(want)
@@ -570,14 +563,23 @@ func checkRemoteTestDir(t *testing.T, want, got string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(gotEntries) != len(wantEntries) {
-		var names []string
-		for _, e := range gotEntries {
-			names = append(names, e.Name())
-		}
-		t.Errorf("%s holds %v, want %d files", got, names, len(wantEntries))
+	wantNames := map[string]bool{signatureFile: true, originFile: true, verifiedFile: true}
+	for _, e := range wantEntries {
+		wantNames[e.Name()] = true
+	}
+	var names []string
+	extra := false
+	for _, e := range gotEntries {
+		names = append(names, e.Name())
+		extra = extra || !wantNames[e.Name()]
+	}
+	if extra || len(gotEntries) < len(wantEntries) {
+		t.Errorf("%s holds %v, want the %d files pushed and %s, %s, %s", got, names, len(wantEntries), signatureFile, originFile, verifiedFile)
 	}
 	for _, e := range wantEntries {
+		if strings.HasPrefix(e.Name(), ".") { // caches: per host, per inode
+			continue
+		}
 		w, err := os.ReadFile(filepath.Join(want, e.Name()))
 		if err != nil {
 			t.Fatal(err)
@@ -686,7 +688,7 @@ func TestRemotePullKeepsMemorySparse(t *testing.T) {
 		t.Fatalf("Push: %v", err)
 	}
 	dest := filepath.Join(t.TempDir(), "pulled")
-	if err := r.Pull(ctx, "python-0000000000000009", dest, nil); err != nil {
+	if err := r.Pull(ctx, remoteTestKey("python-0000000000000009"), dest, nil); err != nil {
 		t.Fatalf("Pull: %v", err)
 	}
 	checkRemoteTestDir(t, src, dest)

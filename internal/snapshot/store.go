@@ -1,21 +1,15 @@
 package snapshot
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Snapshot is a verified snapshot in the local store.
@@ -24,141 +18,78 @@ type Snapshot struct {
 	Dir string
 }
 
-// Size is the total size of the snapshot's files (apparent size).
-func (s *Snapshot) Size() int64 {
-	var n int64
-	for _, f := range s.Files {
-		n += f.Size
-	}
-	return n
-}
-
 // Store is the local snapshot cache: <dir>/<key>/. Its disk use is kept
 // under a limit by evicting the least recently used snapshots.
 type Store struct {
 	dir      string
 	maxBytes int64
+	opts     options
 
 	mu sync.Mutex // serialises creates and evictions in this process
 }
 
-// NewStore returns the store in dir. maxBytes <= 0 means no limit.
-func NewStore(dir string, maxBytes int64) *Store { return &Store{dir: dir, maxBytes: maxBytes} }
+// NewStore returns the store in dir. maxBytes <= 0 means no limit. Give
+// WithTrust where snapshots are pulled (Adopt): without it the store
+// refuses every pulled snapshot, and uses only those it made itself.
+func NewStore(dir string, maxBytes int64, opts ...Option) *Store {
+	return &Store{dir: dir, maxBytes: maxBytes, opts: makeOptions(opts)}
+}
 
 // Dir is the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
-const (
-	manifestFile = "manifest.json"
-	verifiedFile = ".verified" // digests already checked, per file version
-	usedFile     = ".used"     // its mtime is the last use, for LRU
-)
-
 // Get returns the snapshot for spec after checking it: the manifest must
-// match spec exactly and every file its size and digest. Digests are
-// computed once per file version (inode, size, mtime) and remembered.
+// match spec exactly, a pulled snapshot's signature must be accepted by
+// the store's trust policy, and every file must have its size and digest.
+// Digests are computed once per file version (inode, size, mtime) and
+// remembered.
 func (s *Store) Get(spec Spec) (*Snapshot, error) {
 	key := spec.Key()
-	snap, err := s.load(key)
+	snap, raw, err := s.load(key)
 	if err != nil {
 		return nil, err
 	}
 	if snap.Spec != spec {
-		return nil, fmt.Errorf("%w: snapshot %s was made for %s", ErrIncompatible, key, snap.Spec.diff(spec))
+		return nil, &MismatchError{What: "snapshot " + key, Changes: snap.Spec.Diff(spec)}
 	}
-	if err := s.verify(snap); err != nil {
-		return nil, err
+	if err := checkOrigin(snap.Dir, key, raw, s.opts.trust); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", key, err)
+	}
+	if err := verifyFiles(snap.Dir, &snap.Manifest); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", key, err)
 	}
 	now := time.Now()
 	_ = os.Chtimes(filepath.Join(snap.Dir, usedFile), now, now)
 	return snap, nil
 }
 
-func (s *Store) load(key string) (*Snapshot, error) {
+func (s *Store) load(key string) (*Snapshot, []byte, error) {
 	if !ValidKey(key) {
-		return nil, fmt.Errorf("%w: key %q", ErrInvalid, key)
+		return nil, nil, fmt.Errorf("%w: key %q", ErrInvalid, key)
 	}
 	dir := filepath.Join(s.dir, key)
-	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+	m, raw, err := readManifest(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, key)
 	} else if err != nil {
-		return nil, err
-	}
-	m, err := ParseManifest(b)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", key, err)
+		return nil, nil, fmt.Errorf("snapshot %s: %w", key, err)
 	}
 	if m.Key != key {
-		return nil, fmt.Errorf("%w: directory %s holds snapshot %s", ErrInvalid, key, m.Key)
+		return nil, nil, fmt.Errorf("%w: directory %s holds snapshot %s", ErrInvalid, key, m.Key)
 	}
-	return &Snapshot{Manifest: *m, Dir: dir}, nil
-}
-
-// fileVersion identifies one version of a file's content cheaply.
-func fileVersion(fi os.FileInfo) string {
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	var ino uint64
-	if st != nil {
-		ino = st.Ino
-	}
-	return fmt.Sprintf("%d:%d:%d", ino, fi.Size(), fi.ModTime().UnixNano())
-}
-
-func (s *Store) verify(snap *Snapshot) error {
-	known := map[string]string{}
-	vpath := filepath.Join(snap.Dir, verifiedFile)
-	if b, err := os.ReadFile(vpath); err == nil {
-		_ = json.Unmarshal(b, &known)
-	}
-	changed := false
-	names := make([]string, 0, len(snap.Files))
-	for n := range snap.Files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		want := snap.Files[name]
-		p := filepath.Join(snap.Dir, name)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
-		}
-		if !fi.Mode().IsRegular() || fi.Size() != want.Size {
-			return fmt.Errorf("%w: %s is %d bytes, manifest says %d", ErrCorrupt, name, fi.Size(), want.Size)
-		}
-		v := fileVersion(fi)
-		if known[name] == v+":"+want.SHA256 {
-			continue
-		}
-		sum, err := fileSHA256(p)
-		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
-		}
-		if sum != want.SHA256 {
-			return fmt.Errorf("%w: %s has sha256 %s, manifest says %s", ErrCorrupt, name, sum[:16], want.SHA256[:16])
-		}
-		known[name] = v + ":" + want.SHA256
-		changed = true
-	}
-	if changed {
-		b, _ := json.Marshal(known)
-		_ = writeFileAtomic(vpath, b)
-	}
-	return nil
+	return &Snapshot{Manifest: *m, Dir: dir}, raw, nil
 }
 
 // Create makes a snapshot for spec. fill writes the snapshot's files into
-// an empty temporary directory; Create then digests them, writes the
-// manifest last and renames the directory into place, so a crash at any
-// point leaves no snapshot that looks valid. A snapshot already there for
-// the same key is replaced.
+// an empty temporary directory; Create then seals it (digests, manifest
+// last) and renames the directory into place, so a crash at any point
+// leaves no snapshot that looks valid. A snapshot already there for the
+// same key is replaced.
 func (s *Store) Create(spec Spec, fill func(dir string) error) (*Snapshot, error) {
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
-		return nil, err
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("create snapshot: %w", err)
 	}
-	s.sweep()
-	tmp, err := os.MkdirTemp(s.dir, ".create-")
+	tmp, err := s.TempDir()
 	if err != nil {
 		return nil, err
 	}
@@ -166,62 +97,37 @@ func (s *Store) Create(spec Spec, fill func(dir string) error) (*Snapshot, error
 	if err := fill(tmp); err != nil {
 		return nil, err
 	}
-	key := spec.Key()
-	m := Manifest{Key: key, Spec: spec, Files: map[string]FileInfo{}, Created: time.Now().UTC()}
-	ents, err := os.ReadDir(tmp)
-	if err != nil {
-		return nil, err
-	}
-	known := map[string]string{}
-	for _, e := range ents {
-		if !e.Type().IsRegular() || !fileRe.MatchString(e.Name()) {
-			return nil, fmt.Errorf("create snapshot: unexpected entry %q written by the driver", e.Name())
-		}
-		p := filepath.Join(tmp, e.Name())
-		if err := syncFile(p); err != nil {
-			return nil, err
-		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, err
-		}
-		sum, err := fileSHA256(p)
-		if err != nil {
-			return nil, err
-		}
-		m.Files[e.Name()] = FileInfo{Size: fi.Size(), SHA256: sum}
-		known[e.Name()] = fileVersion(fi) + ":" + sum
-	}
-	if len(m.Files) == 0 {
+	if ents, err := os.ReadDir(tmp); err == nil && len(ents) == 0 {
 		return nil, fmt.Errorf("create snapshot: the driver wrote no files")
 	}
-	mb, _ := json.MarshalIndent(m, "", "  ")
-	if err := writeFileAtomic(filepath.Join(tmp, manifestFile), mb); err != nil {
-		return nil, err
+	m, err := Seal(tmp, spec)
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot: %w", err)
 	}
-	vb, _ := json.Marshal(known)
-	_ = os.WriteFile(filepath.Join(tmp, verifiedFile), vb, 0o644)
 	_ = os.WriteFile(filepath.Join(tmp, usedFile), nil, 0o644)
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, err
 	}
+	return s.install(tmp, m)
+}
 
+// install renames a complete snapshot directory into place, replacing
+// what was there under its key, and evicts what no longer fits.
+func (s *Store) install(tmp string, m *Manifest) (*Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	final := filepath.Join(s.dir, key)
-	if _, err := os.Stat(final); err == nil {
-		old := tmp + ".old"
-		if err := os.Rename(final, old); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(old)
+	final := filepath.Join(s.dir, m.Key)
+	if err := removeDir(final); err != nil {
+		return nil, fmt.Errorf("replace snapshot %s: %w", m.Key, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return nil, fmt.Errorf("create snapshot %s: %w", key, err)
+		return nil, fmt.Errorf("install snapshot %s: %w", m.Key, err)
 	}
-	syncDir(s.dir)
-	s.evictLocked(key)
-	return &Snapshot{Manifest: m, Dir: final}, nil
+	if err := syncDir(s.dir); err != nil {
+		return nil, err
+	}
+	s.evictLocked(m.Key)
+	return &Snapshot{Manifest: *m, Dir: final}, nil
 }
 
 // Remove deletes a snapshot; removing a missing one is not an error.
@@ -232,19 +138,6 @@ func (s *Store) Remove(key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return removeDir(filepath.Join(s.dir, key))
-}
-
-// removeDir renames a snapshot away before deleting it, so a reader never
-// sees a half-deleted snapshot under its key.
-func removeDir(dir string) error {
-	gone := filepath.Join(filepath.Dir(dir), ".remove-"+filepath.Base(dir)+fmt.Sprint(time.Now().UnixNano()))
-	if err := os.Rename(dir, gone); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	return os.RemoveAll(gone)
 }
 
 // Entry is a snapshot in a listing.
@@ -268,7 +161,7 @@ func (s *Store) List() ([]Entry, error) {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		snap, err := s.load(e.Name())
+		snap, _, err := s.load(e.Name())
 		if err != nil {
 			continue
 		}
@@ -318,100 +211,34 @@ func (s *Store) sweep() {
 	}
 }
 
-func diskUsage(dir string) int64 {
-	var n int64
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				n += st.Blocks * 512
-			}
-		}
-	}
-	return n
-}
-
-func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func writeFileAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
-func syncDir(d string) {
-	if f, err := os.Open(d); err == nil {
-		_ = unix.Fsync(int(f.Fd()))
-		f.Close()
-	}
-}
-
-// Adopt moves a complete snapshot directory (for example one just pulled
-// from a Remote into TempDir) into the store, after checking its manifest
-// and every file's digest. The directory is consumed either way.
+// Adopt moves a complete snapshot directory pulled from a Remote (into
+// TempDir) into the store, after checking its manifest, its signature
+// against the store's trust policy and every file's digest. The directory
+// is consumed either way. Adopted snapshots are marked as pulled, so
+// every Get checks their signature again.
 func (s *Store) Adopt(dir string) (*Snapshot, error) {
 	defer os.RemoveAll(dir)
-	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
+	m, raw, err := readManifest(dir)
 	if err != nil {
 		return nil, fmt.Errorf("adopt snapshot: %w", err)
 	}
-	m, err := ParseManifest(b)
-	if err != nil {
-		return nil, fmt.Errorf("adopt snapshot: %w", err)
+	if _, err := os.Stat(filepath.Join(dir, originFile)); errors.Is(err, fs.ErrNotExist) {
+		// Not from Pull: treat it as pulled from somewhere unknown.
+		if err := writeOrigin(dir, origin{Name: m.Key}); err != nil {
+			return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
+		}
 	}
-	if err := s.verify(&Snapshot{Manifest: *m, Dir: dir}); err != nil {
+	if err := checkOrigin(dir, m.Key, raw, s.opts.trust); err != nil {
+		return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
+	}
+	if err := verifyFiles(dir, m); err != nil {
 		return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
 	}
 	_ = os.WriteFile(filepath.Join(dir, usedFile), nil, 0o644)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	final := filepath.Join(s.dir, m.Key)
-	if err := removeDir(final); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(dir, final); err != nil {
-		return nil, fmt.Errorf("adopt snapshot %s: %w", m.Key, err)
-	}
-	syncDir(s.dir)
-	s.evictLocked(m.Key)
-	return &Snapshot{Manifest: *m, Dir: final}, nil
+	return s.install(dir, m)
 }
 
 // TempDir makes an empty directory inside the store (same filesystem, so
@@ -420,6 +247,7 @@ func (s *Store) TempDir() (string, error) {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return "", err
 	}
+	s.sweep()
 	return os.MkdirTemp(s.dir, ".create-")
 }
 

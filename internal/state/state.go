@@ -7,7 +7,11 @@
 // crash in the middle leaves a record that Reconcile can settle:
 //
 //	creating -> running <-> hibernating -> hibernated -> resuming -> running
-//	any -> deleted;  running/creating (no VM after a restart) -> lost
+//	running -> forking -> running;  any -> deleting -> deleted
+//	running/creating (no VM after a restart) -> lost
+//
+// Which moves are legal, and what each operation rolls back to, is the
+// sandbox package's transition table; this package stores the result.
 //
 //	db, _ := state.Open("/var/lib/firesandbox/state.db")
 //	_ = db.Create(ctx, state.Sandbox{ID: "sb-1", State: state.Creating, ...})
@@ -18,6 +22,7 @@ package state
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -33,7 +38,15 @@ var (
 	ErrNotFound = errors.New("sandbox not found")
 	// ErrConflict means the sandbox is not in a state the change allows.
 	ErrConflict = errors.New("sandbox state conflict")
+	// ErrSchema means the database was written by a newer firesandbox.
+	ErrSchema = errors.New("state database schema")
 )
+
+// Extensions are migrations of other tables in the same database (tenants,
+// keys, submissions), applied after the sandbox migrations, in order.
+// Packages append to it from init; the order of the slice is the order of
+// the schema versions, so only ever append.
+var Extensions []string
 
 // State is where a sandbox is in its lifecycle.
 type State string
@@ -45,6 +58,8 @@ const (
 	Hibernating State = "hibernating"
 	Hibernated  State = "hibernated"
 	Resuming    State = "resuming"
+	Forking     State = "forking"
+	Deleting    State = "deleting"
 	Lost        State = "lost"
 	Deleted     State = "deleted"
 )
@@ -53,7 +68,9 @@ func (s State) String() string { return string(s) }
 
 // Sandbox is the persisted record of one sandbox.
 type Sandbox struct {
-	ID       string
+	ID string
+	// Tenant owns the sandbox; only its keys see it.
+	Tenant   string
 	Language string
 	Version  string
 	VCPUs    int
@@ -69,7 +86,21 @@ type Sandbox struct {
 	// resuming.
 	SnapshotDir string
 	// Reason says why the sandbox was lost.
-	Reason     string
+	Reason string
+	// Metadata is the client's own labels; Env applies to every exec.
+	Metadata map[string]string
+	Env      map[string]string
+	// ExpiresAt is the end of the sandbox's lifetime (zero: none); at it
+	// the sandbox is killed, or paused if OnTimeout says "pause".
+	ExpiresAt time.Time
+	OnTimeout string
+	// Network is the sandbox's network policy as JSON ("" for none).
+	Network string
+	// Parent is the sandbox this one was forked from.
+	Parent string
+	// Generation counts changes of ownership and of hibernated state, so
+	// a stale writer can be told from the current one.
+	Generation int64
 	CreatedAt  time.Time
 	LastUsedAt time.Time
 	UpdatedAt  time.Time
@@ -81,25 +112,68 @@ type DB struct {
 	now func() time.Time
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS sandboxes (
-	id              TEXT PRIMARY KEY,
-	language        TEXT NOT NULL,
-	version         TEXT NOT NULL,
-	vcpus           INTEGER NOT NULL,
-	memory_mib      INTEGER NOT NULL,
-	disk_mib        INTEGER NOT NULL,
-	idle_timeout_ms INTEGER NOT NULL,
-	state           TEXT NOT NULL,
-	snapshot_dir    TEXT NOT NULL DEFAULT '',
-	reason          TEXT NOT NULL DEFAULT '',
-	created_at      INTEGER NOT NULL,
-	last_used_at    INTEGER NOT NULL,
-	updated_at      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state);
-PRAGMA user_version = 1;
-`
+// migrations bring a database from user_version i to i+1. Append only:
+// a database written by an older firesandbox is upgraded in place.
+var migrations = []string{
+	// 0 -> 1: the first schema.
+	`CREATE TABLE IF NOT EXISTS sandboxes (
+		id              TEXT PRIMARY KEY,
+		language        TEXT NOT NULL,
+		version         TEXT NOT NULL,
+		vcpus           INTEGER NOT NULL,
+		memory_mib      INTEGER NOT NULL,
+		disk_mib        INTEGER NOT NULL,
+		idle_timeout_ms INTEGER NOT NULL,
+		state           TEXT NOT NULL,
+		snapshot_dir    TEXT NOT NULL DEFAULT '',
+		reason          TEXT NOT NULL DEFAULT '',
+		created_at      INTEGER NOT NULL,
+		last_used_at    INTEGER NOT NULL,
+		updated_at      INTEGER NOT NULL
+	);
+	CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state);`,
+	// 1 -> 2: tenants, labels, lifetimes, network policy, forks, generations.
+	`ALTER TABLE sandboxes ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sandboxes ADD COLUMN on_timeout TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sandboxes ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX IF NOT EXISTS sandboxes_tenant ON sandboxes(tenant, state);`,
+}
+
+// migrate applies the migrations the database has not seen, each in its
+// own transaction with its version bump.
+func migrate(ctx context.Context, db *sql.DB, extra []string) error {
+	all := append(append([]string(nil), migrations...), extra...)
+	var v int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return err
+	}
+	if v > len(all) {
+		return fmt.Errorf("%w: schema version %d is newer than this firesandbox knows (%d)", ErrSchema, v, len(all))
+	}
+	for ; v < len(all); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, all[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
 
 // tombstoneTTL is how long deleted sandboxes are remembered, so a late
 // exec gets "deleted" rather than "not found".
@@ -118,9 +192,9 @@ func Open(path string) (*DB, error) {
 	db.SetMaxOpenConns(1)
 	d := &DB{db: db, now: time.Now}
 	ctx := context.Background()
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	if err := migrate(ctx, db, Extensions); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open state %s: create schema: %w", path, err)
+		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil || !strings.EqualFold(mode, "wal") {
@@ -138,17 +212,28 @@ func Open(path string) (*DB, error) {
 // Close closes the database.
 func (d *DB) Close() error { return d.db.Close() }
 
-const columns = `id, language, version, vcpus, memory_mib, disk_mib, idle_timeout_ms, state, snapshot_dir, reason, created_at, last_used_at, updated_at`
+const columns = `id, language, version, vcpus, memory_mib, disk_mib, idle_timeout_ms, state, snapshot_dir, reason, created_at, last_used_at, updated_at, tenant, metadata, env, expires_at, on_timeout, network, parent, generation`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scan(r scanner) (Sandbox, error) {
 	var s Sandbox
-	var idle, created, used, updated int64
+	var idle, created, used, updated, expires int64
+	var meta, env string
 	err := r.Scan(&s.ID, &s.Language, &s.Version, &s.VCPUs, &s.MemoryMiB, &s.DiskMiB, &idle,
-		&s.State, &s.SnapshotDir, &s.Reason, &created, &used, &updated)
+		&s.State, &s.SnapshotDir, &s.Reason, &created, &used, &updated,
+		&s.Tenant, &meta, &env, &expires, &s.OnTimeout, &s.Network, &s.Parent, &s.Generation)
+	if err != nil {
+		return s, err
+	}
 	s.IdleTimeout = time.Duration(idle) * time.Millisecond
 	s.CreatedAt, s.LastUsedAt, s.UpdatedAt = time.Unix(0, created), time.Unix(0, used), time.Unix(0, updated)
+	if expires != 0 {
+		s.ExpiresAt = time.Unix(0, expires)
+	}
+	if s.Metadata, err = decodeMap(meta); err == nil {
+		s.Env, err = decodeMap(env)
+	}
 	return s, err
 }
 
@@ -161,9 +246,14 @@ func (d *DB) Create(ctx context.Context, s Sandbox) error {
 	if s.LastUsedAt.IsZero() {
 		s.LastUsedAt = now
 	}
-	_, err := d.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	var expires int64
+	if !s.ExpiresAt.IsZero() {
+		expires = s.ExpiresAt.UnixNano()
+	}
+	_, err := d.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		s.ID, s.Language, s.Version, s.VCPUs, s.MemoryMiB, s.DiskMiB, s.IdleTimeout.Milliseconds(),
-		s.State, s.SnapshotDir, s.Reason, s.CreatedAt.UnixNano(), s.LastUsedAt.UnixNano(), now.UnixNano())
+		s.State, s.SnapshotDir, s.Reason, s.CreatedAt.UnixNano(), s.LastUsedAt.UnixNano(), now.UnixNano(),
+		s.Tenant, encodeMap(s.Metadata), encodeMap(s.Env), expires, s.OnTimeout, s.Network, s.Parent, s.Generation)
 	if err != nil {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
 	}
@@ -239,6 +329,8 @@ type Change struct {
 	SnapshotDir *string
 	// Reason is recorded (empty clears it).
 	Reason string
+	// Bump increments the generation (a new hibernation, a new owner).
+	Bump bool
 }
 
 // Transition applies c if the sandbox is in one of from (any state but
@@ -250,6 +342,9 @@ func (d *DB) Transition(ctx context.Context, id string, c Change, from ...State)
 	if c.SnapshotDir != nil {
 		q += `, snapshot_dir = ?`
 		args = append(args, *c.SnapshotDir)
+	}
+	if c.Bump {
+		q += `, generation = generation + 1`
 	}
 	q += ` WHERE id = ?`
 	args = append(args, id)
@@ -274,6 +369,59 @@ func (d *DB) Transition(ctx context.Context, id string, c Change, from ...State)
 	}
 	return fmt.Errorf("%w: sandbox %s is %s, cannot become %s", ErrConflict, id, cur.State, c.To)
 }
+
+func encodeMap(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(m) // a map of strings always marshals
+	return string(b)
+}
+
+func decodeMap(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var m map[string]string
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return nil, fmt.Errorf("decode stored map: %w", err)
+	}
+	return m, nil
+}
+
+// SetExpiry sets the end of a sandbox's lifetime (zero: none).
+func (d *DB) SetExpiry(ctx context.Context, id string, at time.Time) error {
+	var ns int64
+	if !at.IsZero() {
+		ns = at.UnixNano()
+	}
+	res, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET expires_at = ?, updated_at = ? WHERE id = ? AND state != 'deleted'`,
+		ns, d.now().UnixNano(), id)
+	if err != nil {
+		return fmt.Errorf("set expiry of sandbox %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+// SetNetwork replaces a sandbox's network policy.
+func (d *DB) SetNetwork(ctx context.Context, id, policy string) error {
+	res, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET network = ?, updated_at = ? WHERE id = ? AND state != 'deleted'`,
+		policy, d.now().UnixNano(), id)
+	if err != nil {
+		return fmt.Errorf("set network of sandbox %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+// SQL returns the underlying database, for packages that keep their own
+// tables in it (see Extensions).
+func (d *DB) SQL() *sql.DB { return d.db }
 
 // Touch records that a sandbox was used at t.
 func (d *DB) Touch(ctx context.Context, id string, t time.Time) error {
@@ -304,7 +452,7 @@ type Reconciled struct {
 // hibernated, is resumable if snapshotOK says its snapshot is complete,
 // else lost. It returns what it changed, with the new state.
 func (d *DB) Reconcile(ctx context.Context, snapshotOK func(Sandbox) bool) ([]Reconciled, error) {
-	all, err := d.List(ctx, Creating, Running, Hibernating, Hibernated, Resuming)
+	all, err := d.List(ctx, Creating, Running, Hibernating, Hibernated, Resuming, Forking)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +462,7 @@ func (d *DB) Reconcile(ctx context.Context, snapshotOK func(Sandbox) bool) ([]Re
 		switch {
 		case s.State == Creating:
 			c.Reason = "the server stopped while the sandbox was being created"
-		case s.State == Running:
+		case s.State == Running, s.State == Forking:
 			c.Reason = "the server stopped while the sandbox was running; its memory is gone"
 		case slices.Contains([]State{Hibernating, Hibernated, Resuming}, s.State) && snapshotOK(s):
 			c.To = Hibernated

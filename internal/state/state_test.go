@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -115,5 +116,72 @@ func TestReconcileSurvivesReopen(t *testing.T) {
 	counts, err := d.Count(ctx)
 	if err != nil || counts[Lost] != 4 || counts[Hibernated] != 3 {
 		t.Fatalf("counts %v %v", counts, err)
+	}
+}
+
+func TestMigratesVersion1Database(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "state.db")
+	// A database as the first release wrote it: schema 1 and one row.
+	raw, err := sql.Open("sqlite", "file:"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, migrations[0]+"; PRAGMA user_version = 1;"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, `INSERT INTO sandboxes (id, language, version, vcpus, memory_mib, disk_mib, idle_timeout_ms, state, snapshot_dir, reason, created_at, last_used_at, updated_at)
+		VALUES ('sb-old', 'python', '3.11', 1, 512, 0, 0, 'hibernated', '/x/snapshot', '', 1, 2, 3)`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	d, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	got, err := d.Get(ctx, "sb-old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != Hibernated || got.SnapshotDir != "/x/snapshot" || got.Tenant != "" || got.Metadata != nil {
+		t.Fatalf("after migration: %+v", got)
+	}
+	var v int
+	if err := d.SQL().QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil || v != len(migrations)+len(Extensions) {
+		t.Fatalf("user_version %d (%v), want %d", v, err, len(migrations)+len(Extensions))
+	}
+	// New fields round-trip.
+	sb := Sandbox{ID: "sb-new", Tenant: "acme", Language: "python", Version: "3.11", State: Creating,
+		Metadata: map[string]string{"k": "v"}, Env: map[string]string{"A": "1"}, ExpiresAt: time.Unix(100, 0), OnTimeout: "pause"}
+	if err := d.Create(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Transition(ctx, "sb-new", Change{To: Running, Bump: true}, Creating); err != nil {
+		t.Fatal(err)
+	}
+	got, err = d.Get(ctx, "sb-new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Tenant != "acme" || got.Metadata["k"] != "v" || got.Env["A"] != "1" || !got.ExpiresAt.Equal(time.Unix(100, 0)) ||
+		got.OnTimeout != "pause" || got.Generation != 1 {
+		t.Fatalf("round trip: %+v", got)
+	}
+}
+
+func TestRefusesNewerSchema(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.db")
+	raw, err := sql.Open("sqlite", "file:"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec("PRAGMA user_version = 999"); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	if _, err := Open(p); !errors.Is(err, ErrSchema) {
+		t.Fatalf("newer schema: %v, want ErrSchema", err)
 	}
 }

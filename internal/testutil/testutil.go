@@ -3,13 +3,13 @@
 package testutil
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"testing"
 
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/vmm/kvm"
 	"github.com/firesandbox/firesandbox/languages"
 )
 
@@ -80,13 +80,10 @@ func RequireVMs(t testing.TB) *VMFixtures {
 		t.Fatalf("VM tests: %v", err)
 	}
 	fx := &VMFixtures{DataDir: dataDir, Kernel: k, Python: im, Accel: "tcg"}
-	if b, err := os.ReadFile(dataDir + "/accel.json"); err == nil {
-		var c struct{ Accel string }
-		if json.Unmarshal(b, &c) == nil && c.Accel != "" {
-			fx.Accel = c.Accel
-		}
+	if c, err := kvm.ReadAccelChoice(dataDir); err == nil {
+		fx.Accel = c.Accel
 	}
-	if v := os.Getenv("FIRESANDBOX_ACCEL"); v != "" {
+	if v := os.Getenv(kvm.AccelEnv); v != "" {
 		fx.Accel = v
 	}
 	return fx

@@ -1,10 +1,12 @@
 // Package vmm defines the contract between firesandbox and a virtual machine
 // monitor. Drivers live in sub-packages (vmm/qemu, vmm/firecracker) and are
-// chosen from configuration in one place (vmm/drivers).
+// chosen from configuration in one place (vmm/drivers); vmm/vmmproc holds
+// the process plumbing they share, vmm/kvm the KVM check, and vmm/vmmtest
+// the conformance suite both pass.
 //
 // A Machine's lifecycle:
 //
-//	d := qemu.New(qemu.Config{...})
+//	d, err := qemu.New(qemu.Config{...}) // or drivers.New(cfg).Driver(ctx, probe)
 //	m, err := d.Boot(ctx, vmm.Config{ID: "vm1", Kernel: ..., Initrd: ..., Disks: ...})
 //	// m.State() == vmm.StateRunning; the guest is booting.
 //	conn, err := m.DialAgent(ctx) // the agent channel (virtio-serial or vsock)
@@ -15,9 +17,18 @@
 //
 //	m2, err := d.Restore(ctx, dir, cfg) // StateRunning again, from the snapshot
 //
-// Operations check the state first: pausing a stopped machine is
-// ErrInvalidState, not a hang. A request's context bounds the call, never
-// the machine: cancelling ctx during Boot cleans up, cancelling it later
-// does nothing to a running VM. Stop is idempotent and always frees
-// everything the driver created, whatever state the machine is in.
+// Operations check the state first (RequireState): pausing a stopped
+// machine is ErrInvalidState, not a hang. A request's context bounds the
+// call, never the machine: cancelling ctx during Boot cleans up, cancelling
+// it later does nothing to a running VM. Stop is idempotent, is not cut
+// short by a cancelled context, and always frees everything the driver
+// created, whatever state the machine is in. Wait reports a VMM that died
+// by itself as ErrExited. DialAgent works while paused (the guest answers
+// once resumed). A RunDir in use by a live VMM is ErrInUse; one a dead VMM
+// left is taken over. Each VMM's pid and start time are recorded in its
+// RunDir, so vmmproc.Sweep can kill exactly the VMMs a killed daemon left.
+//
+// Version and Capabilities are fixed when a driver is built and cost
+// nothing to ask; Capabilities carries the accelerator (a snapshot's Spec
+// records it) and a description of the VMM's confinement.
 package vmm

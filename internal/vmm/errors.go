@@ -10,4 +10,9 @@ var (
 	ErrExited        = errors.New("vmm: the VMM process exited")
 	ErrUnavailable   = errors.New("vmm: driver not usable on this host")
 	ErrIncompatible  = errors.New("vmm: snapshot does not match this driver or host")
+	// ErrInUse: a machine's RunDir belongs to a VMM that is still running.
+	ErrInUse = errors.New("vmm: run directory in use by a running VMM")
+	// ErrUnsafe: a file or directory the driver must keep private is
+	// owned or writable by someone else, or is a symlink.
+	ErrUnsafe = errors.New("vmm: unsafe file or directory")
 )

@@ -120,7 +120,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Capabilities says what a driver can do on this host.
+// Accelerators a driver can run guests with.
+const (
+	// AccelKVM is hardware virtualisation through /dev/kvm.
+	AccelKVM = "kvm"
+	// AccelTCG is QEMU's software emulation: it works everywhere but is
+	// slower, and its isolation rests on the emulator alone.
+	AccelTCG = "tcg"
+)
+
+// Capabilities says what a driver can do on this host. It is fixed when
+// the driver is built: reading it costs nothing.
 type Capabilities struct {
 	Snapshot      bool // Pause + Snapshot + Restore
 	MemorySharing bool // restores map the snapshot's memory copy-on-write
@@ -129,6 +139,15 @@ type Capabilities struct {
 	// agent finds disks by id; otherwise disks appear as /dev/vda, vdb, ...
 	// in the order of Config.Disks.
 	DiskSerials bool
+	// Accel is how guests run: AccelKVM or AccelTCG. A snapshot records
+	// it, since a snapshot made under one does not restore under the other.
+	Accel string
+	// CPU is the guest CPU model ("host", "max"), also part of the saved
+	// CPU state: a snapshot records it as it records Accel.
+	CPU string
+	// Confinement says in a few words what confines the VMM process
+	// ("jailer: chroot, uid 123, ..."), or "none"; doctor prints it.
+	Confinement string
 }
 
 // GuestDiskRef is how the agent should find disk i of cfg on the kernel
@@ -153,8 +172,9 @@ const (
 type Driver interface {
 	// Name is the driver's name in configuration: "qemu", "firecracker".
 	Name() string
-	// Version is the VMM's version, recorded in snapshots.
-	Version(ctx context.Context) (string, error)
+	// Version is the VMM's version, recorded in snapshots. Drivers read
+	// it once, when they are built, so asking costs no process start.
+	Version() string
 	Capabilities() Capabilities
 	// Boot starts a machine from cfg and returns once the VMM runs it;
 	// the guest may still be booting.
@@ -178,12 +198,19 @@ type Machine interface {
 	// Snapshot writes a full snapshot (memory and device state) of a
 	// paused machine into dir, which must exist and be empty.
 	Snapshot(ctx context.Context, dir string) error
-	// Stop ends the VM (SIGTERM, then SIGKILL) and removes its RunDir.
+	// Stop ends the VM (SIGTERM, a grace period, then SIGKILL) and removes
+	// its RunDir and every file the driver made for it. A cancelled ctx
+	// does not cut it short; concurrent and repeated calls all return
+	// once everything is gone.
 	Stop(ctx context.Context) error
-	// Wait blocks until the VMM process exits or ctx ends.
+	// Wait blocks until the VMM process exits or ctx ends. It returns nil
+	// when the VMM exited cleanly or was ended by Stop, and an error
+	// wrapping ErrExited, with the exit status and the VMM's last output,
+	// when it died by itself.
 	Wait(ctx context.Context) error
-	// Console returns the last n bytes the guest wrote to its console.
+	// Console returns the last n bytes the guest wrote to its console
+	// (the driver keeps a bounded tail, never the whole output).
 	Console(n int) string
-	// PID is the VMM process id, 0 once stopped.
+	// PID is the VMM process id, 0 once it exited or was stopped.
 	PID() int
 }

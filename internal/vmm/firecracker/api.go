@@ -13,18 +13,6 @@ import (
 	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
 )
 
-// APIError is a request Firecracker refused; FaultMessage is its own
-// explanation.
-type APIError struct {
-	Method, Path string
-	Status       int
-	FaultMessage string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("firecracker %s %s: %d %s", e.Method, e.Path, e.Status, e.FaultMessage)
-}
-
 // apiClient speaks Firecracker's REST API over its unix socket. It is
 // deliberately thin: the SDK's Machine would also manage networking
 // (CNI) and the process, which the driver does itself.

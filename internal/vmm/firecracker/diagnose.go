@@ -10,39 +10,22 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/kvm"
 	"golang.org/x/sys/unix"
-)
-
-// Diagnosis says whether the driver can run VMs on this host, and why not.
-// It is plain data for `firesandbox doctor` to print.
-type Diagnosis struct {
-	Driver  string
-	Usable  bool
-	Version string
-	// Problems are reasons the driver cannot work here; each one says
-	// what to fix.
-	Problems []string
-	// Notes are facts worth knowing that do not stop it.
-	Notes []string
-}
-
-// kvmGetAPIVersion is KVM_GET_API_VERSION, _IO(KVMIO, 0x00); KVM has
-// answered 12 since Linux 2.6.22.
-const (
-	kvmGetAPIVersion = 0xAE00
-	kvmAPIVersion    = 12
 )
 
 // Diagnose checks everything Boot needs that can be checked without
 // booting: the binaries and their versions, /dev/kvm and its API, and for
-// the jailer, root, cgroups and the chroot base. It reports every problem
-// it finds, not just the first. A usable diagnosis does not prove a guest
-// boots (a nested or paravirtualised KVM may still refuse a kernel).
-func Diagnose(ctx context.Context, cfg Config) Diagnosis {
+// the jailer, root, cgroups, the chroot base and the network namespace. It
+// reports every problem it finds, not just the first. A usable diagnosis
+// does not prove a guest boots (a nested or paravirtualised KVM may still
+// refuse a kernel).
+func Diagnose(ctx context.Context, cfg Config) vmm.Diagnosis {
 	cfg = cfg.withDefaults()
-	dg := Diagnosis{Driver: "firecracker"}
-	problem := func(format string, args ...any) { dg.Problems = append(dg.Problems, fmt.Sprintf(format, args...)) }
-	note := func(format string, args ...any) { dg.Notes = append(dg.Notes, fmt.Sprintf(format, args...)) }
+	dg := vmm.Diagnosis{Driver: "firecracker"}
+	problem := func(format string, args ...any) { dg.Problem(fmt.Sprintf(format, args...)) }
+	note := func(format string, args ...any) { dg.Note(fmt.Sprintf(format, args...)) }
 
 	if err := cfg.Validate(); err != nil {
 		problem("configuration: %v", err)
@@ -59,63 +42,40 @@ func Diagnose(ctx context.Context, cfg Config) Diagnosis {
 		}
 	}
 
-	diagnoseKVM(problem)
+	if err := kvm.Open(); err != nil {
+		problem("%v", err)
+	} else if kvm.PVM() {
+		problem("/dev/kvm is served by kvm_pvm (this host is a PVM guest): only PVM-enabled guest kernels boot under it")
+	}
 
-	if cfg.UseJailer {
+	if cfg.jailed() {
 		if path, err := exec.LookPath(cfg.JailerBinary); err != nil {
 			problem("jailer binary %q not found (it ships in the same release archive as firecracker): %v", cfg.JailerBinary, err)
 		} else if v, err := binaryVersion(ctx, path); err == nil && dg.Version != "" && v != dg.Version {
 			problem("jailer %s and firecracker %s differ: the jailer must come from the same release", v, dg.Version)
 		}
 		if os.Geteuid() != 0 {
-			problem("the jailer must run as root (chroot, mknod, cgroups); this process runs as uid %d", os.Geteuid())
-		}
-		if cfg.UID == 0 {
-			note("firecracker runs as uid 0 inside the jail; set uid/gid to an unprivileged user")
+			problem("the jailer must run as root (chroot, mknod, cgroups, namespaces); this process runs as uid %d (or set firecracker.no_jailer, unconfined)", os.Geteuid())
 		}
 		diagnoseChrootBase(cfg, problem)
 		diagnoseCgroups(cfg, problem, note)
-		if cfg.NetNS != "" {
+		if cfg.NetNS != "" && cfg.NetNS != NetNSHost {
 			if _, err := os.Stat(cfg.NetNS); err != nil {
 				problem("network namespace %s: %v", cfg.NetNS, err)
 			}
 		}
+		if cfg.NetNS == NetNSHost {
+			dg.Warn("firecracker stays in the host's network namespace (firecracker.netns = \"host\")")
+		}
+		if cfg.HostPIDNS {
+			dg.Warn("firecracker stays in the host's PID namespace (firecracker.host_pid_ns)")
+		}
+		note("confinement: jailer, uid %d gid %d, chroot under %s", cfg.UID, cfg.GID, cfg.ChrootBase)
 	} else {
-		note("running without the jailer: firecracker runs as uid %d, unconfined; use the jailer in production", os.Geteuid())
+		dg.Warn(fmt.Sprintf("firecracker runs without its jailer (--no-jailer / firecracker.no_jailer), as uid %d, with no chroot or namespaces: for development only", os.Geteuid()))
 	}
 	dg.Usable = len(dg.Problems) == 0
 	return dg
-}
-
-// diagnoseKVM opens /dev/kvm as this process. (A jailed VMM gets its own
-// node from the jailer, but the jailer runs as this process's user too.)
-func diagnoseKVM(problem func(string, ...any)) {
-	fi, err := os.Stat("/dev/kvm")
-	if err != nil {
-		problem("/dev/kvm: %v (load kvm_intel or kvm_amd, or enable nested virtualisation)", err)
-		return
-	}
-	if fi.Mode()&os.ModeCharDevice == 0 {
-		problem("/dev/kvm is not a character device")
-		return
-	}
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		problem("open /dev/kvm read-write: %v (add this user to the kvm group, or grant access with setfacl -m u:$USER:rw /dev/kvm)", err)
-		return
-	}
-	defer f.Close()
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
-		// The host is itself a PVM guest: its KVM runs only kernels built
-		// for PVM, and ordinary guest kernels fail (MEASURED.md).
-		problem("/dev/kvm is served by kvm_pvm (this host is a PVM guest): only PVM-enabled guest kernels boot under it")
-	}
-	v, err := unix.IoctlRetInt(int(f.Fd()), kvmGetAPIVersion)
-	if err != nil {
-		problem("KVM_GET_API_VERSION on /dev/kvm: %v", err)
-	} else if v != kvmAPIVersion {
-		problem("KVM API version %d, want %d", v, kvmAPIVersion)
-	}
 }
 
 func diagnoseChrootBase(cfg Config, problem func(string, ...any)) {

@@ -4,7 +4,7 @@
 //
 // # Lifecycle
 //
-//	d := firecracker.New(firecracker.Config{UseJailer: true, UID: 997, GID: 997})
+//	d, err := firecracker.New(firecracker.Config{}) // jailed, own net and PID namespaces
 //	m, err := d.Boot(ctx, vmm.Config{
 //		ID: "vm1", Kernel: vmlinux, Initrd: initrd, VCPUs: 1, MemoryMiB: 512,
 //		Disks:   []vmm.Disk{{ID: "image", Path: img, ReadOnly: true}},
@@ -12,11 +12,11 @@
 //		RunDir:  "/run/firesandbox/vm1",
 //	})
 //
-// Boot starts `firecracker --api-sock ...` (or the jailer, which execs it),
-// its stdout and stderr going to RunDir/console.log (Firecracker writes
-// the guest's serial console there), and waits for the API socket while
-// watching for the process to die; if it does, the error carries the end of
-// its output. It then configures, in this order: the logger
+// Boot starts the jailer (or, with NoJailer, `firecracker --api-sock ...`),
+// its stdout (the guest's serial console) and stderr going into bounded
+// rings (vmmproc), records the VMM's pid and start time in RunDir, and
+// waits for the API socket while watching for the process to die; if it
+// does, the error carries the end of its output. It then configures, in this order: the logger
 // (vmm.log), machine-config, boot-source (the ELF vmlinux, the initramfs,
 // DefaultBootArgs + the caller's Cmdline + fs.channel=vsock:PORT +
 // fs.modules=<vsock modules>), the drives, the vsock device (guest CID 3),
@@ -32,7 +32,10 @@
 // privately, so restores of one snapshot share its clean pages) and
 // resume_vm. Stop sends SIGTERM, waits a grace period, sends SIGKILL (a
 // cancelled context does not cut it short), then removes RunDir, the jail
-// and the jailer's cgroup; it is idempotent.
+// and the jailer's cgroup; it is idempotent. Firecracker has no
+// parent-death signal: if the daemon dies, vmmproc.Sweep on the RunDir
+// kills the recorded VMM (checking its start time first) and removes the
+// jail.
 //
 // # Disks and paths
 //
@@ -54,14 +57,17 @@
 //
 // # Jailer
 //
-// With Config.UseJailer, the driver builds <ChrootBase>/<exec>/<id>/root
+// By default (NoJailer unset) the driver builds <ChrootBase>/<exec>/<id>/root
 // before starting the jailer (JailerArgs gives its argv), hard-links the
 // kernel, initrd, disks and snapshot files into it (copying read-only files
 // when the chroot base is on another filesystem; never a writable disk,
-// whose writes must reach the caller's file), and moves snapshots out of it.
-// Keep ChrootBase on the filesystem of the disks and snapshots. With
-// NewPIDNS the jailer forks Firecracker into its own PID namespace and
-// exits; the driver then follows Firecracker through a pidfd.
+// whose writes must reach the caller's file), and moves snapshots out of it,
+// giving them to root and group GID (0640) so that any jailed VMM can
+// restore them. Keep ChrootBase on the filesystem of the disks and
+// snapshots. The jailer runs in a new network namespace (NetNS "", or joins
+// the one NetNS names; "host" keeps ours), drops to UID:GID, and forks
+// Firecracker into its own PID namespace and exits (unless HostPIDNS); the
+// driver then follows Firecracker through a pidfd.
 //
 // Diagnose reports whether all of this can work on a host, and why not.
 // Package fctest holds the strict fake Firecracker the tests run against.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -14,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/firesandbox/firesandbox/internal/agent"
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
 
@@ -54,46 +55,68 @@ func DefaultBootArgs() []string {
 	}
 }
 
-// Config configures the driver for one host. It is plain data.
+// Config configures the driver for one host. It is plain data; zero fields
+// take the defaults, and the zero value runs Firecracker under its jailer
+// in its own network and PID namespaces.
 type Config struct {
 	// Binary is the firecracker executable: a path, or a name looked up in
 	// PATH. Default "firecracker".
-	Binary string `json:"binary,omitempty"`
+	Binary string `json:"binary,omitempty" toml:"binary"`
 	// ExtraArgs are passed to Firecracker after the driver's own
 	// (--api-sock, --id), e.g. "--level", "Debug".
-	ExtraArgs []string `json:"extra_args,omitempty"`
+	ExtraArgs []string `json:"extra_args,omitempty" toml:"extra_args"`
 	// BootArgs replaces DefaultBootArgs when not nil.
-	BootArgs []string `json:"boot_args,omitempty"`
+	BootArgs []string `json:"boot_args,omitempty" toml:"boot_args"`
 	// VsockPort is the guest port of the agent. Default DefaultVsockPort.
-	VsockPort uint32 `json:"vsock_port,omitempty"`
+	VsockPort uint32 `json:"vsock_port,omitempty" toml:"vsock_port"`
 
-	// UseJailer runs Firecracker through the jailer: chroot, dropped
-	// privileges, cgroups, optionally its own network and PID namespaces.
-	// The fields below apply only with it.
-	UseJailer bool `json:"use_jailer,omitempty"`
+	// NoJailer runs Firecracker directly, as this process's user, with
+	// nothing but its own seccomp filters around it. Only for development:
+	// by default every Firecracker runs under the jailer (chroot, dropped
+	// privileges, cgroups, its own network and PID namespaces). The fields
+	// below apply to the jailer.
+	NoJailer bool `json:"no_jailer,omitempty" toml:"no_jailer"`
 	// JailerBinary is the jailer executable. Default "jailer".
-	JailerBinary string `json:"jailer_binary,omitempty"`
-	// UID and GID Firecracker runs as under the jailer.
-	UID int `json:"uid,omitempty"`
-	GID int `json:"gid,omitempty"`
-	// ChrootBase is where jails are built (<base>/firecracker/<id>/root).
+	JailerBinary string `json:"jailer_binary,omitempty" toml:"jailer_binary"`
+	// UID and GID Firecracker runs as under the jailer; default
+	// DefaultUID and DefaultGID. Snapshot files are made readable to GID.
+	UID int `json:"uid,omitempty" toml:"uid"`
+	GID int `json:"gid,omitempty" toml:"gid"`
+	// ChrootBase is where jails are built (<base>/<exec>/<id>/root).
 	// Keep it short (unix socket paths) and on the filesystem of the disks
 	// and snapshots, so they can be hard-linked in. Default /srv/jailer.
-	ChrootBase string `json:"chroot_base,omitempty"`
+	ChrootBase string `json:"chroot_base,omitempty" toml:"chroot_base"`
 	// CgroupVersion is "1" or "2". Default "2".
-	CgroupVersion string `json:"cgroup_version,omitempty"`
+	CgroupVersion string `json:"cgroup_version,omitempty" toml:"cgroup_version"`
 	// ParentCgroup is the cgroup (relative to the hierarchy's root) the
 	// jailer creates each VM's cgroup in. Default: the exec file's name.
-	ParentCgroup string `json:"parent_cgroup,omitempty"`
+	ParentCgroup string `json:"parent_cgroup,omitempty" toml:"parent_cgroup"`
 	// Cgroups are cgroup files the jailer writes for each VM, such as
 	// "cpu.max": "200000 100000" or "memory.max": "1100M".
-	Cgroups map[string]string `json:"cgroups,omitempty"`
-	// NetNS is a network namespace file the VMM joins (/var/run/netns/x).
-	NetNS string `json:"netns,omitempty"`
-	// NewPIDNS puts the VMM in its own PID namespace. The jailer then
-	// exits after forking it, and the driver follows the VMM by pidfd.
-	NewPIDNS bool `json:"new_pid_ns,omitempty"`
+	Cgroups map[string]string `json:"cgroups,omitempty" toml:"cgroups"`
+	// NetNS is the network namespace of the VMM: "" (the default) gives
+	// each one a new, empty namespace of its own; a path (/var/run/netns/x)
+	// is a namespace it joins (the network layer's, for a VM with a tap);
+	// "host" leaves it in this process's namespace.
+	NetNS string `json:"netns,omitempty" toml:"netns"`
+	// HostPIDNS leaves the VMM in this process's PID namespace. By
+	// default the jailer forks it into a new one and exits, and the
+	// driver follows the VMM by pidfd.
+	HostPIDNS bool `json:"host_pid_ns,omitempty" toml:"host_pid_ns"`
 }
+
+// Defaults for the jailer's ids: one unprivileged user and group that no
+// login account has, shared with the group confined QEMUs run in.
+const (
+	DefaultUID = 1_900_000_000
+	DefaultGID = 1_900_000_000
+)
+
+// NetNSHost is the NetNS value that keeps the VMM in the host's namespace.
+const NetNSHost = "host"
+
+// jailed reports whether the jailer is used.
+func (c Config) jailed() bool { return !c.NoJailer }
 
 // withDefaults returns c with its zero fields filled in.
 func (c Config) withDefaults() Config {
@@ -103,7 +126,7 @@ func (c Config) withDefaults() Config {
 	if c.VsockPort == 0 {
 		c.VsockPort = DefaultVsockPort
 	}
-	if c.UseJailer {
+	if c.jailed() {
 		if c.JailerBinary == "" {
 			c.JailerBinary = DefaultJailerBinary
 		}
@@ -112,6 +135,12 @@ func (c Config) withDefaults() Config {
 		}
 		if c.CgroupVersion == "" {
 			c.CgroupVersion = DefaultCgroupVersion
+		}
+		if c.UID == 0 {
+			c.UID = DefaultUID
+		}
+		if c.GID == 0 {
+			c.GID = DefaultGID
 		}
 	}
 	return c
@@ -143,12 +172,12 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Sprintf("boot argument %q is empty or has blanks", a))
 		}
 	}
-	if c.UseJailer {
+	if c.jailed() {
 		if !strings.Contains(filepath.Base(c.Binary), "firecracker") {
 			errs = append(errs, fmt.Sprintf("binary %q: the jailer only runs files whose name contains \"firecracker\"", c.Binary))
 		}
-		if c.UID < 0 || c.GID < 0 {
-			errs = append(errs, fmt.Sprintf("uid %d / gid %d: want the unprivileged ids Firecracker runs as", c.UID, c.GID))
+		if c.UID <= 0 || c.GID <= 0 {
+			errs = append(errs, fmt.Sprintf("uid %d / gid %d: want the unprivileged ids Firecracker runs as, not root", c.UID, c.GID))
 		}
 		if !filepath.IsAbs(c.ChrootBase) {
 			errs = append(errs, fmt.Sprintf("chroot base %q is not absolute", c.ChrootBase))
@@ -163,8 +192,8 @@ func (c Config) Validate() error {
 				errs = append(errs, fmt.Sprintf("cgroup setting %q=%q: want <controller>.<file>=<value>", k, v))
 			}
 		}
-		if c.NetNS != "" && !filepath.IsAbs(c.NetNS) {
-			errs = append(errs, fmt.Sprintf("netns %q is not absolute", c.NetNS))
+		if c.NetNS != "" && c.NetNS != NetNSHost && !filepath.IsAbs(c.NetNS) {
+			errs = append(errs, fmt.Sprintf("netns %q: want a namespace file's absolute path, or \"host\"", c.NetNS))
 		}
 		if strings.Contains(c.ParentCgroup, "..") || filepath.IsAbs(c.ParentCgroup) {
 			errs = append(errs, fmt.Sprintf("parent cgroup %q: want a relative path", c.ParentCgroup))
@@ -174,14 +203,11 @@ func (c Config) Validate() error {
 		if len(c.Cgroups) > 0 {
 			jailOnly = append(jailOnly, "cgroups")
 		}
-		if c.NetNS != "" {
+		if c.NetNS != "" && c.NetNS != NetNSHost {
 			jailOnly = append(jailOnly, "netns")
 		}
-		if c.NewPIDNS {
-			jailOnly = append(jailOnly, "new_pid_ns")
-		}
 		if len(jailOnly) > 0 {
-			errs = append(errs, strings.Join(jailOnly, ", ")+" need use_jailer")
+			errs = append(errs, strings.Join(jailOnly, ", ")+" need the jailer (no_jailer is set)")
 		}
 	}
 	if len(errs) > 0 {
@@ -213,6 +239,7 @@ func WithAPITimeout(t time.Duration) Option { return func(d *Driver) { d.apiTime
 type Driver struct {
 	cfg          Config
 	log          *slog.Logger
+	version      string
 	stopGrace    time.Duration
 	startTimeout time.Duration
 	apiTimeout   time.Duration
@@ -220,9 +247,13 @@ type Driver struct {
 
 var _ vmm.Driver = (*Driver)(nil)
 
-// New returns a driver. cfg is validated when it is used (Boot, Restore),
-// so a misconfigured driver still reports itself through Diagnose.
-func New(cfg Config, opts ...Option) *Driver {
+// New returns a driver. It validates cfg and runs `firecracker --version`
+// once (Version never starts a process). Whether the host can run it at
+// all is Diagnose's to say.
+func New(cfg Config, opts ...Option) (*Driver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	d := &Driver{
 		cfg:          cfg.withDefaults(),
 		log:          slog.New(slog.DiscardHandler),
@@ -233,25 +264,51 @@ func New(cfg Config, opts ...Option) *Driver {
 	for _, o := range opts {
 		o(d)
 	}
-	return d
+	d.log = d.log.With("driver", "firecracker")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := binaryVersion(ctx, d.cfg.Binary)
+	if err != nil {
+		return nil, err
+	}
+	d.version = v
+	return d, nil
 }
 
 // Name is "firecracker".
 func (d *Driver) Name() string { return "firecracker" }
 
 // Capabilities: full snapshots restored with the File memory backend
-// (mapped privately, so restores share clean pages), vsock channel.
+// (mapped privately, so restores share clean pages), vsock channel, KVM.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Snapshot: true, MemorySharing: true, Vsock: true}
+	return vmm.Capabilities{Snapshot: true, MemorySharing: true, Vsock: true, Accel: vmm.AccelKVM, Confinement: d.confinement()}
+}
+
+func (d *Driver) confinement() string {
+	c := d.cfg
+	if !c.jailed() {
+		return "firecracker's seccomp filters only (no jailer: runs as uid " + strconv.Itoa(os.Geteuid()) + ")"
+	}
+	netns := "own network namespace"
+	switch c.NetNS {
+	case NetNSHost:
+		netns = "host network namespace"
+	case "":
+	default:
+		netns = "network namespace " + c.NetNS
+	}
+	pidns := "own PID namespace"
+	if c.HostPIDNS {
+		pidns = "host PID namespace"
+	}
+	return fmt.Sprintf("jailer: chroot under %s, uid %d gid %d, cgroup v%s, %s, %s", c.ChrootBase, c.UID, c.GID, c.CgroupVersion, netns, pidns)
 }
 
 var versionRe = regexp.MustCompile(`Firecracker v(\d+\.\d+\.\d+\S*)`)
 
-// Version runs `firecracker --version` and returns the version without
-// its "v", e.g. "1.10.1", as GET / reports it.
-func (d *Driver) Version(ctx context.Context) (string, error) {
-	return binaryVersion(ctx, d.cfg.Binary)
-}
+// Version is Firecracker's version without its "v", e.g. "1.10.1", as
+// GET / reports it; New read it.
+func (d *Driver) Version() string { return d.version }
 
 func binaryVersion(ctx context.Context, bin string) (string, error) {
 	var out bytes.Buffer
@@ -285,10 +342,7 @@ func (d *Driver) bootArgs(cfg vmm.Config) string {
 		base = DefaultBootArgs()
 	}
 	args := append(append([]string{}, base...), cfg.Cmdline...)
-	args = append(args,
-		agent.ArgChannel+"=vsock:"+strconv.FormatUint(uint64(d.cfg.VsockPort), 10),
-		agent.ArgModules+"="+strings.Join(agentModules, ","),
-	)
+	args = append(args, agentproto.Boot{Channel: agentproto.VsockChannel(d.cfg.VsockPort), Modules: agentModules}.MustArgs()...)
 	return strings.Join(args, " ")
 }
 

@@ -59,7 +59,7 @@ func jailDir(cfg Config, id string) string {
 }
 
 func newLayout(cfg Config, id, runDir string) layout {
-	if !cfg.UseJailer {
+	if !cfg.jailed() {
 		return layout{runDir: runDir, root: runDir}
 	}
 	return layout{
@@ -191,6 +191,8 @@ func moveFile(src, dst string) error {
 // JailerArgs returns the jailer's argument list (without the program
 // name) that runs cfg.Binary for machine id, with fcArgs passed through to
 // Firecracker after "--". The jailer itself adds --id for Firecracker.
+// The own network namespace (NetNS "") is not an argument: the driver
+// starts the jailer in a new one.
 func JailerArgs(cfg Config, id string, fcArgs []string) []string {
 	args := []string{
 		"--id", id,
@@ -211,10 +213,10 @@ func JailerArgs(cfg Config, id string, fcArgs []string) []string {
 	for _, k := range keys {
 		args = append(args, "--cgroup", k+"="+cfg.Cgroups[k])
 	}
-	if cfg.NetNS != "" {
+	if cfg.NetNS != "" && cfg.NetNS != NetNSHost {
 		args = append(args, "--netns", cfg.NetNS)
 	}
-	if cfg.NewPIDNS {
+	if !cfg.HostPIDNS {
 		args = append(args, "--new-pid-ns")
 	}
 	args = append(args, "--")
@@ -224,7 +226,7 @@ func JailerArgs(cfg Config, id string, fcArgs []string) []string {
 // cgroupDir is the cgroup the jailer creates for machine id (v2 only; v1
 // has one per controller), removed after the VMM exits.
 func cgroupDir(cfg Config, id string) string {
-	if !cfg.UseJailer || cfg.CgroupVersion != "2" || len(cfg.Cgroups) == 0 {
+	if !cfg.jailed() || cfg.CgroupVersion != "2" || len(cfg.Cgroups) == 0 {
 		return ""
 	}
 	mnt := cgroup2Mount()

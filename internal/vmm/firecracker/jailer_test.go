@@ -1,22 +1,19 @@
 package firecracker
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
-
-	"github.com/firesandbox/firesandbox/internal/vmm"
 )
 
 func TestJailerArgs(t *testing.T) {
 	cfg := Config{
-		Binary: "/usr/local/bin/firecracker", UseJailer: true, UID: 123, GID: 100,
+		Binary: "/usr/local/bin/firecracker", UID: 123, GID: 100,
 		ChrootBase: "/srv/jailer", CgroupVersion: "2", ParentCgroup: "firesandbox",
 		Cgroups: map[string]string{"memory.max": "1100M", "cpu.max": "200000 100000"},
-		NetNS:   "/var/run/netns/fs0", NewPIDNS: true,
+		NetNS:   "/var/run/netns/fs0",
 	}.withDefaults()
 	got := JailerArgs(cfg, "vm1", []string{"--api-sock", "/api.sock", "--level", "Debug"})
 	want := []string{
@@ -35,8 +32,8 @@ func TestJailerArgs(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("JailerArgs:\n got %q\nwant %q", got, want)
 	}
-	minimal := JailerArgs(Config{Binary: "firecracker", UseJailer: true}.withDefaults(), "x", nil)
-	if want := []string{"--id", "x", "--exec-file", "firecracker", "--uid", "0", "--gid", "0", "--chroot-base-dir", "/srv/jailer", "--cgroup-version", "2", "--"}; !slices.Equal(minimal, want) {
+	minimal := JailerArgs(Config{Binary: "firecracker", HostPIDNS: true}.withDefaults(), "x", nil)
+	if want := []string{"--id", "x", "--exec-file", "firecracker", "--uid", "1900000000", "--gid", "1900000000", "--chroot-base-dir", "/srv/jailer", "--cgroup-version", "2", "--"}; !slices.Equal(minimal, want) {
 		t.Fatalf("minimal JailerArgs: %q", minimal)
 	}
 }
@@ -44,7 +41,7 @@ func TestJailerArgs(t *testing.T) {
 func TestJailLayout(t *testing.T) {
 	base := t.TempDir()
 	src := t.TempDir() // same filesystem as base: hard links work
-	cfg := Config{Binary: "/opt/fc/firecracker-v1.10", UseJailer: true, UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults()
+	cfg := Config{Binary: "/opt/fc/firecracker-v1.10", UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults()
 	lay := newLayout(cfg, "vm7", "/run/fs/vm7")
 	root := filepath.Join(base, "firecracker-v1.10", "vm7", "root")
 	if lay.root != root || !lay.jailed {
@@ -89,7 +86,7 @@ func TestJailLayout(t *testing.T) {
 
 	// Without the jailer: symlinks in RunDir.
 	run := t.TempDir()
-	plain := newLayout(Config{}.withDefaults(), "vm8", run)
+	plain := newLayout(Config{NoJailer: true}.withDefaults(), "vm8", run)
 	if plain.jailed || plain.root != run || plain.apiSock() != filepath.Join(run, "api.sock") {
 		t.Fatalf("plain layout: %+v", plain)
 	}
@@ -111,7 +108,7 @@ func TestJailCrossFilesystem(t *testing.T) {
 	if sameFS(t, other, base) {
 		t.Skip("/dev/shm and the temp dir share a filesystem")
 	}
-	lay := newLayout(Config{UseJailer: true, UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults(), "x", t.TempDir())
+	lay := newLayout(Config{UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base}.withDefaults(), "x", t.TempDir())
 	ro := filepath.Join(other, "kernel")
 	if err := os.WriteFile(ro, []byte("k"), 0o644); err != nil {
 		t.Fatal(err)
@@ -136,68 +133,9 @@ func sameFS(t *testing.T, a, b string) bool {
 	return sa.Dev == sb.Dev
 }
 
-// TestJailedLifecycle runs the driver through the fake jailer (which
-// builds the jail but, not being root, neither chroots nor drops
-// privileges): files are hard-linked into the jail, the snapshot is moved
-// out of it, a restore gets its own jail, and with --new-pid-ns the driver
-// follows a VMM that is not its child.
-func TestJailedLifecycle(t *testing.T) {
-	for _, pidns := range []bool{false, true} {
-		t.Run(map[bool]string{false: "exec", true: "new-pid-ns"}[pidns], func(t *testing.T) {
-			ctx := ctxT(t)
-			base, err := os.MkdirTemp("", "fcj") // short: socket paths live under it
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer os.RemoveAll(base)
-			d := fakeDriver(t, Config{UseJailer: true, JailerBinary: self(t), UID: os.Getuid(), GID: os.Getgid(), ChrootBase: base, NewPIDNS: pidns})
-			cfg := fixture(t, "jailed", "image", "scratch")
-			m, err := d.Boot(ctx, cfg)
-			if err != nil {
-				t.Fatalf("Boot: %v", err)
-			}
-			defer m.Stop(ctx)
-			root := filepath.Join(base, filepath.Base(d.cfg.Binary), "jailed", "root")
-			for _, f := range []string{"vmlinux", "initrd", "drives/image", "drives/scratch", "v.sock", "api.sock"} {
-				if _, err := os.Stat(filepath.Join(root, f)); err != nil {
-					t.Errorf("jail lacks %s: %v", f, err)
-				}
-			}
-			echo(t, ctx, m)
-			if err := m.Pause(ctx); err != nil {
-				t.Fatal(err)
-			}
-			snap := t.TempDir()
-			if err := m.Snapshot(ctx, snap); err != nil {
-				t.Fatalf("Snapshot: %v", err)
-			}
-			for _, f := range []string{vmm.SnapshotStateFile, vmm.SnapshotMemoryFile} {
-				if _, err := os.Stat(filepath.Join(snap, f)); err != nil {
-					t.Errorf("snapshot lacks %s: %v", f, err)
-				}
-			}
-			pid := m.PID()
-			if err := m.Stop(ctx); err != nil {
-				t.Fatalf("Stop: %v", err)
-			}
-			requireGone(t, 0, cfg.RunDir)
-			if _, err := os.Stat(filepath.Dir(root)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("jail %s survived Stop", filepath.Dir(root))
-			}
-			if !pidns {
-				requireGone(t, pid, "")
-			}
-
-			rc := fixture(t, "jailed-clone", "image", "scratch")
-			rm, err := d.Restore(ctx, snap, rc)
-			if err != nil {
-				t.Fatalf("Restore: %v", err)
-			}
-			defer rm.Stop(ctx)
-			echo(t, ctx, rm)
-			if err := rm.Stop(ctx); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+// TestJailerWithoutPIDNS runs the jailed lifecycle with the VMM left in
+// our PID namespace: the jailer (the fake runs it as a child) is then the
+// process the driver follows and stops.
+func TestJailerWithoutPIDNS(t *testing.T) {
+	lifecycle(t, fakeDriver(t, Config{HostPIDNS: true}))
 }

@@ -18,33 +18,44 @@ import (
 
 	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
+	"golang.org/x/sys/unix"
 )
 
 // logTailBytes is how much of the VMM's own output goes into errors.
 const logTailBytes = 2048
 
-// consoleKeep is how much console output Console can still return after
-// Stop removed the log.
-const consoleKeep = 64 << 10
+// Bounds on what a machine keeps of the guest console (Firecracker's
+// stdout) and of Firecracker's stderr: a guest that floods its serial
+// port costs nothing beyond these.
+const (
+	consoleKeep = 64 << 10
+	stderrKeep  = 16 << 10
+)
 
-// machine is one Firecracker microVM. opMu serialises lifecycle
-// operations; mu guards the fields read by State, PID and Console, which
-// must not wait behind a slow snapshot.
+// machine is one Firecracker microVM. opMu serialises Pause, Resume and
+// Snapshot; mu guards the state, read by State without waiting behind a
+// slow snapshot. Stop takes neither while it waits for the VMM to end.
 type machine struct {
 	d   *Driver
 	cfg vmm.Config
 	lay layout
 	log *slog.Logger
 
-	opMu sync.Mutex
-	proc *process
-	api  *apiClient
-	cg   string // cgroup directory to remove after exit ("" if none)
+	claim   *vmmproc.Claim
+	console *vmmproc.Ring
+	stderr  *vmmproc.Ring
+	proc    *vmmproc.Process // the VMM (after followNewPIDNS: Firecracker, not the jailer)
+	api     *apiClient
+	cg      string // cgroup directory to remove after exit ("" if none)
 
-	mu          sync.Mutex
-	state       vmm.State
-	stopped     bool   // Stop ran: everything is gone
-	lastConsole string // console tail kept across Stop
+	opMu sync.Mutex
+
+	mu    sync.Mutex
+	state vmm.State
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 var _ vmm.Machine = (*machine)(nil)
@@ -58,7 +69,7 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("boot %s: %w", cfg.ID, err)
 	}
-	defer cu.clean()
+	defer cu.Clean()
 	lay := m.lay
 	if _, err := lay.place(cfg.Kernel, kernelName, placeShared); err != nil {
 		return nil, fmt.Errorf("boot %s: %w", cfg.ID, err)
@@ -75,10 +86,11 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 
 	vcpus, mem := int64(cfg.VCPUs), int64(cfg.MemoryMiB)
 	smt := false
-	steps := []struct {
+	type step struct {
 		path string
 		body any
-	}{
+	}
+	steps := []step{
 		{"/machine-config", &models.MachineConfiguration{VcpuCount: &vcpus, MemSizeMib: &mem, Smt: &smt}},
 		{"/boot-source", &models.BootSource{
 			KernelImagePath: strPtr(kernelName),
@@ -87,10 +99,7 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 		}},
 	}
 	for _, disk := range cfg.Disks {
-		steps = append(steps, struct {
-			path string
-			body any
-		}{"/drives/" + driveID(disk.ID), &models.Drive{
+		steps = append(steps, step{"/drives/" + driveID(disk.ID), &models.Drive{
 			DriveID:      strPtr(driveID(disk.ID)),
 			PathOnHost:   strPtr(driveName(disk.ID)),
 			IsRootDevice: boolPtr(false), // we boot from the initramfs
@@ -98,22 +107,18 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 		}})
 	}
 	cid := int64(GuestCID)
-	steps = append(steps, struct {
-		path string
-		body any
-	}{"/vsock", &models.Vsock{GuestCid: &cid, UdsPath: strPtr(vsockName)}})
-	steps = append(steps, struct {
-		path string
-		body any
-	}{"/actions", &models.InstanceActionInfo{ActionType: strPtr(models.InstanceActionInfoActionTypeInstanceStart)}})
+	steps = append(steps,
+		step{"/vsock", &models.Vsock{GuestCid: &cid, UdsPath: strPtr(vsockName)}},
+		step{"/actions", &models.InstanceActionInfo{ActionType: strPtr(models.InstanceActionInfoActionTypeInstanceStart)}},
+	)
 	for _, s := range steps {
 		if err := m.call(ctx, http.MethodPut, s.path, s.body, d.apiTimeout); err != nil {
 			return nil, fmt.Errorf("boot %s: %w", cfg.ID, err)
 		}
 	}
 	m.setState(vmm.StateRunning)
-	cu.release()
-	m.log.Info("booted", "pid", m.proc.pid, "vcpus", cfg.VCPUs, "memory_mib", cfg.MemoryMiB, "disks", len(cfg.Disks))
+	cu.Release()
+	m.log.Info("booted", "op", "boot", "pid", m.proc.PID(), "vcpus", cfg.VCPUs, "memory_mib", cfg.MemoryMiB, "disks", len(cfg.Disks))
 	return m, nil
 }
 
@@ -133,17 +138,27 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
 	}
-	defer cu.clean()
+	defer cu.Clean()
 	lay := m.lay
-	if _, err := lay.place(filepath.Join(snapshotDir, vmm.SnapshotStateFile), filepath.Join(snapshotIn, vmm.SnapshotStateFile), placeShared); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
-	}
-	copied, err := lay.place(filepath.Join(snapshotDir, vmm.SnapshotMemoryFile), filepath.Join(snapshotIn, vmm.SnapshotMemoryFile), placeMemory)
-	if err != nil {
-		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
-	}
-	if copied {
-		m.log.Warn("snapshot memory copied into the jail: restores will not share its pages; put the chroot base on the snapshots' filesystem")
+	for _, f := range []string{vmm.SnapshotStateFile, vmm.SnapshotMemoryFile} {
+		src := filepath.Join(snapshotDir, f)
+		if lay.jailed {
+			// The jailed VMM reads them as GID after dropping root.
+			if err := shareWithGroup(src, d.cfg.GID); err != nil {
+				return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
+			}
+		}
+		how := placeShared
+		if f == vmm.SnapshotMemoryFile {
+			how = placeMemory
+		}
+		copied, err := lay.place(src, filepath.Join(snapshotIn, f), how)
+		if err != nil {
+			return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
+		}
+		if copied && how == placeMemory {
+			m.log.Warn("snapshot memory copied into the jail: restores will not share its pages; put the chroot base on the snapshots' filesystem", "op", "restore")
+		}
 	}
 	if err := m.placeDisks(); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
@@ -167,21 +182,39 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 		return nil, err
 	}
 	m.setState(vmm.StateRunning)
-	cu.release()
-	m.log.Info("restored", "pid", m.proc.pid, "snapshot", snapshotDir)
+	cu.Release()
+	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir)
 	return m, nil
 }
 
-// prepare validates, creates RunDir (and the jail root) and returns the
-// machine with a cleanup stack that removes them again.
-func (d *Driver) prepare(ctx context.Context, cfg vmm.Config) (*machine, *cleanupStack, error) {
-	if err := d.cfg.Validate(); err != nil {
-		return nil, nil, err
+// shareWithGroup makes a snapshot file readable by gid (the jailed VMMs'
+// group) and by nobody else but its owner.
+func shareWithGroup(path string, gid int) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
 	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if int(st.Gid) == gid && st.Mode&0o077 == 0o040 {
+		return nil
+	}
+	if err := unix.Fchown(int(f.Fd()), -1, gid); err != nil {
+		return fmt.Errorf("give %s to gid %d: %w", filepath.Base(path), gid, err)
+	}
+	return unix.Fchmod(int(f.Fd()), 0o640)
+}
+
+// prepare validates, claims RunDir, creates the jail root and returns the
+// machine with a cleanup stack that removes them again.
+func (d *Driver) prepare(ctx context.Context, cfg vmm.Config) (*machine, *vmmproc.Cleanup, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
-	if d.cfg.UseJailer && len(cfg.ID) > d.cfg.maxJailedIDLen() {
+	if d.cfg.jailed() && len(cfg.ID) > d.cfg.maxJailedIDLen() {
 		return nil, nil, fmt.Errorf("%w: id %q is too long for socket paths under %s", vmm.ErrInvalidConfig, cfg.ID, d.cfg.ChrootBase)
 	}
 	if err := ctx.Err(); err != nil {
@@ -192,53 +225,38 @@ func (d *Driver) prepare(ctx context.Context, cfg vmm.Config) (*machine, *cleanu
 		return nil, nil, err
 	}
 	cfg.RunDir = runDir
-	m := &machine{
-		d:   d,
-		cfg: cfg,
-		lay: newLayout(d.cfg, cfg.ID, runDir),
-		log: d.log.With("vm", cfg.ID, "driver", "firecracker"),
-	}
-	cu := &cleanupStack{}
-	if err := claimDir(runDir); err != nil {
+	cu := &vmmproc.Cleanup{}
+	claim, err := vmmproc.ClaimRunDir(runDir)
+	if err != nil {
 		return nil, nil, err
 	}
-	cu.add(func() { _ = os.RemoveAll(runDir) })
+	cu.Add(func() { _ = claim.Remove() })
+	m := &machine{
+		d:       d,
+		cfg:     cfg,
+		lay:     newLayout(d.cfg, cfg.ID, runDir),
+		log:     d.log.With("vm", cfg.ID),
+		claim:   claim,
+		console: vmmproc.NewRing(consoleKeep),
+		stderr:  vmmproc.NewRing(stderrKeep),
+	}
 	if m.lay.jailed {
 		jd := jailDir(d.cfg, cfg.ID)
 		if _, err := os.Stat(jd); err == nil {
-			cu.clean()
-			return nil, nil, fmt.Errorf("jail %s already exists: another machine has id %s, or a stale one was not cleaned up", jd, cfg.ID)
+			cu.Clean()
+			return nil, nil, fmt.Errorf("jail %s already exists: another machine has id %s, or a stale one was not swept: %w", jd, cfg.ID, vmm.ErrInUse)
 		}
 		if err := os.MkdirAll(m.lay.root, 0o755); err != nil {
-			cu.clean()
+			cu.Clean()
 			return nil, nil, err
 		}
-		cu.add(func() { _ = os.RemoveAll(jd) })
+		cu.Add(func() { _ = os.RemoveAll(jd) })
 	}
 	if err := m.lay.writable(vmmLogName, false /* dir */); err != nil {
-		cu.clean()
+		cu.Clean()
 		return nil, nil, fmt.Errorf("create VMM log: %w", err)
 	}
 	return m, cu, nil
-}
-
-// claimDir creates RunDir, or takes over an existing one whose VMM is gone
-// (a daemon restart), refusing one whose VMM still answers.
-func claimDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create run dir: %w", err)
-	}
-	sock := filepath.Join(dir, apiSockName)
-	if c, err := net.Dial("unix", sock); err == nil {
-		c.Close()
-		return fmt.Errorf("run dir %s is in use by a running VMM", dir)
-	}
-	for _, name := range []string{apiSockName, vsockName, vmmLogName, consoleName, kernelName, initrdName, drivesDir, snapshotIn, snapshotOut} {
-		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("clear run dir: %w", err)
-		}
-	}
-	return nil
 }
 
 func (m *machine) placeDisks() error {
@@ -254,58 +272,73 @@ func (m *machine) placeDisks() error {
 	return nil
 }
 
-// start runs the VMM (directly or through the jailer), its stdout and
-// stderr (the guest's serial console and early VMM errors) going to the
-// console log, and waits for its API socket.
-func (m *machine) start(ctx context.Context, cu *cleanupStack) error {
+// start runs the VMM (directly or through the jailer), its stdout (the
+// guest's serial console) and stderr going into bounded rings, records
+// it, and waits for its API socket.
+func (m *machine) start(ctx context.Context, cu *vmmproc.Cleanup) error {
 	dc := m.d.cfg
-	console, err := os.OpenFile(filepath.Join(m.cfg.RunDir, consoleName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("create console log: %w", err)
-	}
-	defer console.Close() // the child has its own copy
 	fcArgs := append([]string{"--api-sock", m.lay.apiSock()}, dc.ExtraArgs...)
 	var cmd *exec.Cmd
-	if dc.UseJailer {
+	// Its own process group: a signal meant for the daemon's terminal
+	// does not reach the VMs; the VM's lifetime is ours to end.
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if dc.jailed() {
 		cmd = exec.Command(dc.JailerBinary, JailerArgs(dc, m.cfg.ID, fcArgs)...)
+		if dc.NetNS == "" {
+			// Its own, empty network namespace: the VMM has no business
+			// with the host's network.
+			attr.Cloneflags |= syscall.CLONE_NEWNET
+		}
 	} else {
 		cmd = exec.Command(dc.Binary, append([]string{"--id", m.cfg.ID}, fcArgs...)...)
 		// Relative paths given to the API resolve here, in this
 		// machine's RunDir, also when a snapshot recorded them.
 		cmd.Dir = m.lay.root
 	}
-	cmd.Stdout, cmd.Stderr = console, console
-	// Its own process group: a signal meant for the daemon's terminal
-	// does not reach the VMs; the VM's lifetime is ours to end.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	proc, err := startChild(cmd)
+	cmd.SysProcAttr = attr
+	proc, err := vmmproc.Start(cmd, m.console, m.stderr)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	m.proc = proc
 	grace := m.d.stopGrace
-	cu.add(func() { m.proc.stop(context.Background(), grace) })
+	cu.Add(func() { m.proc.Stop(grace) })
 
-	if dc.UseJailer && dc.NewPIDNS {
+	if dc.jailed() && !dc.HostPIDNS {
 		if err := m.followNewPIDNS(ctx); err != nil {
 			return err
 		}
 	}
 	m.cg = cgroupDir(dc, m.cfg.ID)
+	var owned []string
+	if m.lay.jailed {
+		owned = append(owned, jailDir(dc, m.cfg.ID))
+	}
 	if m.cg != "" {
-		cu.add(func() { _ = os.Remove(m.cg) })
+		cg := m.cg
+		cu.Add(func() { _ = os.Remove(cg) })
+		owned = append(owned, cg)
+	}
+	// Firecracker has no parent-death signal: if this process is killed,
+	// the record lets a sweep find and kill exactly this VMM.
+	if err := vmmproc.WriteRecord(m.cfg.RunDir, m.proc.Record(owned...)); err != nil {
+		return err
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, m.d.startTimeout)
 	defer cancel()
-	if err := waitSocket(wctx, m.lay.host(apiSockName), m.proc); err != nil {
-		if errors.Is(err, errExitedEarly) {
-			return fmt.Errorf("%w: %v%s", vmm.ErrExited, err, m.logTail())
+	if err := vmmproc.WaitSocket(wctx, m.lay.host(apiSockName), m.proc); err != nil {
+		m.proc.Drained(100 * time.Millisecond)
+		if errors.Is(err, vmm.ErrExited) {
+			return fmt.Errorf("%w%s", err, m.logTail())
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		return fmt.Errorf("%w%s", err, m.logTail())
 	}
 	m.api = newAPIClient(m.lay.host(apiSockName))
-	cu.add(m.api.close)
+	cu.Add(m.api.close)
 	logger := &models.Logger{LogPath: strPtr(vmmLogName), Level: strPtr(models.LoggerLevelInfo)}
 	return m.call(ctx, http.MethodPut, "/logger", logger, m.d.apiTimeout)
 }
@@ -317,12 +350,16 @@ func (m *machine) followNewPIDNS(ctx context.Context) error {
 	wctx, cancel := context.WithTimeout(ctx, m.d.startTimeout)
 	defer cancel()
 	select {
-	case <-jailer.exited:
+	case <-jailer.Exited():
 	case <-wctx.Done():
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return fmt.Errorf("wait for the jailer to fork: %w%s", wctx.Err(), m.logTail())
 	}
-	if jailer.err != nil {
-		return fmt.Errorf("%w: jailer: %v%s", vmm.ErrExited, jailer.err, m.logTail())
+	if err := jailer.Err(); err != nil {
+		jailer.Drained(100 * time.Millisecond)
+		return fmt.Errorf("%w: jailer: %v%s", vmm.ErrExited, err, m.logTail())
 	}
 	pidFile := m.lay.host(filepath.Base(m.d.cfg.Binary) + jailerPIDFile)
 	b, err := os.ReadFile(pidFile)
@@ -333,7 +370,7 @@ func (m *machine) followNewPIDNS(ctx context.Context) error {
 	if err != nil || pid <= 0 {
 		return fmt.Errorf("jailer pid file %s holds %q", pidFile, b)
 	}
-	p, err := watchPID(pid)
+	p, err := vmmproc.Follow(pid)
 	if err != nil {
 		return err
 	}
@@ -342,13 +379,13 @@ func (m *machine) followNewPIDNS(ctx context.Context) error {
 }
 
 // logTail is the end of the VMM's output, for errors: its log and its
-// stdout/stderr (where it writes before the logger is configured).
+// stderr (where it writes before the logger is configured).
 func (m *machine) logTail() string {
 	var b strings.Builder
-	if t := strings.TrimSpace(tail(m.lay.host(vmmLogName), logTailBytes)); t != "" {
+	if t := strings.TrimSpace(vmmproc.Tail(m.lay.host(vmmLogName), logTailBytes)); t != "" {
 		b.WriteString("\nfirecracker log:\n" + t)
 	}
-	if t := strings.TrimSpace(tail(filepath.Join(m.cfg.RunDir, consoleName), logTailBytes)); t != "" {
+	if t := strings.TrimSpace(m.stderr.Tail(logTailBytes)); t != "" {
 		b.WriteString("\nfirecracker output:\n" + t)
 	}
 	return b.String()
@@ -374,12 +411,11 @@ func (m *machine) call(ctx context.Context, method, path string, body any, timeo
 		}
 		return err
 	}
-	select {
-	case <-m.proc.exited:
-		return fmt.Errorf("%w: %v (%v)%s", vmm.ErrExited, err, m.proc.err, m.logTail())
-	default:
-		return err
+	if m.proc.Done() {
+		m.proc.Drained(100 * time.Millisecond)
+		return fmt.Errorf("%w: %v (%v)%s", vmm.ErrExited, err, m.proc.Err(), m.logTail())
 	}
+	return err
 }
 
 func (m *machine) setState(s vmm.State) {
@@ -397,7 +433,7 @@ func (m *machine) ID() string { return m.cfg.ID }
 func (m *machine) State() vmm.State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.state != vmm.StateStopped && m.proc != nil && m.proc.done() {
+	if m.state != vmm.StateStopped && m.proc.Done() {
 		return vmm.StateStopped
 	}
 	return m.state
@@ -412,8 +448,8 @@ func (m *machine) check(op string, allowed ...vmm.State) error {
 	if err := vmm.RequireState(op, st, allowed...); err != nil {
 		return err
 	}
-	if m.proc.done() {
-		return fmt.Errorf("%s: %w: %v%s", op, vmm.ErrExited, m.proc.err, m.logTail())
+	if m.proc.Done() {
+		return fmt.Errorf("%s %s: %w: %v%s", op, m.cfg.ID, vmm.ErrExited, m.proc.Err(), m.logTail())
 	}
 	return nil
 }
@@ -422,9 +458,10 @@ func (m *machine) check(op string, allowed ...vmm.State) error {
 // socket: "CONNECT <port>\n", answered "OK <host port>\n". Until the agent
 // listens, Firecracker closes the connection instead; the guest's listen
 // cannot be observed from the host, so DialAgent retries (every 20ms) until
-// ctx ends, 30s pass, or the VMM exits.
+// ctx ends, 30s pass, or the VMM exits. While the machine is paused the
+// handshake waits for the guest, so a dial then returns once it resumes.
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
-	if err := m.check("dial agent", vmm.StateRunning); err != nil {
+	if err := m.check("dial agent", vmm.StateRunning, vmm.StatePaused); err != nil {
 		return nil, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -442,97 +479,43 @@ func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 		}
 		select {
 		case <-retry.C:
-		case <-m.proc.exited:
-			return nil, fmt.Errorf("dial agent: %w: %v%s", vmm.ErrExited, m.proc.err, m.logTail())
+		case <-m.proc.Exited():
+			return nil, fmt.Errorf("dial agent: %w: %v%s", vmm.ErrExited, m.proc.Err(), m.logTail())
 		case <-ctx.Done():
 			return nil, fmt.Errorf("dial agent on vsock port %d: %w (last: %v)", m.d.cfg.VsockPort, ctx.Err(), err)
 		}
 	}
 }
 
-// vsockConnect makes one attempt at the CONNECT handshake.
-func vsockConnect(ctx context.Context, sock string, port uint32) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", sock)
-	if err != nil {
-		return nil, err
-	}
-	// ctx bounds the handshake, not the connection.
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("vsock connect: %w", err)
-	}
-	// Read the answer a byte at a time: what follows it is the agent's
-	// stream, which must not be buffered away here.
-	line, err := readLine(conn, 64)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("vsock connect to port %d: %w", port, err)
-	}
-	if !strings.HasPrefix(line, "OK ") {
-		conn.Close()
-		return nil, fmt.Errorf("vsock connect to port %d: answer %q", port, line)
-	}
-	if !stop() || ctx.Err() != nil {
-		conn.Close()
-		return nil, fmt.Errorf("vsock connect to port %d: %w", port, context.Cause(ctx))
-	}
-	_ = conn.SetDeadline(time.Time{})
-	return conn, nil
-}
-
-func readLine(c net.Conn, max int) (string, error) {
-	var b [1]byte
-	var line []byte
-	for len(line) < max {
-		if _, err := c.Read(b[:]); err != nil {
-			return "", err
-		}
-		if b[0] == '\n' {
-			return string(line), nil
-		}
-		line = append(line, b[0])
-	}
-	return "", errors.New("answer too long")
-}
-
 // Pause stops the vCPUs.
 func (m *machine) Pause(ctx context.Context) error {
-	m.opMu.Lock()
-	defer m.opMu.Unlock()
-	if err := m.check("pause", vmm.StateRunning); err != nil {
-		return err
-	}
-	if err := m.call(ctx, http.MethodPatch, "/vm", &models.VM{State: strPtr(models.VMStatePaused)}, m.d.apiTimeout); err != nil {
-		return fmt.Errorf("pause %s: %w", m.cfg.ID, err)
-	}
-	m.setState(vmm.StatePaused)
-	return nil
+	return m.patchVM(ctx, "pause", models.VMStatePaused, vmm.StateRunning, vmm.StatePaused)
 }
 
 // Resume starts the vCPUs again.
 func (m *machine) Resume(ctx context.Context) error {
+	return m.patchVM(ctx, "resume", models.VMStateResumed, vmm.StatePaused, vmm.StateRunning)
+}
+
+func (m *machine) patchVM(ctx context.Context, op, want string, from, to vmm.State) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
-	if err := m.check("resume", vmm.StatePaused); err != nil {
+	if err := m.check(op, from); err != nil {
 		return err
 	}
-	if err := m.call(ctx, http.MethodPatch, "/vm", &models.VM{State: strPtr(models.VMStateResumed)}, m.d.apiTimeout); err != nil {
-		return fmt.Errorf("resume %s: %w", m.cfg.ID, err)
+	if err := m.call(ctx, http.MethodPatch, "/vm", &models.VM{State: strPtr(want)}, m.d.apiTimeout); err != nil {
+		return fmt.Errorf("%s %s: %w", op, m.cfg.ID, err)
 	}
-	m.setState(vmm.StateRunning)
+	m.setState(to)
+	m.log.Debug(op, "op", op)
 	return nil
 }
 
 // Snapshot writes a full snapshot of the paused machine into dir:
 // vmm.SnapshotStateFile and vmm.SnapshotMemoryFile. A jailed VMM can only
 // write inside its chroot, so it writes there and the files are moved
-// (renamed when on one filesystem). The machine stays paused.
+// (renamed when on one filesystem), then given to root and the jailed
+// VMMs' group. The machine stays paused.
 func (m *machine) Snapshot(ctx context.Context, dir string) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -568,100 +551,82 @@ func (m *machine) Snapshot(ctx context.Context, dir string) error {
 	if err := m.call(ctx, http.MethodPut, "/snapshot/create", req, 0); err != nil {
 		return fmt.Errorf("snapshot %s: %w", m.cfg.ID, err)
 	}
-	if m.lay.jailed {
-		for _, f := range []string{vmm.SnapshotStateFile, vmm.SnapshotMemoryFile} {
-			if err := moveFile(m.lay.host(filepath.Join(snapshotOut, f)), filepath.Join(dir, f)); err != nil {
+	for _, f := range []string{vmm.SnapshotStateFile, vmm.SnapshotMemoryFile} {
+		dst := filepath.Join(dir, f)
+		if m.lay.jailed {
+			if err := moveFile(m.lay.host(filepath.Join(snapshotOut, f)), dst); err != nil {
 				return fmt.Errorf("snapshot %s: move %s out of the jail: %w", m.cfg.ID, f, err)
+			}
+			// The jailed VMM made it as its uid: take it back.
+			if err := os.Lchown(dst, os.Geteuid(), -1); err != nil {
+				return fmt.Errorf("snapshot %s: %w", m.cfg.ID, err)
+			}
+		}
+		if m.d.cfg.jailed() {
+			if err := shareWithGroup(dst, m.d.cfg.GID); err != nil {
+				return fmt.Errorf("snapshot %s: %w", m.cfg.ID, err)
 			}
 		}
 	}
-	m.log.Info("snapshot written", "dir", dir, "took", time.Since(start))
+	m.log.Info("snapshot written", "op", "snapshot", "dir", dir, "took", time.Since(start))
 	return nil
 }
 
 // Stop ends the VMM (SIGTERM, then SIGKILL after the grace period) and
-// removes RunDir and the jail. It runs to the end even if ctx is
-// cancelled, and stopping a stopped machine does nothing.
+// removes RunDir, the jail and the cgroup. It runs to the end even if ctx
+// is cancelled; concurrent and repeated calls return once it has.
 func (m *machine) Stop(ctx context.Context) error {
-	ctx = context.WithoutCancel(ctx) // a cancelled request must not leave a half-stopped VM
-	m.opMu.Lock()
-	defer m.opMu.Unlock()
-	m.mu.Lock()
-	done := m.stopped
-	m.mu.Unlock()
-	if done {
-		return nil
-	}
-	m.proc.stop(ctx, m.d.stopGrace)
-	if m.api != nil {
-		m.api.close()
-	}
-	console := tail(filepath.Join(m.cfg.RunDir, consoleName), consoleKeep)
-	var errs []error
-	if m.cg != "" {
-		if err := os.Remove(m.cg); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+	m.stopOnce.Do(func() {
+		m.proc.Stop(m.d.stopGrace)
+		if m.api != nil {
+			m.api.close()
 		}
-	}
-	if m.lay.jailed {
-		if err := os.RemoveAll(jailDir(m.d.cfg, m.cfg.ID)); err != nil {
-			errs = append(errs, fmt.Errorf("remove jail: %w", err))
+		m.opMu.Lock() // an operation in flight has failed by now
+		defer m.opMu.Unlock()
+		var errs []error
+		if m.cg != "" {
+			if err := os.Remove(m.cg); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+			}
 		}
-	}
-	if err := os.RemoveAll(m.cfg.RunDir); err != nil {
-		errs = append(errs, fmt.Errorf("remove run dir: %w", err))
-	}
-	m.mu.Lock()
-	m.state, m.stopped, m.lastConsole = vmm.StateStopped, true, console
-	m.mu.Unlock()
-	m.log.Info("stopped")
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("stop %s: %w", m.cfg.ID, err)
-	}
-	return nil
+		if m.lay.jailed {
+			if err := os.RemoveAll(jailDir(m.d.cfg, m.cfg.ID)); err != nil {
+				errs = append(errs, fmt.Errorf("remove jail: %w", err))
+			}
+		}
+		if err := m.claim.Remove(); err != nil {
+			errs = append(errs, fmt.Errorf("remove run dir: %w", err))
+		}
+		m.setState(vmm.StateStopped)
+		if err := errors.Join(errs...); err != nil {
+			m.stopErr = fmt.Errorf("stop %s: %w", m.cfg.ID, err)
+		}
+		m.log.Info("stopped", "op", "stop")
+	})
+	return m.stopErr
 }
 
 // Wait blocks until the VMM exits or ctx ends. It returns nil if the VMM
 // exited cleanly or was stopped by Stop, else an error wrapping
 // vmm.ErrExited with the exit status and the VMM's last output.
 func (m *machine) Wait(ctx context.Context) error {
-	select {
-	case <-m.proc.exited:
-	case <-ctx.Done():
-		return ctx.Err()
+	err := m.proc.Wait(ctx)
+	if errors.Is(err, vmm.ErrExited) {
+		m.proc.Drained(100 * time.Millisecond)
+		return fmt.Errorf("%s: %w%s", m.cfg.ID, err, m.logTail())
 	}
-	m.mu.Lock()
-	stopped := m.stopped
-	m.mu.Unlock()
-	if m.proc.err == nil || stopped {
-		return nil
-	}
-	return fmt.Errorf("%s: %w: %v%s", m.cfg.ID, vmm.ErrExited, m.proc.err, m.logTail())
+	return err
 }
 
-// Console returns the last n bytes of the guest's serial console (which
-// also holds Firecracker's own messages from before its logger was set).
-func (m *machine) Console(n int) string {
-	m.mu.Lock()
-	stopped, last := m.stopped, m.lastConsole
-	m.mu.Unlock()
-	if stopped {
-		if len(last) > n {
-			last = last[len(last)-n:]
-		}
-		return last
-	}
-	return tail(filepath.Join(m.cfg.RunDir, consoleName), n)
-}
+// Console returns the last n bytes of the guest's serial console.
+func (m *machine) Console(n int) string { return m.console.Tail(n) }
 
 // PID is the VMM's process id, 0 once it exited or was stopped.
 func (m *machine) PID() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.stopped || m.proc == nil || m.proc.done() {
+	if m.State() == vmm.StateStopped {
 		return 0
 	}
-	return m.proc.pid
+	return m.proc.PID()
 }
 
 func strPtr(s string) *string { return &s }

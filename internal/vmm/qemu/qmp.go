@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is a minimal QMP client: one connection, commands matched to their
@@ -32,11 +35,6 @@ type qmpReply struct {
 	QMP   json.RawMessage `json:"QMP"`
 }
 
-// QMPError is an error QEMU answered a command with.
-type QMPError struct{ Command, Class, Desc string }
-
-func (e *QMPError) Error() string { return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc) }
-
 func dialQMP(ctx context.Context, path string) (*qmp, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
@@ -54,7 +52,7 @@ func dialQMP(ctx context.Context, path string) (*qmp, error) {
 		}
 	case <-ctx.Done():
 		conn.Close()
-		return nil, ctx.Err()
+		return nil, context.Cause(ctx)
 	}
 	if _, err := q.run(ctx, "qmp_capabilities", nil); err != nil {
 		conn.Close()
@@ -107,6 +105,12 @@ func (q *qmp) readLoop(greeting chan<- error) {
 
 // run executes one command and returns its "return" value.
 func (q *qmp) run(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.runFile(ctx, cmd, args, nil)
+}
+
+// runFile is run with f's descriptor passed along with the command (as
+// SCM_RIGHTS), for getfd: QEMU then uses a file it could not open itself.
+func (q *qmp) runFile(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	if q.err != nil {
 		q.mu.Unlock()
@@ -123,7 +127,18 @@ func (q *qmp) run(ctx context.Context, cmd string, args any) (json.RawMessage, e
 		msg["arguments"] = args
 	}
 	b, _ := json.Marshal(msg)
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	var err error
+	if f != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: %w: cannot pass a file over %T", cmd, ErrMonitor, q.conn)
+		}
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
+	if err != nil {
+		q.forget(id)
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	select {
@@ -135,11 +150,15 @@ func (q *qmp) run(ctx context.Context, cmd string, args any) (json.RawMessage, e
 	case <-q.done:
 		return nil, fmt.Errorf("qmp %s: %w", cmd, q.err)
 	case <-ctx.Done():
-		q.mu.Lock()
-		delete(q.wait, id)
-		q.mu.Unlock()
-		return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
+		q.forget(id)
+		return nil, fmt.Errorf("qmp %s: %w", cmd, context.Cause(ctx))
 	}
+}
+
+func (q *qmp) forget(id string) {
+	q.mu.Lock()
+	delete(q.wait, id)
+	q.mu.Unlock()
 }
 
 func (q *qmp) close() error { return q.conn.Close() }

@@ -1,0 +1,267 @@
+// Package client speaks firesandbox's native /v1 API, over TCP or the
+// server's unix socket. The CLI uses it for everything that goes through
+// a server, so a command behaves the same whether it talks to a running
+// `firesandbox serve` or to one it started in-process.
+//
+//	c := client.New("unix:///run/firesandbox/api.sock", "")
+//	sb, err := c.CreateSandbox(ctx, client.CreateIn{Language: "python"})
+//	res, err := c.Exec(ctx, sb.ID, client.ExecIn{Cmd: []string{"ls"}}, os.Stdout, os.Stderr)
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Error is an error answer from the server.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// ErrNotFound matches an Error with status 404.
+var ErrNotFound = errors.New("not found")
+
+// Is lets errors.Is(err, ErrNotFound) match a 404.
+func (e *Error) Is(target error) bool { return target == ErrNotFound && e.Status == http.StatusNotFound }
+
+// Client is a connection to one server.
+type Client struct {
+	base string
+	key  string
+	hc   *http.Client
+}
+
+// New returns a client for addr: "http://host:port" or "unix:///path".
+func New(addr, apiKey string) *Client {
+	c := &Client{base: strings.TrimRight(addr, "/"), key: apiKey, hc: &http.Client{}}
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		c.base = "http://firesandbox"
+		c.hc.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", p)
+		}}
+	}
+	return c
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in any, accept string) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e struct{ Error, Code, Message string }
+		_ = json.Unmarshal(b, &e)
+		msg := e.Error
+		if msg == "" {
+			msg = e.Message
+		}
+		if msg == "" {
+			msg = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return nil, &Error{Status: resp.StatusCode, Code: e.Code, Message: msg}
+	}
+	return resp, nil
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.do(ctx, method, path, in, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// Sandbox describes a sandbox (GET /v1/sandboxes/{id}).
+type Sandbox struct {
+	ID         string            `json:"id"`
+	Language   string            `json:"language"`
+	Version    string            `json:"version"`
+	State      string            `json:"state"`
+	VCPUs      int               `json:"vcpus"`
+	MemoryMiB  int               `json:"memory_mib"`
+	DiskMiB    int               `json:"disk_mib,omitempty"`
+	Reason     string            `json:"reason,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	LastUsedAt time.Time         `json:"last_used_at"`
+}
+
+// CreateIn is POST /v1/sandboxes's request.
+type CreateIn struct {
+	Language  string            `json:"language"`
+	Version   string            `json:"version,omitempty"`
+	VCPUs     int               `json:"vcpus,omitempty"`
+	MemoryMiB int               `json:"memory_mib,omitempty"`
+	DiskMiB   int               `json:"disk_mib,omitempty"`
+	Metadata  map[string]string `json:"metadata,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+}
+
+// CreateSandbox creates a sandbox.
+func (c *Client) CreateSandbox(ctx context.Context, in CreateIn) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.call(ctx, "POST", "/v1/sandboxes", in, &sb)
+}
+
+// Sandboxes lists the caller's sandboxes.
+func (c *Client) Sandboxes(ctx context.Context) ([]Sandbox, error) {
+	var out struct{ Sandboxes []Sandbox }
+	return out.Sandboxes, c.call(ctx, "GET", "/v1/sandboxes", nil, &out)
+}
+
+// Sandbox returns one sandbox.
+func (c *Client) Sandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.call(ctx, "GET", "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
+}
+
+// Hibernate hibernates a sandbox.
+func (c *Client) Hibernate(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/hibernate", struct{}{}, &sb)
+}
+
+// Resume resumes a sandbox.
+func (c *Client) Resume(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/resume", struct{}{}, &sb)
+}
+
+// Delete deletes a sandbox.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	return c.call(ctx, "DELETE", "/v1/sandboxes/"+url.PathEscape(id), nil, nil)
+}
+
+// ExecIn is a command to run in a sandbox.
+type ExecIn struct {
+	Cmd       []string          `json:"cmd,omitempty"`
+	Command   string            `json:"command,omitempty"`
+	Stdin     string            `json:"stdin,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Cwd       string            `json:"cwd,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+}
+
+// Result is how a command ended.
+type Result struct {
+	ExitCode   int    `json:"exit_code"`
+	Signal     string `json:"signal,omitempty"`
+	Status     string `json:"status,omitempty"`
+	Message    string `json:"message,omitempty"`
+	OK         bool   `json:"ok"`
+	WallMillis int64  `json:"wall_ms"`
+}
+
+// Exec runs a command in a sandbox, streaming its output to stdout and
+// stderr as it comes.
+func (c *Client) Exec(ctx context.Context, id string, in ExecIn, stdout, stderr io.Writer) (*Result, error) {
+	resp, err := c.do(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/exec/stream", in, "application/x-ndjson")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 8<<20)
+	for sc.Scan() {
+		var ev struct {
+			Type, Stream, Data, Error, Code string
+			Result                          json.RawMessage
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return nil, fmt.Errorf("exec: bad event: %w", err)
+		}
+		switch ev.Type {
+		case "output":
+			w := stdout
+			if ev.Stream == "stderr" {
+				w = stderr
+			}
+			if w != nil {
+				if _, err := io.WriteString(w, ev.Data); err != nil {
+					return nil, err
+				}
+			}
+		case "result":
+			var r Result
+			if err := json.Unmarshal(ev.Result, &r); err != nil {
+				return nil, fmt.Errorf("exec: bad result: %w", err)
+			}
+			return &r, nil
+		case "error":
+			return nil, &Error{Status: http.StatusInternalServerError, Code: ev.Code, Message: ev.Error}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
+	}
+	return nil, errors.New("exec: the stream ended without a result")
+}
+
+// FileIn is a file to upload.
+type FileIn struct {
+	Path     string `json:"path"`
+	Content  string `json:"content"`
+	Encoding string `json:"encoding,omitempty"`
+}
+
+// Upload writes files into a sandbox (paths relative to its working
+// directory).
+func (c *Client) Upload(ctx context.Context, id string, files []FileIn) error {
+	return c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/files", map[string]any{"files": files}, nil)
+}
+
+// Download reads one file from a sandbox.
+func (c *Client) Download(ctx context.Context, id, path string) ([]byte, error) {
+	resp, err := c.do(ctx, "GET", "/v1/sandboxes/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), nil, "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}

@@ -1,0 +1,477 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/state"
+	"github.com/firesandbox/firesandbox/internal/vmm"
+)
+
+// CreateRequest describes a new sandbox.
+type CreateRequest struct {
+	// Tenant owns the sandbox.
+	Tenant            string
+	Language, Version string
+	Shape             Shape
+	// DiskMiB, if set, puts the writable layer on a sparse ext4 disk of
+	// that size instead of guest memory (see Shape.DiskMiB).
+	DiskMiB int
+	// IdleTimeout overrides the default idle time before hibernation.
+	IdleTimeout time.Duration
+	// Timeout is the sandbox's lifetime (zero: none); at its end the
+	// sandbox is deleted, or hibernated if OnTimeout is "pause".
+	Timeout   time.Duration
+	OnTimeout string
+	// Metadata labels the sandbox for its owner (filterable in List);
+	// Env is added to every exec's environment.
+	Metadata map[string]string
+	Env      map[string]string
+}
+
+// Bounds of a CreateRequest's maps.
+const (
+	MaxMetadata     = 64
+	MaxMetadataSize = 16 << 10
+)
+
+func (r *CreateRequest) validate() error {
+	if r.DiskMiB < 0 || r.IdleTimeout < 0 || r.Timeout < 0 {
+		return fmt.Errorf("%w: negative disk size or timeout", ErrBadRequest)
+	}
+	switch r.OnTimeout {
+	case "", OnTimeoutKill, OnTimeoutPause:
+	default:
+		return fmt.Errorf("%w: on_timeout %q: want %q or %q", ErrBadRequest, r.OnTimeout, OnTimeoutKill, OnTimeoutPause)
+	}
+	for what, m := range map[string]map[string]string{"metadata": r.Metadata, "env": r.Env} {
+		if len(m) > MaxMetadata {
+			return fmt.Errorf("%w: %d %s entries, at most %d", ErrBadRequest, len(m), what, MaxMetadata)
+		}
+		n := 0
+		for k, v := range m {
+			n += len(k) + len(v)
+			if k == "" {
+				return fmt.Errorf("%w: %s: empty key", ErrBadRequest, what)
+			}
+		}
+		if n > MaxMetadataSize {
+			return fmt.Errorf("%w: %s of %d bytes, at most %d", ErrBadRequest, what, n, MaxMetadataSize)
+		}
+	}
+	for k := range r.Env {
+		if !validEnvName(k) {
+			return fmt.Errorf("%w: env: %q is not a variable name", ErrBadRequest, k)
+		}
+	}
+	return nil
+}
+
+func validEnvName(k string) bool {
+	for i, c := range k {
+		if c != '_' && (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') && (i == 0 || c < '0' || c > '9') {
+			return false
+		}
+	}
+	return k != ""
+}
+
+// What a sandbox does at the end of its lifetime.
+const (
+	OnTimeoutKill  = "kill"
+	OnTimeoutPause = "pause"
+)
+
+func newSandboxID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "sb-" + hex.EncodeToString(b)
+}
+
+// Create starts a sandbox: a VM of the language, restored from its
+// snapshot, that lives until deleted (hibernated while idle).
+func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbox, error) {
+	e, err := s.mgr.catalog.Lookup(req.Language, req.Version)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	if err := req.validate(); err != nil {
+		return state.Sandbox{}, err
+	}
+	shape := req.Shape
+	shape.DiskMiB = req.DiskMiB
+	if err := shape.Validate(); err != nil {
+		return state.Sandbox{}, err
+	}
+	shape = s.mgr.shape(shape)
+	idle := req.IdleTimeout
+	if idle == 0 {
+		idle = s.cfg.IdleTimeout
+	}
+	sb := state.Sandbox{
+		ID: newSandboxID(), Tenant: req.Tenant, Language: e.Name, Version: e.Version,
+		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, IdleTimeout: idle,
+		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
+	}
+	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	defer admitted()
+	t, err := s.mgr.Template(ctx, e, shape)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	if req.Timeout > 0 {
+		sb.ExpiresAt = s.now().Add(req.Timeout)
+	}
+	b, err := s.boxFor(sb.ID)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	release, err := s.acquireSlot(ctx)
+	if err != nil {
+		s.forget(sb.ID)
+		return state.Sandbox{}, err
+	}
+	if s.cfg.Directory != nil {
+		if err := s.cfg.Directory.Admit(ctx, sb); err != nil {
+			release()
+			s.forget(sb.ID)
+			return state.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+		}
+	}
+	fail := func(err error) (state.Sandbox, error) {
+		release()
+		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
+		os.RemoveAll(s.dirOf(sb.ID))
+		if rerr := s.db.Remove(context.WithoutCancel(ctx), sb.ID); rerr != nil {
+			return state.Sandbox{}, errors.Join(fmt.Errorf("create sandbox: %w", err), rerr)
+		}
+		return state.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+	}
+	if err := s.db.Create(ctx, sb); err != nil {
+		release()
+		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
+		return state.Sandbox{}, err
+	}
+	if err := os.MkdirAll(s.dirOf(sb.ID), 0o700); err != nil {
+		return fail(err)
+	}
+	o := StartOptions{}
+	if shape.DiskMiB > 0 {
+		o.Disk = s.diskOf(sb.ID)
+	}
+	vm, err := s.mgr.Start(ctx, t, o)
+	if err != nil {
+		return fail(err)
+	}
+	if err := s.db.Transition(context.WithoutCancel(ctx), sb.ID, state.Change{To: moves[opCreate].success}, moves[opCreate].during); err != nil {
+		vm.Close()
+		return fail(err)
+	}
+	b.vm, b.release = vm, release
+	b.lastUsed.Store(s.now().UnixNano())
+	s.changed(ctx, sb.ID)
+	s.log.Info("sandbox created", "op", "create", "sandbox", sb.ID, "language", e.Name, "vm", vm.Machine.ID(), "ready", vm.Ready)
+	return s.db.Get(ctx, sb.ID)
+}
+
+// abandoned tells the directory, if any, that a create it admitted failed.
+func (s *Sandboxes) abandoned(ctx context.Context, sb state.Sandbox) {
+	if s.cfg.Directory != nil {
+		sb.State = state.Deleted
+		s.cfg.Directory.Changed(context.WithoutCancel(ctx), sb)
+	}
+}
+
+func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
+	if s.gate == nil {
+		return func() {}, nil
+	}
+	return s.gate.Acquire(ctx)
+}
+
+// Hibernate saves a running sandbox (memory and device state) under its
+// directory and stops its VM; its disk stays where it is. Hibernating a
+// hibernated sandbox does nothing.
+func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.Sandbox, error) {
+	sb, err := s.Get(ctx, tenant, id)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	if sb.State == state.Running {
+		admitted, err := s.admitted(ctx, opHibernate, sb)
+		if err != nil {
+			return state.Sandbox{}, err
+		}
+		defer admitted()
+	}
+	b, err := s.boxFor(id)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := s.hibernateLocked(ctx, id, b); err != nil {
+		return state.Sandbox{}, err
+	}
+	return s.db.Get(ctx, id)
+}
+
+func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) error {
+	sb, err := s.db.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := usable(sb); err != nil {
+		return err
+	}
+	if sb.State == state.Hibernated {
+		return nil
+	}
+	if err := s.liveVM(ctx, sb, b); err != nil {
+		return err
+	}
+	// The slow part must not be cut short by a caller that goes away:
+	// a half-written snapshot is worth nothing.
+	ctx = context.WithoutCancel(ctx)
+	start := time.Now()
+	spec := b.vm.Template.Spec
+	err = s.transition(ctx, id, opHibernate, func(ctx context.Context) (state.Change, error) {
+		final := filepath.Join(s.dirOf(id), snapshotDirName)
+		tmp := final + ".tmp"
+		os.RemoveAll(tmp)
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return state.Change{}, err
+		}
+		vm := b.vm
+		if err := s.mgr.Hibernate(ctx, vm, tmp); err != nil {
+			os.RemoveAll(tmp)
+			if vm.Agent != nil && vm.Machine.State() == vmm.StateRunning {
+				return state.Change{}, err // still running: roll back
+			}
+			s.dropVM(b)
+			return state.Change{}, lost("hibernation failed and the VM is gone: "+err.Error(), err)
+		}
+		s.dropVM(b)
+		// A previous hibernation's files were removed on resume; a stale
+		// one cannot be here, but never rename over it blindly.
+		os.RemoveAll(final)
+		if err := os.Rename(tmp, final); err != nil {
+			os.RemoveAll(tmp)
+			return state.Change{}, lost("hibernation could not be kept: "+err.Error(), err)
+		}
+		s.log.Info("sandbox hibernated", "op", "hibernate", "sandbox", id, "took", time.Since(start))
+		return state.Change{SnapshotDir: &final, Bump: true}, nil
+	})
+	if err == nil && s.cfg.Directory != nil {
+		if sb, gerr := s.db.Get(ctx, id); gerr == nil {
+			spec.DiskMiB = sb.DiskMiB
+			disk := ""
+			if sb.DiskMiB > 0 {
+				disk = s.diskOf(id)
+			}
+			if herr := s.cfg.Directory.Hibernated(ctx, sb, spec, sb.SnapshotDir, disk); herr != nil {
+				s.log.Warn("hibernation kept on this host only", "op", "hibernate", "sandbox", id, "err", herr)
+			}
+		}
+	}
+	return err
+}
+
+// liveVM checks that a sandbox the record says is running has its VM in
+// this process, and marks it lost if not (the VM died).
+func (s *Sandboxes) liveVM(ctx context.Context, sb state.Sandbox, b *box) error {
+	if sb.State != state.Running {
+		return fmt.Errorf("%w: sandbox %s is %s", ErrSandboxBusy, sb.ID, sb.State)
+	}
+	if b.vm != nil && b.vm.alive() {
+		return nil
+	}
+	s.dropVM(b)
+	reason := "its VM stopped unexpectedly"
+	if err := s.db.Transition(context.WithoutCancel(ctx), sb.ID, state.Change{To: state.Lost, Reason: reason}, state.Running); err != nil {
+		return err
+	}
+	s.changed(ctx, sb.ID)
+	return fmt.Errorf("%w: sandbox %s: %s", ErrSandboxLost, sb.ID, reason)
+}
+
+// dropVM forgets a stopped (or failed) VM and frees its slot.
+func (s *Sandboxes) dropVM(b *box) {
+	if b.vm != nil {
+		b.vm.Close()
+		b.vm = nil
+	}
+	if b.release != nil {
+		b.release()
+		b.release = nil
+	}
+}
+
+// Resume restores a hibernated sandbox. Resuming a running one does
+// nothing. A resume the host cannot do (its kernel, image or VMM changed)
+// fails with the sandbox still hibernated and its data kept.
+func (s *Sandboxes) Resume(ctx context.Context, tenant, id string) (state.Sandbox, error) {
+	if _, err := s.Get(ctx, tenant, id); err != nil {
+		return state.Sandbox{}, err
+	}
+	b, err := s.boxFor(id)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := s.resumeLocked(ctx, id, b); err != nil {
+		return state.Sandbox{}, err
+	}
+	return s.db.Get(ctx, id)
+}
+
+func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
+	sb, err := s.db.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := usable(sb); err != nil {
+		return err
+	}
+	if sb.State == state.Running {
+		return s.liveVM(ctx, sb, b)
+	}
+	if sb.State != state.Hibernated {
+		return fmt.Errorf("%w: sandbox %s is %s", ErrSandboxBusy, id, sb.State)
+	}
+	e, err := s.mgr.catalog.Lookup(sb.Language, sb.Version)
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", id, err)
+	}
+	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB})
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", id, err)
+	}
+	admitted, err := s.admitted(ctx, opResume, sb)
+	if err != nil {
+		return err
+	}
+	defer admitted()
+	release, err := s.acquireSlot(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	err = s.transition(ctx, id, opResume, func(ctx context.Context) (state.Change, error) {
+		vm, err := s.mgr.Resume(ctx, t, sb.SnapshotDir, s.diskOf(id))
+		if err != nil {
+			return state.Change{}, err // the snapshot is untouched: still resumable
+		}
+		b.vm, b.release = vm, release
+		empty := ""
+		return state.Change{SnapshotDir: &empty}, nil
+	})
+	if err != nil {
+		if b.vm != nil { // resumed, but the record could not say so
+			s.dropVM(b)
+		} else {
+			release()
+		}
+		return err
+	}
+	// The VM maps its memory privately from the snapshot; the files can go
+	// once the record no longer points at them.
+	os.RemoveAll(sb.SnapshotDir)
+	b.lastUsed.Store(s.now().UnixNano())
+	_ = s.db.Touch(context.WithoutCancel(ctx), id, s.now())
+	s.log.Info("sandbox resumed", "op", "resume", "sandbox", id, "took", time.Since(start))
+	return nil
+}
+
+// Delete stops a sandbox's VM (cancelling its running commands), removes
+// its files and marks it deleted.
+func (s *Sandboxes) Delete(ctx context.Context, tenant, id string) error {
+	sb, err := s.Get(ctx, tenant, id)
+	if err != nil {
+		return err
+	}
+	if sb.State == state.Deleted {
+		return usable(sb)
+	}
+	b, err := s.boxFor(id)
+	if err != nil {
+		return err
+	}
+	b.stopOps()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return s.deleteLocked(ctx, id, b)
+}
+
+func (s *Sandboxes) deleteLocked(ctx context.Context, id string, b *box) error {
+	err := s.transition(context.WithoutCancel(ctx), id, opDelete, func(context.Context) (state.Change, error) {
+		s.dropVM(b)
+		os.RemoveAll(s.dirOf(id))
+		empty := ""
+		return state.Change{SnapshotDir: &empty}, nil
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.boxes, id)
+	s.mu.Unlock()
+	s.log.Info("sandbox deleted", "op", "delete", "sandbox", id)
+	return nil
+}
+
+// Close stops the lifetime loop, then hibernates every running sandbox so
+// it survives the restart; one that cannot be hibernated is stopped and
+// marked lost.
+func (s *Sandboxes) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	boxes := s.boxes
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
+
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
+	for id, b := range boxes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.vm == nil {
+				return
+			}
+			if err := s.hibernateLocked(ctx, id, b); err != nil {
+				s.dropVM(b)
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

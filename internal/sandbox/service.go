@@ -1,0 +1,136 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/state"
+)
+
+// ServiceConfig configures a Service. Zero fields take the defaults noted.
+type ServiceConfig struct {
+	// StateDir holds state.db and sandboxes/; default the Manager's data
+	// directory.
+	StateDir string `json:"state_dir" toml:"state_dir"`
+	// MaxVMs caps VMs serving requests at once (runs and live sandboxes;
+	// warm pools not counted); default the number of CPUs.
+	MaxVMs int `json:"max_vms" toml:"max_vms"`
+	// Queue is how many requests may wait for a VM; default 4*MaxVMs.
+	Queue int `json:"queue" toml:"queue"`
+	// QueueWait is how long one waits before ErrQueueTimeout; default 30s.
+	QueueWait time.Duration `json:"queue_wait" toml:"queue_wait"`
+	// IdleHibernate hibernates sandboxes unused this long by default; zero
+	// never (sandboxes may still set their own).
+	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
+	// HibernatedTTL deletes sandboxes hibernated for this long; zero
+	// keeps them until deleted.
+	HibernatedTTL time.Duration `json:"hibernated_ttl" toml:"hibernated_ttl"`
+	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
+	Pools map[string]PoolRange `json:"pools" toml:"pools"`
+	// Directory, if set, shares the sandboxes with other hosts (see
+	// SandboxesConfig.Directory).
+	Directory Directory `json:"-" toml:"-"`
+}
+
+func (c *ServiceConfig) setDefaults(mgr *Manager) {
+	if c.StateDir == "" {
+		c.StateDir = mgr.Config().DataDir
+	}
+	if c.MaxVMs == 0 {
+		c.MaxVMs = runtime.NumCPU()
+	}
+	if c.Queue == 0 {
+		c.Queue = 4 * c.MaxVMs
+	}
+	if c.QueueWait == 0 {
+		c.QueueWait = 30 * time.Second
+	}
+}
+
+// Validate checks a ServiceConfig.
+func (c *ServiceConfig) Validate() error {
+	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.HibernatedTTL < 0 {
+		return fmt.Errorf("%w: limits must not be negative", ErrBadRequest)
+	}
+	for lang, r := range c.Pools {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("pool %s: %w", lang, err)
+		}
+	}
+	return nil
+}
+
+// Service is what every front end shares (the HTTP APIs, the CLI's
+// sandbox commands): the Manager, the state database, the sandboxes, the
+// VM limiter and the warm pools. Open one per data directory and process.
+type Service struct {
+	Manager   *Manager
+	DB        *state.DB
+	Sandboxes *Sandboxes
+	Limiter   *Limiter
+	cfg       ServiceConfig
+	cancel    context.CancelFunc
+}
+
+// OpenService opens the state database (reconciling what a previous
+// process left), the sandboxes and the warm pools. Close undoes it; the
+// Manager stays the caller's, but its pools are stopped by Close.
+func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults(mgr)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("open service: %w", err)
+	}
+	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait)}
+	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
+		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
+		Directory: cfg.Directory,
+	}, svc.Limiter, log.With("component", "sandboxes"))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	base, cancel := context.WithCancel(context.Background())
+	svc.cancel = cancel
+	for lang, n := range cfg.Pools {
+		if err := mgr.StartPool(base, lang, n, true /* warm */); err != nil {
+			return nil, errors.Join(fmt.Errorf("start pool %s: %w", lang, err), svc.Close(context.Background()))
+		}
+	}
+	return svc, nil
+}
+
+// Config returns the effective configuration.
+func (s *Service) Config() ServiceConfig { return s.cfg }
+
+// Close hibernates the running sandboxes, stops the pools and closes the
+// database.
+func (s *Service) Close(ctx context.Context) error {
+	var errs []error
+	if err := s.Sandboxes.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("hibernate sandboxes: %w", err))
+	}
+	s.cancel()
+	if err := s.Manager.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("stop pools: %w", err))
+	}
+	if err := s.DB.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close state: %w", err))
+	}
+	return errors.Join(errs...)
+}

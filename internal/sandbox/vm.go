@@ -1,0 +1,244 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/disk"
+	"github.com/firesandbox/firesandbox/internal/vmm"
+)
+
+// VM is a booted machine with a connected agent.
+type VM struct {
+	Machine vmm.Machine
+	Agent   *agentproto.Client
+	// Ready is the time from asking for the VM to the agent's Hello
+	// (after a restore: and its resync).
+	Ready time.Duration
+	// Restored says the VM came from a snapshot rather than a cold boot.
+	Restored bool
+	// Template is what the VM was made from.
+	Template *Template
+	// Timings break Ready down, for `run -v` and the bench.
+	Timings Timings
+	owner   string
+	// disk is the writable layer's disk; removed with the VM unless a
+	// sandbox owns it (keptDisk), which keeps it across hibernations.
+	disk     string
+	keptDisk bool
+	volumes  []string // packed mounts, removed with the VM
+}
+
+// Timings are the parts of a VM's start.
+type Timings struct {
+	// Start is the driver's Boot or Restore call.
+	Start time.Duration
+	// Hello is from then to the agent's Hello.
+	Hello time.Duration
+	// Resync is the restored guest's clock, entropy and identity update.
+	Resync time.Duration
+}
+
+// Shape returns the VM's shape.
+func (v *VM) Shape() Shape { return v.Template.Shape }
+
+// Close stops the VM and frees everything it held.
+func (v *VM) Close() error {
+	if v.Agent != nil {
+		v.Agent.Close()
+	}
+	var err error
+	if v.Machine != nil {
+		err = v.Machine.Stop(context.Background())
+	}
+	if v.owner != "" {
+		os.Remove(v.owner)
+	}
+	if v.disk != "" && !v.keptDisk {
+		os.Remove(v.disk)
+	}
+	for _, vol := range v.volumes {
+		os.Remove(vol)
+	}
+	return err
+}
+
+// alive says the VM's machine runs (or is paused) and its agent channel
+// is open.
+func (v *VM) alive() bool {
+	if v.Machine == nil || v.Machine.State() == vmm.StateStopped || v.Agent == nil {
+		return false
+	}
+	select {
+	case <-v.Agent.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+// disksDir holds the per-VM disks: in the data directory, so hibernation
+// moves a disk with a rename.
+func (m *Manager) disksDir() string { return filepath.Join(m.cfg.DataDir, "disks") }
+
+// StartOptions say how to start one VM of a template.
+type StartOptions struct {
+	// Cold boots instead of restoring the template's snapshot.
+	Cold bool
+	// Mounts show host directories read-only in the guest (cold boot).
+	Mounts []Mount
+	// Disk, for a shape with a disk, is where the writable disk lives:
+	// made there if missing, and kept when the VM stops (a sandbox's). If
+	// empty, the VM gets a private disk that goes with it.
+	Disk string
+}
+
+// Start returns a ready VM of t: restored from t's snapshot when the
+// driver can (creating it on first use), else booted.
+func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, error) {
+	if o.Cold || t.Shape.DiskMiB > 0 || len(o.Mounts) > 0 || !t.Driver.Capabilities().Snapshot {
+		return m.boot(ctx, t, m.cfg.BootTimeout, o)
+	}
+	snap, err := m.snapshot(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := m.restore(ctx, t, snap.Dir, "")
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("restore failed; booting cold", "op", "restore", "snapshot", snap.Key, "err", err)
+		return m.boot(ctx, t, m.cfg.BootTimeout, o)
+	}
+	return vm, err
+}
+
+// boot starts a VM of t from scratch and waits for its agent.
+func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, o StartOptions) (*VM, error) {
+	start := time.Now()
+	id := newID("vm-")
+	owner, err := m.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{owner: owner, Template: t}
+	fail := func(err error) (*VM, error) {
+		vm.Close() // releases whatever it holds so far
+		return nil, err
+	}
+	if t.Shape.DiskMiB > 0 {
+		p, kept := o.Disk, o.Disk != ""
+		if !kept {
+			p = disk.WritablePath(m.disksDir(), id)
+		}
+		if _, err := os.Stat(p); err != nil {
+			if err := disk.NewWritable(ctx, p, t.Shape.DiskMiB); err != nil {
+				return fail(err)
+			}
+		}
+		vm.disk, vm.keptDisk = p, kept
+	}
+	if vm.volumes, err = m.packMounts(ctx, id, o.Mounts); err != nil {
+		return fail(err)
+	}
+	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Boot(ctx, cfg)
+	if err != nil {
+		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
+	}
+	vm.Machine = mach
+	vm.Timings.Start = time.Since(start)
+	if err := m.connect(ctx, vm, timeout); err != nil {
+		return fail(err)
+	}
+	vm.Ready = time.Since(start)
+	vm.Timings.Hello = vm.Ready - vm.Timings.Start
+	m.log.Debug("vm ready", "op", "boot", "vm", id, "image", t.Image.ID, "ready", vm.Ready)
+	return vm, nil
+}
+
+// restore starts a VM from a snapshot directory of t and gives the guest
+// its own clock, randomness and identity. keptDisk, if set, is the
+// writable disk the snapshot's machine had, which its owner keeps.
+func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk string) (*VM, error) {
+	start := time.Now()
+	id := newID("vm-")
+	owner, err := m.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{owner: owner, Restored: true, Template: t, disk: keptDisk, keptDisk: true}
+	fail := func(err error) (*VM, error) {
+		vm.Close()
+		return nil, err
+	}
+	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if err != nil {
+		return fail(err)
+	}
+	mach, err := t.Driver.Restore(ctx, snapDir, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	vm.Machine = mach
+	vm.Timings.Start = time.Since(start)
+	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
+		return fail(err)
+	}
+	vm.Timings.Hello = time.Since(start) - vm.Timings.Start
+	entropy := make([]byte, 64)
+	_, _ = rand.Read(entropy)
+	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
+	if _, err := vm.Agent.Resync(rctx, agentproto.ResyncRequest{
+		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
+	}); err != nil {
+		return fail(fmt.Errorf("resync restored VM: %w", err))
+	}
+	vm.Ready = time.Since(start)
+	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello
+	return vm, nil
+}
+
+// connect dials the agent and waits for its Hello, giving up early if the
+// VMM exits; on failure the error carries the guest console's tail.
+func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		if err := vm.Machine.Wait(ctx); err == nil || errors.Is(err, vmm.ErrExited) {
+			cancel() // the VMM exited: stop waiting for a Hello
+		}
+	}()
+	conn, err := vm.Machine.DialAgent(ctx)
+	if err == nil {
+		vm.Agent = agentproto.NewClient(conn)
+		_, err = vm.Agent.WaitHello(ctx)
+	}
+	if err == nil {
+		return nil
+	}
+	why := err.Error()
+	if vm.Machine.State() == vmm.StateStopped {
+		why = "the VM exited"
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		why = fmt.Sprintf("no answer within %s", timeout)
+	}
+	return fmt.Errorf("%w (%s); guest console:\n%s", ErrNotReady, why, indent(vm.Machine.Console(2048)))
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return "  (empty)"
+	}
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
