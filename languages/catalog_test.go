@@ -15,7 +15,7 @@ import (
 var want = []string{
 	"awk", "bash", "bun", "c", "clojure", "code-interpreter", "cobol", "cpp", "crystal", "d", "dart",
 	"deno", "dotnet", "elixir", "erlang", "fortran", "go", "groovy", "haskell",
-	"java", "jq", "julia", "kotlin", "lisp", "lua", "nasm", "nim", "nodejs",
+	"java", "jq", "julia", "kotlin", "lisp", "lua", "nasm", "nasm64", "nim", "nodejs",
 	"ocaml", "octave", "pascal", "perl", "php", "prolog", "python", "r", "ruby",
 	"rust", "scala", "scheme", "sqlite", "swift", "tcl", "typescript", "zig",
 }
@@ -32,7 +32,9 @@ func load(t *testing.T) *image.Catalog {
 func TestCatalogListsEveryLanguage(t *testing.T) {
 	var got []string
 	for _, e := range load(t).Entries() {
-		got = append(got, e.Name)
+		if !slices.Contains(got, e.Name) {
+			got = append(got, e.Name)
+		}
 	}
 	for _, n := range want {
 		if !slices.Contains(got, n) {
@@ -51,6 +53,9 @@ func TestCatalogListsEveryLanguage(t *testing.T) {
 func TestAliasesAreUnique(t *testing.T) {
 	owner := map[string]string{}
 	for _, e := range load(t).Entries() {
+		if !e.Default() { // versions share their language's names
+			continue
+		}
 		for _, n := range append([]string{e.Name}, e.Aliases...) {
 			if o, dup := owner[n]; dup {
 				t.Errorf("%q is used by both %s and %s", n, o, e.Name)
@@ -60,9 +65,45 @@ func TestAliasesAreUnique(t *testing.T) {
 	}
 }
 
+// Every available language has every conformance program, and those
+// that expect a compile error expect it where the language compiles.
+func TestEveryLanguageHasTheConformancePrograms(t *testing.T) {
+	for _, e := range load(t).Entries() {
+		if e.Unavailable != "" {
+			continue
+		}
+		t.Run(e.Key(), func(t *testing.T) {
+			have := map[string]image.Check{}
+			for _, c := range e.Checks {
+				have[c.Name] = c
+			}
+			for _, n := range image.RequiredChecks {
+				if _, ok := have[n]; !ok {
+					t.Errorf("no %q check", n)
+				}
+			}
+			if c, ok := have["compile-error"]; ok && (c.Stage == "compile") != (len(e.Compile) > 0) {
+				t.Errorf("compile-error has stage %q, but the language compiles: %v", c.Stage, len(e.Compile) > 0)
+			}
+			if c, ok := have["exit-code"]; ok && (c.Exit == nil || *c.Exit != 3 || c.Status != "RE") {
+				t.Errorf("exit-code does not expect exit code 3")
+			}
+			if c, ok := have["modules"]; ok && len(c.Files) == 0 {
+				t.Errorf("modules has no second file")
+			}
+			if c, ok := have["stdin"]; ok && c.Stdin == "" {
+				t.Errorf("stdin sends no input")
+			}
+			if c, ok := have["args"]; ok && len(c.Args) < 2 {
+				t.Errorf("args passes fewer than two arguments")
+			}
+		})
+	}
+}
+
 func TestEntries(t *testing.T) {
 	for _, e := range load(t).Entries() {
-		t.Run(e.Name, func(t *testing.T) {
+		t.Run(e.Key(), func(t *testing.T) {
 			if e.Unavailable != "" {
 				if len(e.Unavailable) < 20 {
 					t.Errorf("unavailable reason %q is too short to say why", e.Unavailable)

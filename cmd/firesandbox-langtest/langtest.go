@@ -8,12 +8,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 )
@@ -32,10 +34,12 @@ const (
 type result struct {
 	entry   *image.Entry
 	outcome outcome
-	status  string // what the STATUS column says
-	packed  int64  // image size; 0 when there is no image
-	build   string // build time, "cached" or "-"
-	run     time.Duration
+	status  string        // what the STATUS column says
+	packed  int64         // image size; 0 when there is no image
+	build   string        // build time, "cached" or "-"
+	cold    time.Duration // hello in a cold-booted VM
+	restore time.Duration // hello restored from the snapshot
+	checks  string        // "passed/total"
 }
 
 func run(ctx context.Context, cfg config) (int, error) {
@@ -56,9 +60,17 @@ func run(ctx context.Context, cfg config) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "langtest: %d language(s), data %s, logs %s\n", len(entries), cfg.dataDir, cfg.logDir)
 
-	t := &tester{cfg: cfg, mgr: mgr, base: image.DefaultBase}
+	t := &tester{cfg: cfg, mgr: mgr, base: image.DefaultBase, slowdown: cfg.slowdown}
 	if cfg.mirror != "" {
 		t.base.Mirror = cfg.mirror
+	}
+	if t.slowdown == 0 {
+		accel, err := accelerator(ctx, mgr)
+		if err != nil {
+			return 0, err
+		}
+		t.slowdown = image.Slowdown(accel)
+		fmt.Fprintf(os.Stderr, "langtest: accelerator %s: default limits x%g\n", accel, t.slowdown)
 	}
 	results := make([]*result, len(entries))
 	work := make(chan int)
@@ -100,8 +112,34 @@ dispatch:
 	return nfail, ctx.Err()
 }
 
-// selectEntries returns the entries named by names (by name or alias,
-// available or not), or every entry when names is empty.
+// accelerator is what this host's VMs run on ("kvm" or "tcg"), as the
+// manager chooses it: the driver needs a kernel and an image for its
+// probe, so it takes the first built image of the catalog.
+func accelerator(ctx context.Context, mgr *sandbox.Manager) (string, error) {
+	k, err := guestkernel.Load(mgr.Config().DataDir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range mgr.Catalog().Entries() {
+		if e.Unavailable != "" {
+			continue
+		}
+		im, err := mgr.Images().ForEntry(e, mgr.Config().ImageFormat)
+		if err != nil {
+			continue
+		}
+		d, err := mgr.Driver(ctx, k, im)
+		if err != nil {
+			return "", err
+		}
+		return d.Capabilities().Accel, nil
+	}
+	return "", errors.New("no image is built to probe the accelerator with: build one (make image) or give -slowdown")
+}
+
+// selectEntries returns the entries named by names (a name or alias for
+// every version of a language, name@version for one; available or not),
+// or every entry when names is empty.
 func selectEntries(cat *image.Catalog, names []string) ([]*image.Entry, error) {
 	all := cat.Entries()
 	if len(names) == 0 {
@@ -110,29 +148,31 @@ func selectEntries(cat *image.Catalog, names []string) ([]*image.Entry, error) {
 	var out []*image.Entry
 	seen := map[string]bool{}
 	for _, n := range names {
-		e := findEntry(all, strings.ToLower(n))
-		if e == nil {
-			return nil, fmt.Errorf("%w %q", image.ErrUnknownLanguage, n)
+		name, version, _ := strings.Cut(strings.ToLower(n), "@")
+		var found bool
+		for _, e := range all {
+			if (e.Name == name || slices.Contains(aliases(all, e.Name), name)) && (version == "" || e.Version == version || strings.HasPrefix(e.Version, version+".")) {
+				found = true
+				if !seen[e.Key()] {
+					seen[e.Key()] = true
+					out = append(out, e)
+				}
+			}
 		}
-		if !seen[e.Name] {
-			seen[e.Name] = true
-			out = append(out, e)
+		if !found {
+			return nil, fmt.Errorf("%w %q", image.ErrUnknownLanguage, n)
 		}
 	}
 	return out, nil
 }
 
-// findEntry looks a name up without Catalog.Lookup, which refuses
-// unavailable entries: those still get a row saying why.
-func findEntry(all []*image.Entry, name string) *image.Entry {
+// aliases are a language's aliases, which its default entry holds for
+// every version. Catalog.Lookup is not used: it refuses unavailable
+// entries, and those still get a row saying why.
+func aliases(all []*image.Entry, name string) []string {
 	for _, e := range all {
-		if e.Name == name {
-			return e
-		}
-		for _, a := range e.Aliases {
-			if a == name {
-				return e
-			}
+		if e.Name == name && e.Default() {
+			return e.Aliases
 		}
 	}
 	return nil
@@ -140,23 +180,30 @@ func findEntry(all []*image.Entry, name string) *image.Entry {
 
 // tester checks languages with one manager.
 type tester struct {
-	cfg  config
-	mgr  *sandbox.Manager
-	base image.Base
+	cfg      config
+	mgr      *sandbox.Manager
+	base     image.Base
+	slowdown float64 // how much slower than KVM this host's VMs run
 }
 
-// check builds (if needed) and tests one language. Everything it learns
-// goes to the language's log file.
+// check builds (if needed) and tests one language version: its hello
+// program once in a cold-booted VM (the COLD column), then every
+// conformance program restored from the language's snapshot (hello's is
+// the RESTORE column). Everything it learns goes to its log file.
 func (t *tester) check(ctx context.Context, e *image.Entry) *result {
 	r := &result{entry: e, build: "-"}
 	if e.Unavailable != "" {
 		r.outcome, r.status = unavailable, "unavailable: "+e.Unavailable
 		return r
 	}
+	if e.OCI != "" && t.cfg.registry == "" && !t.cfg.oci {
+		r.outcome, r.status = unavailable, fmt.Sprintf("unavailable here: built from the OCI image %s; give -oci where its registry is reachable, or -registry HOST (a mirror)", e.OCI)
+		return r
+	}
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.timeout)
 	defer cancel()
 
-	logPath := filepath.Join(t.cfg.logDir, e.Name+".log")
+	logPath := filepath.Join(t.cfg.logDir, e.Key()+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		r.outcome, r.status = failed, "FAIL: "+err.Error()
@@ -177,9 +224,14 @@ func (t *tester) check(ctx context.Context, e *image.Entry) *result {
 		return r
 	default:
 		start := time.Now()
-		im, err = t.mgr.Images().Build(ctx, e, image.BuildOptions{Base: t.base, Progress: log})
+		im, err = t.mgr.Images().Build(ctx, e, image.BuildOptions{Base: t.base, Registry: t.cfg.registry, Progress: log})
 		if err != nil && errors.Is(err, context.Canceled) {
 			r.outcome, r.status = skipped, "interrupted"
+			return r
+		}
+		if errors.Is(err, image.ErrRegistryUnreachable) {
+			fmt.Fprintf(log, "build: %v\n", err)
+			r.outcome, r.status = unavailable, "unavailable here: "+oneLine(err.Error())
 			return r
 		}
 		if err != nil {
@@ -195,21 +247,83 @@ func (t *tester) check(ctx context.Context, e *image.Entry) *result {
 	}
 	r.packed = im.PackedBytes
 
+	checks := e.Checks
+	if len(checks) == 0 { // an entry without conformance programs: its test program
+		checks = []image.Check{{Name: "hello", Code: e.Test.Code, Args: e.Test.Args, Stdin: e.Test.Stdin, Stdout: e.Test.Stdout}}
+	}
+	hello := checks[0]
+	for _, c := range checks {
+		if c.Name == "hello" {
+			hello = c
+		}
+	}
+	failures := map[string]string{}
+	run := func(c image.Check, cold bool) (time.Duration, bool) {
+		d, why, err := t.runCheck(ctx, log, e, c, cold)
+		if errors.Is(err, context.Canceled) {
+			return 0, false
+		}
+		if why != "" && failures[c.Name] == "" {
+			failures[c.Name] = why
+		}
+		return d, true
+	}
+	var ok bool
+	if r.cold, ok = run(hello, true); !ok {
+		r.outcome, r.status = skipped, "interrupted"
+		return r
+	}
+	for _, c := range checks {
+		d, ok := run(c, false)
+		if !ok {
+			r.outcome, r.status = skipped, "interrupted"
+			return r
+		}
+		if c.Name == hello.Name {
+			r.restore = d
+		}
+	}
+	r.checks = fmt.Sprintf("%d/%d", len(checks)-len(failures), len(checks))
+	if len(failures) == 0 {
+		r.outcome, r.status = passed, "pass"
+	} else {
+		var why []string
+		for _, c := range checks {
+			if f := failures[c.Name]; f != "" {
+				why = append(why, c.Name+": "+f)
+			}
+		}
+		r.outcome, r.status = failed, "FAIL: "+oneLine(strings.Join(why, "; "))
+	}
+	fmt.Fprintf(log, "result: %s\n", r.status)
+	return r
+}
+
+// runCheck runs one conformance program and says why it failed ("" when
+// it passed), and how long the run took.
+func (t *tester) runCheck(ctx context.Context, log io.Writer, e *image.Entry, c image.Check, cold bool) (time.Duration, string, error) {
 	var stdout, stderr, cout, cerr bytes.Buffer
-	fmt.Fprintf(log, "run %s %s with args %q\n", e.Name, e.Version, e.Test.Args)
+	how := "restored"
+	if cold {
+		how = "cold"
+	}
+	fmt.Fprintf(log, "=== %s (%s) args %q\n", c.Name, how, c.Args)
+	files := []agentproto.File{{Content: []byte(c.Code)}}
+	for _, f := range c.Files {
+		files = append(files, agentproto.File{Path: f.Path, Content: []byte(f.Content)})
+	}
+	// Until the Manager applies them itself, the scaled defaults travel
+	// as the request's limits.
+	lim := e.StepLimits(t.slowdown)
 	req := sandbox.RunRequest{
-		Language: e.Name,
-		Files:    []agentproto.File{{Content: []byte(e.Test.Code)}},
-		Args:     e.Test.Args,
-		Stdin:    []byte(e.Test.Stdin),
-		Cold:     true,
+		Language: e.Name, Version: e.Version, Files: files, Args: c.Args, Stdin: []byte(c.Stdin),
+		CompileLimits: lim, RunLimits: lim, Cold: cold,
 	}
 	start := time.Now()
 	res, err := t.mgr.Run(ctx, req, sandbox.Streams{Stdout: &stdout, Stderr: &stderr, CompileStdout: &cout, CompileStderr: &cerr})
-	r.run = time.Since(start)
+	d := time.Since(start)
 	if errors.Is(err, context.Canceled) {
-		r.outcome, r.status = skipped, "interrupted"
-		return r
+		return d, "", err
 	}
 	for _, s := range []struct {
 		name string
@@ -219,29 +333,58 @@ func (t *tester) check(ctx context.Context, e *image.Entry) *result {
 			fmt.Fprintf(log, "--- %s ---\n%s\n", s.name, strings.TrimRight(s.b.String(), "\n"))
 		}
 	}
-	r.outcome, r.status = failed, verdict(e, res, err, stdout.String(), cerr.String(), stderr.String())
-	if r.status == "pass" {
-		r.outcome = passed
+	why := judge(c, res, err, outputs{cout.String(), cerr.String(), stdout.String(), stderr.String()})
+	if res != nil {
+		fmt.Fprintf(log, "compile %+v\nrun %+v\n", res.Compile, res.Run)
 	}
-	fmt.Fprintf(log, "result: %s\n", r.status)
-	return r
+	verdict := "pass"
+	if why != "" {
+		verdict = "FAIL " + why
+	}
+	fmt.Fprintf(log, "%s: %s in %s\n", c.Name, verdict, d.Round(time.Millisecond))
+	return d, why, nil
 }
 
-// verdict says "pass" or why not.
-func verdict(e *image.Entry, res *sandbox.RunResult, err error, stdout, compileStderr, stderr string) string {
-	switch {
-	case err != nil:
-		return "FAIL: " + oneLine(err.Error())
-	case res.Compile != nil && res.Compile.Status != agentproto.StatusOK:
-		return fmt.Sprintf("FAIL: compile %s: %s", describe(res.Compile), lastNonEmpty(compileStderr))
-	case res.Run == nil:
-		return "FAIL: no run result"
-	case res.Run.Status != agentproto.StatusOK:
-		return fmt.Sprintf("FAIL: run %s: %s", describe(res.Run), lastNonEmpty(stderr))
-	case stdout != e.Test.Stdout:
-		return fmt.Sprintf("FAIL: stdout %s, want %s", clip(stdout), clip(e.Test.Stdout))
+// outputs are what the two steps wrote.
+type outputs struct{ compileStdout, compileStderr, stdout, stderr string }
+
+// judge says why a check's result is not what it expects, or "".
+func judge(c image.Check, res *sandbox.RunResult, err error, o outputs) string {
+	if err != nil {
+		return oneLine(err.Error())
 	}
-	return "pass"
+	step, out, errOut := res.Run, o.stdout, o.stderr
+	if c.Stage == "compile" {
+		if res.Compile == nil {
+			return "no compile step"
+		}
+		if res.Run != nil {
+			return fmt.Sprintf("compiled (want a compile error), run %s", describe(res.Run))
+		}
+		step, out, errOut = res.Compile, o.compileStdout, o.compileStderr
+	} else if res.Compile != nil && res.Compile.Status != agentproto.StatusOK {
+		return fmt.Sprintf("compile %s: %s", describe(res.Compile), lastNonEmpty(o.compileStderr+o.compileStdout))
+	}
+	if step == nil {
+		return "no run result"
+	}
+	if string(step.Status) != c.Status {
+		want := c.Status
+		if want == "" {
+			want = "OK"
+		}
+		return fmt.Sprintf("%s, want %s: %s", describe(step), want, lastNonEmpty(errOut))
+	}
+	if c.Exit != nil && step.Code != *c.Exit {
+		return fmt.Sprintf("exit code %d, want %d", step.Code, *c.Exit)
+	}
+	if c.Stdout != "" && out != c.Stdout {
+		return fmt.Sprintf("stdout %s, want %s", clip(out), clip(c.Stdout))
+	}
+	if c.Contains != "" && !strings.Contains(out+errOut, c.Contains) {
+		return fmt.Sprintf("output does not contain %q: %s", c.Contains, lastNonEmpty(errOut+out))
+	}
+	return ""
 }
 
 func describe(x *agentproto.ExitResult) string {
@@ -311,22 +454,30 @@ func printTable(w io.Writer, results []*result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	// STATUS is last: its reasons are long and would widen every column
 	// after it.
-	fmt.Fprintln(tw, "LANGUAGE\tVERSION\tPACKED\tBUILD\tRUN\tSTATUS")
+	fmt.Fprintln(tw, "LANGUAGE\tVERSION\tPACKED\tBUILD\tCOLD\tRESTORE\tCHECKS\tSTATUS")
 	var n [4]int
 	for _, r := range results {
 		if r == nil { // interrupted before it started
 			continue
 		}
 		n[r.outcome]++
-		packed, runTime := "-", "-"
+		packed, checks := "-", r.checks
 		if r.packed > 0 {
 			packed = fmt.Sprintf("%d MiB", (r.packed+(1<<19))>>20)
 		}
-		if r.run > 0 {
-			runTime = r.run.Round(100 * time.Millisecond).String()
+		if checks == "" {
+			checks = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.entry.Name, r.entry.Version, packed, r.build, runTime, r.status)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.entry.Name, r.entry.Version, packed, r.build,
+			dur(r.cold), dur(r.restore), checks, r.status)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d passed, %d failed, %d unavailable, %d skipped\n", n[passed], n[failed], n[unavailable], n[skipped])
+}
+
+func dur(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return d.Round(100 * time.Millisecond).String()
 }

@@ -16,16 +16,21 @@ func newImageCmd(g *globalFlags) *cobra.Command {
 		Use:   "image",
 		Short: "Build and list language images",
 	}
-	var format, mirror string
+	var format, mirror, registry string
 	build := &cobra.Command{
 		Use:   "build LANGUAGE...",
 		Short: "Build the root filesystem image of one or more languages",
-		Long: `Build a language's image: debootstrap a Debian minbase with the language's
-packages, add the unprivileged sandbox user, and pack it read-only
-(SquashFS with zstd by default). Needs root and network access to a Debian
-mirror. An image is identified by a digest of its inputs: building one
-that exists does nothing.`,
+		Long: `Build a language's image: debootstrap a Debian minbase (of the suite the
+entry names) with the language's packages, npm packages and setup
+commands, add the unprivileged sandbox user, and pack it read-only
+(SquashFS with zstd by default); or, for an entry that names an OCI image,
+flatten that image's layers. Needs root and network access to a Debian
+mirror (and npm, or the OCI registry, for entries that use them). An image
+is identified by a digest of its inputs: building one that exists does
+nothing. LANGUAGE@VERSION builds one version of a language.`,
 		Example: `  firesandbox image build python
+  firesandbox image build python@3.13 nodejs@20
+  firesandbox image build --registry mirror.example:5000 julia
   firesandbox image build --format erofs python`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -37,8 +42,9 @@ that exists does nothing.`,
 			if mirror != "" {
 				base.Mirror = mirror
 			}
-			for _, name := range args {
-				e, err := mgr.Catalog().Lookup(name, "")
+			for _, arg := range args {
+				name, version, _ := strings.Cut(arg, "@")
+				e, err := mgr.Catalog().Lookup(name, version)
 				if err != nil {
 					return err
 				}
@@ -46,7 +52,7 @@ that exists does nothing.`,
 				if f == "" {
 					f = g.format
 				}
-				if _, err := mgr.Images().Build(cmd.Context(), e, image.BuildOptions{Format: f, Base: base, Progress: os.Stderr}); err != nil {
+				if _, err := mgr.Images().Build(cmd.Context(), e, image.BuildOptions{Format: f, Base: base, Registry: registry, Progress: os.Stderr}); err != nil {
 					return err
 				}
 			}
@@ -54,6 +60,7 @@ that exists does nothing.`,
 		},
 	}
 	build.Flags().StringVar(&format, "format", "", "image format: squashfs, erofs or ext4 (default: --image-format)")
+	build.Flags().StringVar(&registry, "registry", os.Getenv("FIRESANDBOX_REGISTRY"), "host[:port] of an OCI registry mirror to pull OCI entries' images from instead of the registry they name ($FIRESANDBOX_REGISTRY)")
 	build.Flags().StringVar(&mirror, "mirror", os.Getenv("FIRESANDBOX_MIRROR"), "Debian mirror ($FIRESANDBOX_MIRROR; default "+image.DefaultBase.Mirror+")")
 	ls := &cobra.Command{
 		Use:   "ls",

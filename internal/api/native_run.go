@@ -84,7 +84,7 @@ func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, er
 		return sandbox.RunRequest{}, nil, err
 	}
 	req := sandbox.RunRequest{
-		Language: e.Name, Version: in.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
+		Language: e.Name, Version: e.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
 		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e),
 	}
 	if err := runFits(req, e); err != nil {

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -101,6 +102,15 @@ func (e *messageError) Error() string { return e.msg }
 func (e *messageError) Unwrap() error { return ErrBadBody }
 
 func pistonError(f string, a ...any) error { return &messageError{fmt.Sprintf(f, a...)} }
+
+// pistonMessage is the message of a Piston-path error: for an unknown
+// route, Piston's own 404 body ({"message":"Not Found"}).
+func pistonMessage(err error) string {
+	if errors.Is(err, errNoRoute) {
+		return "Not Found"
+	}
+	return err.Error()
+}
 
 // jsString returns raw as a Go string if it is a non-empty JSON string
 // (JavaScript's truthy-string test).
@@ -279,7 +289,7 @@ func (s *Server) parseExecute(body map[string]json.RawMessage) (sandbox.RunReque
 		return req, nil, err
 	}
 	req = sandbox.RunRequest{
-		Language: e.Name, Files: placeMain(af, e), Stdin: []byte(stdin), Args: args,
+		Language: e.Name, Version: e.Version, Files: placeMain(af, e), Stdin: []byte(stdin), Args: args,
 		RunLimits:     agentproto.Limits{WallMillis: limits["run_timeout"], MemoryBytes: limits["run_memory_limit"]},
 		CompileLimits: agentproto.Limits{WallMillis: limits["compile_timeout"], MemoryBytes: limits["compile_memory_limit"]},
 	}

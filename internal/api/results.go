@@ -202,14 +202,22 @@ func (s *Server) runWithSlot(ctx context.Context, api string, req sandbox.RunReq
 }
 
 // installed finds a language that can run here: in the catalog and with
-// its image built.
+// its image built. Of the versions the selector matches, the best one
+// that is built wins, as Piston picks among its installed runtimes.
 func (s *Server) installed(language, version string) (*image.Entry, error) {
-	e, err := s.mgr.Catalog().Lookup(language, version)
+	es, err := s.mgr.Catalog().Match(language, version)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.mgr.Images().ForEntry(e, s.mgr.Config().ImageFormat); err != nil {
-		return nil, err
+	var first error
+	for _, e := range es {
+		_, err := s.mgr.Images().ForEntry(e, s.mgr.Config().ImageFormat)
+		if err == nil {
+			return e, nil
+		}
+		if first == nil {
+			first = err
+		}
 	}
-	return e, nil
+	return nil, first
 }

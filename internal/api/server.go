@@ -508,7 +508,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	if isPiston(r) {
-		writeJSON(w, status, map[string]string{"message": err.Error()})
+		writeJSON(w, status, map[string]string{"message": pistonMessage(err)})
 		return
 	}
 	writeJSON(w, status, map[string]string{"error": err.Error(), "code": code})

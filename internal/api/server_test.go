@@ -241,6 +241,18 @@ func TestNativeValidation(t *testing.T) {
 	}
 }
 
+// Under /api/v2 an unknown route answers as Piston does, exactly: clients
+// match the text.
+func TestPistonUnknownRoute(t *testing.T) {
+	_, hs := newTestServer(t, Config{})
+	for _, c := range []struct{ method, path string }{{"GET", "/api/v2/nothing"}, {"POST", "/api/v2/packages"}, {"GET", "/api/v2/execute"}} {
+		r := do(t, hs, c.method, c.path, "", "")
+		if r.status != 404 || strings.TrimSpace(r.raw) != `{"message":"Not Found"}` {
+			t.Errorf("%s %s: %d %s; want 404 {\"message\":\"Not Found\"}", c.method, c.path, r.status, r.raw)
+		}
+	}
+}
+
 func TestDeletedAndLostSandboxes(t *testing.T) {
 	srv, hs := newTestServer(t, Config{})
 	ctx := context.Background()

@@ -32,6 +32,9 @@ const SandboxUID = 1000
 type BuildOptions struct {
 	Format string // default squashfs
 	Base   Base   // default DefaultBase
+	// Registry, if set, is the host[:port] OCI images are pulled from
+	// instead of the registry their reference names (a mirror).
+	Registry string
 	// Progress receives one line per step and the tools' output.
 	Progress io.Writer
 }
@@ -64,6 +67,9 @@ func (s *Store) Build(ctx context.Context, e *Entry, o BuildOptions) (*Image, er
 	}
 	defer unlock()
 	s.sweep()
+	if e.OCI != "" {
+		return s.buildOCI(ctx, e, o)
+	}
 	return s.buildLayered(ctx, e, o)
 }
 
@@ -150,8 +156,19 @@ func runCmd(ctx context.Context, progress io.Writer, cmd *exec.Cmd) error {
 // customize makes a debootstrapped tree an image: the sandbox user, no
 // caches, logs or per-machine ids.
 func customize(root string) error {
+	for _, d := range []string{"etc", "home", "proc", "sys", "dev", "run"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "tmp"), 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777); err != nil {
+		return err
+	}
 	appendFile := func(rel, line string) error {
-		f, err := os.OpenFile(filepath.Join(root, rel), os.O_APPEND|os.O_WRONLY, 0)
+		f, err := os.OpenFile(filepath.Join(root, rel), os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
 		if err != nil {
 			return err
 		}

@@ -45,7 +45,7 @@ func TestEmbeddedCatalog(t *testing.T) {
 			t.Errorf("%s: %v", e.Name, err)
 		}
 		if e.Unavailable != "" {
-			if _, err := c.Lookup(e.Name, ""); err == nil {
+			if _, err := c.Lookup(e.Name, e.Version); err == nil {
 				t.Errorf("%s is unavailable but Lookup returns it", e.Name)
 			}
 			continue
@@ -143,7 +143,7 @@ func TestParseEntryRejects(t *testing.T) {
 		},
 		"no packages": {
 			"ruby.toml", strings.Replace(langTOML("ruby", "3.1"), `["ruby-interp"]`, `[]`, 1),
-			[]string{"packages is empty"},
+			[]string{"packages, npm and oci are all empty"},
 		},
 		"missing test program": {
 			"ruby.toml", strings.Replace(langTOML("ruby", "3.1"), `code = "print(1)"`, ``, 1),

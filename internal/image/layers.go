@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -34,13 +35,18 @@ func baseID(base Base, format string) string {
 }
 
 // LayerID is the content address of a language's layer on a base layer.
+// Fields an entry leaves empty are left out, so adding a kind of source
+// does not change the ids of layers that do not use it.
 func (e *Entry) LayerID(parent, format string) string {
 	b, _ := json.Marshal(struct {
-		Builder  string   `json:"builder"`
-		Parent   string   `json:"parent"`
-		Format   string   `json:"format"`
-		Packages []string `json:"packages"`
-	}{BuilderVersion, parent, format, e.Packages})
+		Builder   string   `json:"builder"`
+		Parent    string   `json:"parent"`
+		Format    string   `json:"format"`
+		Packages  []string `json:"packages"`
+		Backports string   `json:"backports,omitempty"`
+		NPM       []string `json:"npm,omitempty"`
+		Setup     []string `json:"setup,omitempty"`
+	}{BuilderVersion, parent, format, e.Packages, e.backports(), e.NPM, e.Setup})
 	h := sha256.Sum256(b)
 	return e.Name + "-" + hex.EncodeToString(h[:8])
 }
@@ -94,7 +100,9 @@ func (s *Store) buildBase(ctx context.Context, o BuildOptions) (*Image, error) {
 // installed into it with apt, and only the overlay's upper directory
 // (what the install added, changed or deleted, as whiteouts) is packed.
 func (s *Store) buildLayered(ctx context.Context, e *Entry, o BuildOptions) (*Image, error) {
-	base, err := s.buildBase(ctx, o)
+	bo := o
+	bo.Base = e.BaseFor(o.Base)
+	base, err := s.buildBase(ctx, bo)
 	if err != nil {
 		return nil, err
 	}
@@ -116,15 +124,17 @@ func (s *Store) buildLayered(ctx context.Context, e *Entry, o BuildOptions) (*Im
 			return nil, err
 		}
 	}
-	step("install %s on %s", strings.Join(e.Packages, " "), base.ID)
-	if err := installInOverlay(ctx, o.Progress, treeDir(base), upper, work, merged, e.Packages); err != nil {
+	err = inOverlay(treeDir(base), upper, work, merged, func(mounts *[]string) error {
+		return install(ctx, o.Progress, step, merged, mounts, e, base.ID)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("build %s: %w", e.Name, err)
 	}
 	if err := cleanUpper(upper); err != nil {
 		return nil, fmt.Errorf("build %s: %w", e.Name, err)
 	}
-	m, err := s.packLayer(ctx, o, upper, tmp, Manifest{ID: id, Language: e.Name, Version: e.Version, Base: o.Base,
-		Packages: e.Packages, Parent: base.ID}, step, start)
+	m, err := s.packLayer(ctx, o, upper, tmp, Manifest{ID: id, Language: e.Name, Version: e.Version, Base: bo.Base,
+		Packages: e.Packages, NPM: e.NPM, Parent: base.ID}, step, start)
 	if err != nil {
 		return nil, err
 	}
@@ -162,44 +172,138 @@ func inOverlay(lower, upper, work, merged string, fn func(mounts *[]string) erro
 	return fn(&mounts)
 }
 
-// installInOverlay installs packages with apt into lower+upper.
-func installInOverlay(ctx context.Context, progress io.Writer, lower, upper, work, merged string, pkgs []string) error {
-	return inOverlay(lower, upper, work, merged, func(mounts *[]string) error {
-		return aptInstall(ctx, progress, merged, mounts, pkgs)
-	})
+// chrootEnv is the environment of commands run in a build's chroot.
+var chrootEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C", "HOME=/root"}
+
+// install puts what e names into the tree mounted at merged: apt packages
+// (from the entry's backports suite if it has one), npm packages (with the
+// host's npm, into /usr/local), then the setup commands.
+func install(ctx context.Context, progress io.Writer, step func(string, ...any), merged string, mounts *[]string, e *Entry, on string) error {
+	ch, err := enterChroot(ctx, progress, merged, mounts)
+	if err != nil {
+		return err
+	}
+	if len(e.Packages) > 0 {
+		from := ""
+		if bp := e.backports(); bp != "" {
+			from = " from " + bp
+		}
+		step("install %s%s on %s", strings.Join(e.Packages, " "), from, on)
+		if err := ch.apt(e.Packages, e.backports()); err != nil {
+			return err
+		}
+	}
+	if len(e.NPM) > 0 {
+		step("npm install %s", strings.Join(e.NPM, " "))
+		if err := npmInstall(ctx, progress, merged, e.NPM); err != nil {
+			return err
+		}
+	}
+	return ch.setup(step, e)
 }
 
-func aptInstall(ctx context.Context, progress io.Writer, merged string, mountsp *[]string, pkgs []string) error {
-	mounts := *mountsp
-	defer func() { *mountsp = mounts }()
-	if err := unix.Mount("proc", filepath.Join(merged, "proc"), "proc", 0, ""); err != nil {
-		return fmt.Errorf("mount proc: %w", err)
+// setup runs e's setup commands, with e's environment.
+func (c *chroot) setup(step func(string, ...any), e *Entry) error {
+	for _, cmd := range e.Setup {
+		step("setup: %s", cmd)
+		if err := c.run(append(slices.Clone(chrootEnv), e.Env...), "/bin/sh", "-ec", cmd); err != nil {
+			return fmt.Errorf("setup %q: %w", cmd, err)
+		}
 	}
-	mounts = append(mounts, filepath.Join(merged, "proc"))
-	if err := unix.Mount("/dev", filepath.Join(merged, "dev"), "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind /dev: %w", err)
+	return nil
+}
+
+// chroot runs build commands inside a tree with /proc and /dev mounted.
+type chroot struct {
+	ctx      context.Context
+	progress io.Writer
+	root     string
+}
+
+// enterChroot mounts /proc and /dev in root (recorded in mounts, which
+// the caller unmounts) and makes sure no service starts inside the build.
+func enterChroot(ctx context.Context, progress io.Writer, root string, mountsp *[]string) (*chroot, error) {
+	for _, d := range []string{"proc", "dev", "usr/sbin", "etc"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, err
+		}
 	}
-	mounts = append(mounts, filepath.Join(merged, "dev"))
+	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", 0, ""); err != nil {
+		return nil, fmt.Errorf("mount proc: %w", err)
+	}
+	*mountsp = append(*mountsp, filepath.Join(root, "proc"))
+	if err := unix.Mount("/dev", filepath.Join(root, "dev"), "", unix.MS_BIND, ""); err != nil {
+		return nil, fmt.Errorf("bind /dev: %w", err)
+	}
+	*mountsp = append(*mountsp, filepath.Join(root, "dev"))
 	// Network for apt, and no service may start inside the build.
 	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
-		_ = os.WriteFile(filepath.Join(merged, "etc/resolv.conf"), b, 0o644)
+		_ = os.WriteFile(filepath.Join(root, "etc/resolv.conf"), b, 0o644)
 	}
-	if err := os.WriteFile(filepath.Join(merged, "usr/sbin/policy-rc.d"), []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "usr/sbin/policy-rc.d"), []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return nil, err
+	}
+	return &chroot{ctx: ctx, progress: progress, root: root}, nil
+}
+
+func (c *chroot) run(env []string, args ...string) error {
+	cmd := exec.CommandContext(c.ctx, args[0], args[1:]...)
+	cmd.Env = env
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: c.root, Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return runCmd(c.ctx, c.progress, cmd)
+}
+
+// backportsList is where the build puts the backports source; it is
+// removed from the layer afterwards (guests have no network for apt).
+const backportsList = "etc/apt/sources.list.d/firesandbox-backports.list"
+
+// apt installs pkgs, from the backports suite when it is not "".
+func (c *chroot) apt(pkgs []string, backports string) error {
+	if backports != "" {
+		line := fmt.Sprintf("deb %s %s main\n", aptMirror(c.root), backports)
+		if err := os.WriteFile(filepath.Join(c.root, backportsList), []byte(line), 0o644); err != nil {
+			return err
+		}
+	}
+	if err := c.run(chrootEnv, "/usr/bin/apt-get", "-q", "update"); err != nil {
 		return err
 	}
-	chroot := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C", "HOME=/root"}
-		cmd.Dir = "/"
-		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: merged, Setpgid: true}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		return runCmd(ctx, progress, cmd)
+	args := []string{"/usr/bin/apt-get", "-q", "-y", "--no-install-recommends"}
+	if backports != "" {
+		args = append(args, "-t", backports)
 	}
-	if err := chroot("/usr/bin/apt-get", "-q", "update"); err != nil {
-		return err
+	return c.run(chrootEnv, append(append(args, "install"), pkgs...)...)
+}
+
+// aptMirror returns the mirror of the tree's own sources.list (the one
+// debootstrap wrote), so backports come from the same place.
+func aptMirror(root string) string {
+	b, _ := os.ReadFile(filepath.Join(root, "etc/apt/sources.list"))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "deb" {
+			return f[1]
+		}
 	}
-	args := append([]string{"/usr/bin/apt-get", "-q", "-y", "--no-install-recommends", "install"}, pkgs...)
-	return chroot(args...)
+	return DefaultBase.Mirror
+}
+
+// npmInstall installs npm packages into root's /usr/local with the
+// host's npm (the image needs no Node.js for packages that carry their
+// own binaries). Install scripts do not run.
+func npmInstall(ctx context.Context, progress io.Writer, root string, pkgs []string) error {
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		return fmt.Errorf("npm packages %s need npm on the build host: %w", strings.Join(pkgs, " "), err)
+	}
+	args := append([]string{"install", "--global", "--prefix", filepath.Join(root, "usr/local"),
+		"--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier", "--omit=dev"}, pkgs...)
+	cmd := exec.CommandContext(ctx, npm, args...)
+	cmd.Env = append(os.Environ(), "npm_config_loglevel=warn")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return runCmd(ctx, progress, cmd)
 }
 
 // cleanUpper drops what the install left that no image should carry:
@@ -209,7 +313,7 @@ func aptInstall(ctx context.Context, progress io.Writer, merged string, mountsp 
 func cleanUpper(upper string) error {
 	for _, g := range []string{"var/lib/apt/lists", "var/cache/apt/*.bin", "var/cache/apt/archives", "var/log/*",
 		"var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "usr/sbin/policy-rc.d",
-		"etc/resolv.conf", "tmp/*", "root/.cache"} {
+		"etc/resolv.conf", "tmp/*", "root/.cache", "root/.npm", backportsList} {
 		ms, _ := filepath.Glob(filepath.Join(upper, g))
 		for _, m := range ms {
 			if err := os.RemoveAll(m); err != nil {

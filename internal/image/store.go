@@ -15,13 +15,18 @@ var ErrNotBuilt = errors.New("image not built")
 
 // Manifest describes a built image (<data>/images/<id>/manifest.json).
 type Manifest struct {
-	ID            string    `json:"id"`
-	Language      string    `json:"language"`
-	Version       string    `json:"version"`
-	Format        string    `json:"format"`
-	File          string    `json:"file"`
-	Base          Base      `json:"base"`
-	Packages      []string  `json:"packages"`
+	ID       string   `json:"id"`
+	Language string   `json:"language"`
+	Version  string   `json:"version"`
+	Format   string   `json:"format"`
+	File     string   `json:"file"`
+	Base     Base     `json:"base"`
+	Packages []string `json:"packages"`
+	NPM      []string `json:"npm,omitempty"`
+	// OCI is the image reference an OCI layer was built from, and
+	// Digest the manifest digest it resolved to.
+	OCI           string    `json:"oci,omitempty"`
+	Digest        string    `json:"digest,omitempty"`
 	PackedBytes   int64     `json:"packed_bytes"`
 	UnpackedBytes int64     `json:"unpacked_bytes"`
 	BuildSeconds  float64   `json:"build_seconds"`

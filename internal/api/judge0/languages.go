@@ -32,7 +32,7 @@ var languageIDs = map[string]struct {
 	display string
 	ids     []int
 }{
-	"nasm":       {"Assembly (NASM %s)", []int{45}},
+	"nasm64":     {"Assembly (NASM %s)", []int{45}}, // Judge0's NASM is x86-64
 	"bash":       {"Bash (%s)", []int{46}},
 	"c":          {"C (GCC %s)", []int{50, 48, 49, 103}},
 	"dotnet":     {"C# (.NET %s)", []int{51}},
@@ -78,6 +78,7 @@ var languageIDs = map[string]struct {
 	"julia":            {"Julia (%s)", []int{1009}},
 	"zig":              {"Zig (%s)", []int{1010}},
 	"code-interpreter": {"Python (%s, numpy, pandas, matplotlib)", []int{1011}},
+	"nasm":             {"Assembly (NASM %s, 32-bit)", []int{1012}},
 }
 
 // language is a Judge0 id resolved against the catalog: what the id
@@ -105,7 +106,7 @@ func newLangTable(cat Catalog, installed func(*image.Entry) bool) *langTable {
 	}
 	for _, e := range cat.Entries() {
 		info, ok := languageIDs[e.Name]
-		if !ok || e.Unavailable != "" || (installed != nil && !installed(e)) {
+		if !ok || !e.Default() || e.Unavailable != "" || (installed != nil && !installed(e)) { // an id runs the default version
 			continue
 		}
 		for _, id := range info.ids {
