@@ -45,8 +45,15 @@ func TestNetConfigRequest(t *testing.T) {
 // resolv.conf.
 func TestApplyNetConfig(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	resolv := filepath.Join(dir, "resolv.conf")
+	dir := t.TempDir() // the commands' root
+	resolv := filepath.Join(dir, "etc", "resolv.conf")
+	// Images often have resolv.conf as a symlink (to systemd's stub, which
+	// does not exist here): it is replaced, never followed.
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.Symlink(outside, resolv); err != nil {
+		t.Fatal(err)
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with its namespace
@@ -66,7 +73,7 @@ func TestApplyNetConfig(t *testing.T) {
 		for _, r := range []agentproto.NetConfigRequest{first, second} {
 			p, err := r.Parse()
 			if err == nil {
-				err = applyNetConfig(p, resolv)
+				err = applyNetConfig(p, dir)
 			}
 			if err != nil {
 				errc <- err
@@ -106,11 +113,14 @@ func TestApplyNetConfig(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), "nameserver 10.0.2.2\n") || strings.Contains(string(b), "10.9.0.1") {
 		t.Fatalf("resolv.conf = %q %v", b, err)
 	}
+	if _, err := os.Lstat(outside); !os.IsNotExist(err) {
+		t.Fatalf("the write followed resolv.conf's symlink out of the root: %v", err)
+	}
 	p, _ := (&agentproto.NetConfigRequest{MAC: "06:fe:00:00:00:09", Addr: "10.0.2.15/24", Gateway: "10.0.2.2"}).Parse()
 	go func() {
 		runtime.LockOSThread()
 		unix.Unshare(unix.CLONE_NEWNET)
-		errc <- applyNetConfig(p, resolv)
+		errc <- applyNetConfig(p, dir)
 	}()
 	if err := <-errc; err == nil || !strings.Contains(err.Error(), "virtio_net") {
 		t.Fatalf("no such MAC: %v, want an error naming the driver", err)
