@@ -97,6 +97,17 @@ func applyNetConfig(p agentproto.ParsedNetConfig, root string) error {
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: p.Gateway.AsSlice(), Dst: nil}); err != nil {
 		return fmt.Errorf("default route via %s: %w", p.Gateway, err)
 	}
+	// A restored clone's neighbour cache is the snapshot's: forget it, so
+	// a gateway with another MAC is asked for afresh, not waited out.
+	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("neighbours of %s: %w", name, err)
+	}
+	for _, n := range neighs {
+		if n.State&netlink.NUD_PERMANENT == 0 {
+			netlink.NeighDel(&n)
+		}
+	}
 	var b strings.Builder
 	b.WriteString("# written by the firesandbox agent\n")
 	for _, d := range p.DNS {

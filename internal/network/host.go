@@ -31,7 +31,12 @@ type GuestConfig struct {
 	Addr    netip.Prefix `json:"addr"`    // the guest's address and subnet
 	Gateway netip.Addr   `json:"gateway"` // the tap's address: route and resolver
 	MAC     string       `json:"mac"`     // for the VMM's virtio-net device
-	MTU     int          `json:"mtu"`
+	// GatewayMAC is the tap's own address. It is the same in every VM
+	// too: a restored guest's neighbour cache still holds the
+	// snapshot's gateway, and a tap with another address would drop
+	// its frames until that entry went stale.
+	GatewayMAC string `json:"gateway_mac"`
+	MTU        int    `json:"mtu"`
 }
 
 // DNS is the resolver address the guest should use (the gateway: our
@@ -60,7 +65,8 @@ type Config struct {
 	// 10.200.0.0/16: 16384 VMs). Never reachable from a guest.
 	LinkRange netip.Prefix `json:"link_range,omitzero"`
 	// Guest is the guest side of every VM (default 10.0.2.15/24, gateway
-	// 10.0.2.2, MAC 06:fe:00:00:00:01, MTU 1500).
+	// 10.0.2.2, MAC 06:fe:00:00:00:01, gateway MAC 06:fe:00:00:00:02,
+	// MTU 1500).
 	Guest GuestConfig `json:"guest,omitzero"`
 	// DNSUpstreams are the resolvers our resolver asks, as host:port
 	// (default: the nameservers in /etc/resolv.conf). Queried from this
@@ -107,6 +113,9 @@ func (c Config) withDefaults() Config {
 	if c.Guest.MAC == "" {
 		c.Guest.MAC = "06:fe:00:00:00:01"
 	}
+	if c.Guest.GatewayMAC == "" {
+		c.Guest.GatewayMAC = "06:fe:00:00:00:02"
+	}
 	if c.Guest.MTU == 0 {
 		c.Guest.MTU = 1500
 	}
@@ -149,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if hw, err := net.ParseMAC(g.MAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 {
 		return bad("guest mac %q: a unicast Ethernet address", g.MAC)
+	}
+	if hw, err := net.ParseMAC(g.GatewayMAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 || g.GatewayMAC == g.MAC {
+		return bad("gateway mac %q: a unicast Ethernet address other than the guest's", g.GatewayMAC)
 	}
 	if g.MTU < 576 || g.MTU > 65535 {
 		return bad("guest mtu %d: between 576 and 65535", g.MTU)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 )
@@ -241,6 +242,16 @@ func (d *Driver) BaseCmdline() []string {
 	}
 	if d.cfg.TSCKHz > 0 {
 		args = append(args, "tsc_early_khz="+strconv.Itoa(d.cfg.TSCKHz))
+	}
+	return args
+}
+
+// cmdline is a machine's kernel command line: the base, the caller's
+// arguments, and the module group its network device needs.
+func (d *Driver) cmdline(cfg *vmm.Config) []string {
+	args := append(d.BaseCmdline(), cfg.Cmdline...)
+	if cfg.Net != nil {
+		args = agentproto.WithModules(args, agentproto.NetModules)
 	}
 	return args
 }
