@@ -49,6 +49,9 @@ type CreateIn struct {
 	// Metadata labels the sandbox; Env is set for every command in it.
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
+	// Network is the egress policy (none: nothing gets out); PUT
+	// /v1/sandboxes/{id}/network changes it while the sandbox runs.
+	Network *NetworkIn `json:"network,omitempty"`
 }
 
 // maxIdleTimeout bounds a sandbox's own idle timeout.
@@ -75,7 +78,13 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	policy, err := in.Network.policy()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	sb, err := s.sbx.Create(r.Context(), sandbox.CreateRequest{
+		Network: policy,
 		Language: in.Language, Version: in.Version, Shape: sandbox.Shape{VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
 		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(in.TimeoutS) * time.Second,
 		Tenant: tenantOf(r), Metadata: in.Metadata, Env: in.Env,

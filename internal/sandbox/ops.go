@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/state"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
@@ -34,6 +35,9 @@ type CreateRequest struct {
 	// Env is added to every exec's environment.
 	Metadata map[string]string
 	Env      map[string]string
+	// Network is the sandbox's egress policy (nil: nothing gets out). It
+	// can be changed while the sandbox runs (SetNetwork).
+	Network *network.Policy
 }
 
 // Bounds of a CreateRequest's maps.
@@ -111,6 +115,11 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		return state.Sandbox{}, err
 	}
 	shape = s.mgr.shape(shape)
+	policy, device, err := s.createNetwork(&req)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	shape.Network = device
 	t, err := s.mgr.Template(ctx, e, shape)
 	if err != nil {
 		return state.Sandbox{}, err
@@ -124,6 +133,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, IdleTimeout: idle,
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
 	}
+	sb.Network = policy
 	if req.Timeout > 0 {
 		sb.ExpiresAt = s.now().Add(req.Timeout)
 	}
@@ -159,7 +169,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if shape.DiskMiB > 0 {
 		o.Disk = s.diskOf(sb.ID)
 	}
-	vm, err := s.mgr.Start(ctx, t, o)
+	vm, err := s.startVM(ctx, sb, t, o)
 	if err != nil {
 		return fail(err)
 	}
@@ -312,7 +322,7 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
-	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB})
+	t, err := s.mgr.Template(ctx, e, resumeShape(sb))
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
@@ -322,7 +332,7 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	}
 	start := time.Now()
 	err = s.transition(ctx, id, opResume, func(ctx context.Context) (state.Change, error) {
-		vm, err := s.mgr.Resume(ctx, t, sb.SnapshotDir, s.diskOf(id))
+		vm, err := s.resumeVM(ctx, sb, t, s.diskOf(id))
 		if err != nil {
 			return state.Change{}, err // the snapshot is untouched: still resumable
 		}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/state"
 )
 
@@ -30,6 +31,8 @@ type ServiceConfig struct {
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
 	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
 	Pools map[string]PoolRange `json:"pools" toml:"pools"`
+	// Network gives VMs network devices (see network.go); nil: none.
+	Network *NetworkConfig `json:"network,omitempty" toml:"network"`
 }
 
 func (c *ServiceConfig) setDefaults(mgr *Manager) {
@@ -57,6 +60,9 @@ func (c *ServiceConfig) Validate() error {
 			return fmt.Errorf("pool %s: %w", lang, err)
 		}
 	}
+	if c.Network != nil {
+		return c.Network.Validate()
+	}
 	return nil
 }
 
@@ -68,7 +74,9 @@ type Service struct {
 	DB        *state.DB
 	Sandboxes *Sandboxes
 	Limiter   *Limiter
-	cfg       ServiceConfig
+	// Network makes the VMs' networks; nil where VMs get none.
+	Network *network.Host
+	cfg     ServiceConfig
 	cancel    context.CancelFunc
 }
 
@@ -86,16 +94,23 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("open service: %w", err)
 	}
-	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
+	nh, err := openNetwork(cfg.Network, log.With("component", "network"))
 	if err != nil {
 		return nil, err
 	}
-	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait)}
+	mgr.UseNetwork(nh)
+	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
+	if err != nil {
+		closeNetwork(mgr, nh)
+		return nil, err
+	}
+	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait), Network: nh}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
 		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate,
 	}, svc.Limiter, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()
+		closeNetwork(mgr, nh)
 		return nil, err
 	}
 	base, cancel := context.WithCancel(context.Background())
@@ -124,6 +139,9 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	if err := s.DB.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close state: %w", err))
+	}
+	if err := closeNetwork(s.Manager, s.Network); err != nil {
+		errs = append(errs, fmt.Errorf("close network: %w", err))
 	}
 	return errors.Join(errs...)
 }

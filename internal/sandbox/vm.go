@@ -34,6 +34,7 @@ type VM struct {
 	disk     string
 	keptDisk bool
 	volumes  []string // packed mounts, removed with the VM
+	net      *vmNet   // its network, if its template has a device (network.go)
 }
 
 // Timings are the parts of a VM's start.
@@ -42,7 +43,8 @@ type Timings struct {
 	Start time.Duration
 	// Hello is from then to the agent's Hello.
 	Hello time.Duration
-	// Resync is the restored guest's clock, entropy and identity update.
+	// Resync is the restored guest's clock, entropy and identity update
+	// (and, with a network device, its address and resolver).
 	Resync time.Duration
 }
 
@@ -58,6 +60,7 @@ func (v *VM) Close() error {
 	if v.Machine != nil {
 		err = v.Machine.Stop(context.Background())
 	}
+	err = errors.Join(err, v.closeNetwork())
 	if v.owner != "" {
 		os.Remove(v.owner)
 	}
@@ -147,6 +150,9 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		return fail(err)
 	}
 	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	if err == nil {
+		err = m.attachNetwork(ctx, vm, t, &cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -157,6 +163,9 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	vm.Machine = mach
 	vm.Timings.Start = time.Since(start)
 	if err := m.connect(ctx, vm, timeout); err != nil {
+		return fail(err)
+	}
+	if err := m.configureGuestNetwork(ctx, vm); err != nil {
 		return fail(err)
 	}
 	vm.Ready = time.Since(start)
@@ -181,6 +190,9 @@ func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk st
 		return nil, err
 	}
 	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if err == nil {
+		err = m.attachNetwork(ctx, vm, t, &cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -202,6 +214,9 @@ func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk st
 		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
 	}); err != nil {
 		return fail(fmt.Errorf("resync restored VM: %w", err))
+	}
+	if err := m.configureGuestNetwork(ctx, vm); err != nil {
+		return fail(err)
 	}
 	vm.Ready = time.Since(start)
 	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello

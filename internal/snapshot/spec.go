@@ -27,6 +27,10 @@ type Spec struct {
 	// DiskMiB is the size of the writable disk image a hibernated sandbox
 	// carries in its snapshot; zero for snapshots without one (templates).
 	DiskMiB int `json:"disk_mib,omitempty"`
+	// Network says the machine has a network device (a snapshot's
+	// restore must bring one). Omitted when false, so snapshots without
+	// one keep the keys they had before it existed.
+	Network bool `json:"network,omitempty"`
 }
 
 // Bounds on what a Spec can ask for; they bound how much a snapshot's
@@ -97,6 +101,7 @@ func (s Spec) Diff(host Spec) []Change {
 	add("disk MiB", s.DiskMiB, host.DiskMiB)
 	add("agent protocol", s.AgentProtocol, host.AgentProtocol)
 	add("runtime", s.Runtime, host.Runtime)
+	add("network device", s.Network, host.Network)
 	return d
 }
 
