@@ -84,7 +84,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sb, err := s.sbx.Create(r.Context(), sandbox.CreateRequest{
-		Network: policy,
+		Network:  policy,
 		Language: in.Language, Version: in.Version, Shape: sandbox.Shape{VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
 		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(in.TimeoutS) * time.Second,
 		Tenant: tenantOf(r), Metadata: in.Metadata, Env: in.Env,

@@ -74,10 +74,11 @@ type Service struct {
 	DB        *state.DB
 	Sandboxes *Sandboxes
 	Limiter   *Limiter
+	cfg       ServiceConfig
+	cancel    context.CancelFunc
+
 	// Network makes the VMs' networks; nil where VMs get none.
 	Network *network.Host
-	cfg     ServiceConfig
-	cancel    context.CancelFunc
 }
 
 // OpenService opens the state database (reconciling what a previous
