@@ -1,7 +1,11 @@
 # firesandbox: run untrusted code in microVMs.
 #
 #   make setup   install host packages, build, install, prepare kernel + python image (root)
-#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable)
+#   make test    unit tests and VM tests (QEMU; TCG where KVM is unusable),
+#                the adversarial suite, the cluster tests and the fuzz targets (bounded)
+#   make test-adversarial   each attack of the security suite against a real serve
+#   make test-cluster  many hosts on loopback: PostgreSQL, MinIO, HAProxy, three serves
+#   make fuzz    every fuzz target for FUZZTIME (default 30s) each
 #   make bench   cold-boot timings and image format comparison
 
 PREFIX    ?= /usr/local
@@ -15,7 +19,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps build install kernel image test-images test test-unit bench clean minio test-languages
+.PHONY: all setup deps test-deps build install kernel image test-images test test-unit test-cluster bench clean minio test-languages test-adversarial fuzz
 
 all: build
 
@@ -25,6 +29,9 @@ setup: deps build install kernel image
 
 deps:
 	scripts/install-deps.sh
+
+test-deps: ## deps, plus what the tests need (PostgreSQL, HAProxy, Node.js)
+	scripts/install-deps.sh --test
 
 build: bin/firesandbox bin/firesandbox-agent
 
@@ -48,15 +55,45 @@ image: build
 	$(FS) image build python
 
 # The images the VM tests run: see RepresentativeLanguages in internal/sandbox.
-TEST_LANGS := python bash c nodejs
+TEST_LANGS := python bash c nodejs code-interpreter
 test-images: build
 	$(FS) image build $(TEST_LANGS)
 
-# VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server.
-# Both fail rather than skip here: a green `make test` means they ran.
+# VM tests boot real VMs from $(DATA); S3 tests run a real MinIO server;
+# cluster tests a throwaway PostgreSQL and HAProxy (make deps installs
+# them). All fail rather than skip here: a green `make test` means they
+# ran. ./... includes internal/adversarial, the security suite (see
+# test-adversarial), and test-cluster's tests, in the same go test.
+TEST_ENV := FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 FIRESANDBOX_CLUSTER_TESTS=1
 test: build kernel image test-images minio
 	$(GO) vet ./...
-	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_S3_TESTS=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# Many hosts on one machine: the directory's logic against a real
+# PostgreSQL, in-process hosts on the fake VMM, then three serve processes
+# with real VMs behind HAProxy, with MinIO for hibernations.
+test-cluster: build kernel image test-images minio
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./internal/cluster/...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m -run 'TestClusterVMs|TestServes' ./cmd/firesandbox/
+
+# The attacks of the security suite, each against a real serve with real
+# VMs (a built binary, killed with SIGKILL where the attack needs it).
+test-adversarial: build kernel image
+	FIRESANDBOX_DATA=$(DATA) FIRESANDBOX_VM_TESTS=1 FIRESANDBOX_BIN=$(CURDIR)/bin/firesandbox $(GO) test -count=1 -timeout 30m -v ./internal/adversarial/
+
+# Each fuzz target for a bounded time; new findings land in testdata/fuzz
+# (commit them with the fix). FUZZ_TARGETS is package:target pairs.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := internal/api:FuzzRunRequest internal/api:FuzzPistonExecute internal/api:FuzzPaths \
+	internal/api:FuzzJSONText internal/api:FuzzBrowserGuard \
+	internal/agentproto:FuzzReadFrame internal/agentproto:FuzzParseBoot internal/agentproto:FuzzGuestPaths \
+	internal/network:FuzzPolicy internal/network:FuzzParseFirst
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) -parallel 2 ./$$pkg/; \
+	done
 
 test-unit:
 	$(GO) test -count=1 ./...

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what firesandbox needs on a Debian 12 (bookworm) host, as root:
 # QEMU 10 and friends from bookworm-backports, image tools, and Go if absent.
+# With --test, also what the tests need (PostgreSQL, HAProxy, Node.js).
 # Safe to run again.
 set -euo pipefail
 
@@ -35,6 +36,13 @@ apt-get install -y -q --no-install-recommends $backports qemu-system-x86 qemu-sy
 apt-get install -y -q --no-install-recommends \
   squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev \
   iproute2 nftables passt
+if [ "${1:-}" = --test ]; then
+  # The cluster tests (make test-cluster) run a throwaway PostgreSQL and an
+  # HAProxy on loopback; they start their own servers, not these packages'.
+  # The SDK tests run the npm packages with Node.js.
+  apt-get install -y -q --no-install-recommends postgresql-15 haproxy
+  command -v node >/dev/null 2>&1 || apt-get install -y -q --no-install-recommends nodejs npm
+fi
 
 if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
   # Debian's Go fetches the toolchain go.mod asks for from the module proxy.

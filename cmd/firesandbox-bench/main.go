@@ -30,9 +30,12 @@ func main() {
 	dataDir := flag.String("data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory")
 	lang := flag.String("language", "python", "language to measure")
 	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
+	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	flag.Parse()
 	var err error
-	if *formatsOnly {
+	if *forwardingOnly {
+		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
+	} else if *formatsOnly {
 		var mgr *sandbox.Manager
 		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
 			err = formatTable(context.Background(), mgr)
@@ -176,6 +179,9 @@ func run(dataDir, lang string, n, clones int) error {
 		return err
 	}
 	if err := memoryTable(ctx, mgr, e, clones); err != nil {
+		return err
+	}
+	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

@@ -44,6 +44,11 @@ const DefaultConfigFile = "/etc/firesandbox/config.toml"
 //	queue_wait = "30s"
 //	[serve.pools]
 //	python = "1..4"
+//
+//	[cluster]                       # one host of many: see serve --cluster
+//	url = "postgres://firesandbox:...@db:5432/firesandbox?sslmode=verify-full"
+//	advertise = "http://10.0.0.11:7070"
+//	remote = "s3://firesandbox-hibernations/cluster"
 type fileConfig struct {
 	DataDir     string `toml:"data_dir"`
 	RunDir      string `toml:"run_dir"`
@@ -54,6 +59,7 @@ type fileConfig struct {
 	drivers.Config
 	Snapshots snapshot.Config `toml:"snapshots"`
 	Serve     serveConfig     `toml:"serve"`
+	Cluster   clusterConfig   `toml:"cluster"`
 }
 
 // serveConfig is the [serve] table: the HTTP side and the service behind it.

@@ -19,12 +19,26 @@ func defaultSigningKey(dataDir string) string {
 func newKeyCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "key",
-		Short: "Make and show the keys that sign snapshots",
-		Long: `Snapshots pushed to a remote carry an ed25519 signature over their
-manifest. Every host that pulls them must trust the signer's public key
-(snapshots.trusted_keys in the configuration, or --trusted-key), or it
+		Short: "Make and manage API keys of tenants, and the keys that sign snapshots",
+		Long: `API keys: every request to serve presents a key (Authorization: Bearer KEY,
+X-API-Key, Judge0's X-Auth-Token, or E2B's X-API-KEY), and the key names its
+tenant. A tenant sees only its own sandboxes, runs and submissions, within
+its quotas. Keys are stored hashed in <data-dir>/state.db and take effect at
+once, also on a serve that is running.
+
+  firesandbox key create --tenant acme      # prints the key, once
+  firesandbox key ls
+  firesandbox key rm ID
+  firesandbox key quota --tenant acme --sandboxes 10 --vms 4
+
+Signing keys: snapshots pushed to a remote carry an ed25519 signature over
+their manifest. Every host that pulls them must trust the signer's public
+key (snapshots.trusted_keys in the configuration, or --trusted-key), or it
 refuses them.`,
 	}
+
+	cmd.PersistentFlags().StringVar(&g.cluster, "cluster", os.Getenv("FIRESANDBOX_CLUSTER"),
+		"API keys and quotas: those of the cluster whose directory this is (postgres://…), not of <data-dir>/state.db ($FIRESANDBOX_CLUSTER)")
 
 	var out string
 	generate := &cobra.Command{
@@ -68,6 +82,6 @@ snapshots.trusted_keys and --trusted-key take.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(generate, public)
+	cmd.AddCommand(generate, public, newKeyCreateCmd(g), newKeyLsCmd(g), newKeyRmCmd(g), newKeyQuotaCmd(g))
 	return cmd
 }

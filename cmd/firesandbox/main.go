@@ -41,6 +41,7 @@ type globalFlags struct {
 	vcpus      int
 	verbose    bool
 	format     string
+	cluster    string // key commands: the cluster's directory, if any
 }
 
 func (g *globalFlags) config() sandbox.Config {

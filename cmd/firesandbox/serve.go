@@ -7,10 +7,12 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/api"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
+	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/spf13/cobra"
 )
 
@@ -27,6 +29,15 @@ type serveFlags struct {
 	idleHibernate time.Duration
 	maxBody       int64
 	grace         time.Duration
+	requireKey    bool
+	maxConns      int
+	bodyTimeout   time.Duration
+	hibernatedTTL time.Duration
+	allowedHosts  []string
+	allowedOrigin []string
+	quota         tenant.Quota
+	caps          api.ShapeCaps
+	cluster       clusterFlags
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -41,8 +52,15 @@ Judge0 CE API (/submissions, /languages, ...), /healthz and /metrics
 (Prometheus).
 
 It listens on 127.0.0.1:7070 unless told otherwise; listening on anything
-but a loopback address needs an API key (--api-key or $FIRESANDBOX_API_KEY),
-which clients send as "Authorization: Bearer KEY" or "X-API-Key: KEY".
+but a loopback address needs API keys: --api-key (or $FIRESANDBOX_API_KEY),
+a key of the default tenant, or --require-key with tenants' keys from
+` + "`firesandbox key create`" + `. Clients send a key as "Authorization: Bearer KEY",
+"X-API-Key: KEY" (E2B's SDKs) or "X-Auth-Token: KEY" (Judge0). Without a
+required key, loopback requests with none act for the default tenant, and
+are refused when they look like a browser's on another site's behalf.
+
+Each tenant gets the --tenant-* quotas (override per tenant with ` + "`key quota`" + `);
+each sandbox's shape is capped and must be one of --shape.
 
 Sandboxes and their state live in <data-dir>/state.db and
 <data-dir>/sandboxes/; they survive a restart. On SIGINT or SIGTERM the
@@ -54,6 +72,7 @@ hibernates running sandboxes and stops its pools.`,
   FIRESANDBOX_API_KEY=secret firesandbox serve --listen 0.0.0.0:7070 --pool python=2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.cluster.fromFile(cmd, g.file.Cluster)
 			if err := f.fromFile(cmd, g.file.Serve); err != nil {
 				return err
 			}
@@ -71,6 +90,24 @@ hibernates running sandboxes and stops its pools.`,
 	fl.DurationVar(&f.idleHibernate, "idle-hibernate", 10*time.Minute, "hibernate sandboxes unused this long (0: never)")
 	fl.Int64Var(&f.maxBody, "max-body", 32<<20, "largest request body in bytes")
 	fl.DurationVar(&f.grace, "shutdown-grace", 30*time.Second, "how long runs may finish on shutdown before they are cancelled")
+	fl.BoolVar(&f.requireKey, "require-key", false, "every TCP request needs a key (--api-key or one from `key create`); needed to listen beyond loopback without --api-key")
+	fl.IntVar(&f.maxConns, "max-conns", 1024, "open TCP connections at most; more are answered 503")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "how long a request body may take to arrive (plus 1s per 64 KiB received)")
+	fl.DurationVar(&f.hibernatedTTL, "hibernated-ttl", 0, "delete sandboxes hibernated this long (0: keep them until deleted)")
+	fl.StringSliceVar(&f.allowedHosts, "allowed-host", nil, "Host names, besides loopback ones, that requests without a key may use")
+	fl.StringSliceVar(&f.allowedOrigin, "allowed-origin", nil, "browser origins (http://host:port) whose pages may call the API without a key")
+	fl.IntVar(&f.quota.VMs, "tenant-vms", 0, "per tenant: VMs at work at once, runs and running sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.Sandboxes, "tenant-sandboxes", 0, "per tenant: sandboxes in any state but deleted (0: unlimited)")
+	fl.IntVar(&f.quota.Hibernated, "tenant-hibernated", 0, "per tenant: hibernated sandboxes (0: unlimited)")
+	fl.IntVar(&f.quota.DiskMiB, "tenant-disk-mib", 0, "per tenant: total MiB of sandbox disks (0: unlimited)")
+	fl.IntVar(&f.quota.MemoryMiB, "tenant-memory-mib", 0, "per tenant: total MiB of memory of its VMs at work (0: unlimited)")
+	fl.Float64Var(&f.quota.Rate, "tenant-rate", 0, "per tenant: requests per second (0: unlimited)")
+	fl.IntVar(&f.quota.Burst, "tenant-burst", 0, "per tenant: requests at once above --tenant-rate (default 2 x rate)")
+	fl.IntVar(&f.caps.MaxVCPUs, "max-sandbox-vcpus", 4, "vCPUs of one sandbox at most")
+	fl.IntVar(&f.caps.MaxMemoryMiB, "max-sandbox-memory", 8192, "MiB of memory of one sandbox at most")
+	fl.IntVar(&f.caps.MaxDiskMiB, "max-sandbox-disk", 16384, "MiB of disk of one sandbox at most")
+	fl.StringSliceVar(&f.caps.Shapes, "shape", api.DefaultShapes, "sandbox shapes offered, VCPUSxMEMORY_MIB (each has its own snapshots); the default shape is always offered")
+	f.cluster.register(fl)
 	return cmd
 }
 
@@ -134,11 +171,14 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 			return err
 		}
 	}
-	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, MaxOutput: f.maxOutput, ShutdownGrace: f.grace}
+	cfg := api.Config{Listen: f.listen, APIKey: f.apiKey, MaxTimeout: f.maxTimeout, MaxBody: f.maxBody, MaxOutput: f.maxOutput, ShutdownGrace: f.grace,
+		RequireKey: f.requireKey, MaxConns: f.maxConns, BodyTimeout: f.bodyTimeout, AllowedHosts: f.allowedHosts,
+		AllowedOrigins: f.allowedOrigin, Quota: f.quota, Caps: f.caps}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
-	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate, Pools: pools}
+	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate,
+		HibernatedTTL: f.hibernatedTTL, Pools: pools}
 	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -152,16 +192,47 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	var opened atomic.Pointer[sandbox.Service] // for the node's load reports, once open
+	node, err := openNode(ctx, g, &f.cluster, f.listen, f.maxVMs, func() int {
+		if s := opened.Load(); s != nil {
+			return s.Limiter.Stats().InUse
+		}
+		return 0
+	})
+	if err != nil {
+		return err
+	}
+	if node != nil {
+		scfg.Directory = node
+		// Last, after the sandboxes were hibernated into S3: hand them over.
+		defer func() {
+			if cerr := node.Close(context.Background()); cerr != nil {
+				fmt.Fprintf(os.Stderr, "firesandbox: leave cluster: %v\n", cerr)
+			}
+		}()
+	}
 	svc, err := sandbox.OpenService(mgr, scfg, log)
 	if err != nil {
 		return err
 	}
+	opened.Store(svc)
 	defer func() {
 		if cerr := svc.Close(context.Background()); cerr != nil {
 			fmt.Fprintf(os.Stderr, "firesandbox: %v\n", cerr)
 		}
 	}()
-	srv, err := api.Open(cfg, svc, api.WithLogger(log))
+	apiOpts := []api.Option{api.WithLogger(log)}
+	if node != nil {
+		if err := node.Attach(ctx, svc.Sandboxes); err != nil {
+			return err
+		}
+		shared, err := clusterShared(ctx, node)
+		if err != nil {
+			return err
+		}
+		apiOpts = append(append(apiOpts, clusterOuter(node, svc)), shared...)
+	}
+	srv, err := api.Open(cfg, svc, apiOpts...)
 	if err != nil {
 		return err
 	}
@@ -175,7 +246,7 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 		return errors.Join(err, srv.Shutdown(context.Background()))
 	}
 	defer os.Remove(g.socketPath())
-	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2)\n", ln.Addr(), g.socketPath())
+	fmt.Fprintf(os.Stderr, "firesandbox: serving on http://%s and %s (native API /v1, Piston /api/v2%s)\n", ln.Addr(), g.socketPath(), describeNode(node))
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- srv.Serve(uln) }()
@@ -183,6 +254,11 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	case err = <-served: // the listener failed
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "firesandbox: shutting down: finishing runs, hibernating sandboxes")
+	}
+	if node != nil { // no new sandboxes here; the balancer sees /healthz fail
+		if derr := node.Drain(context.Background()); derr != nil {
+			fmt.Fprintf(os.Stderr, "firesandbox: drain: %v\n", derr)
+		}
 	}
 	serr := srv.Shutdown(context.Background())
 	if err == nil {

@@ -16,9 +16,12 @@ import (
 // and error statuses are this package's, the tokens' secret lives beside
 // the state database.
 func openE2B(s *Server) (*e2b.Handler, error) {
-	secret, err := e2b.LoadSecret(filepath.Join(s.svc.Config().StateDir, "e2b-token.key"))
-	if err != nil {
-		return nil, err
+	secret := s.e2bSecret
+	if secret == nil {
+		var err error
+		if secret, err = e2b.LoadSecret(filepath.Join(s.svc.Config().StateDir, "e2b-token.key")); err != nil {
+			return nil, err
+		}
 	}
 	return e2b.New(e2b.Config{}, e2b.Deps{
 		Sandboxes: s.sbx, DB: s.svc.DB, Catalog: s.mgr.Catalog(),

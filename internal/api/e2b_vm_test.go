@@ -109,8 +109,8 @@ console.log(JSON.stringify(out));
 `
 
 // TestE2BSDKs runs E2B's current npm SDKs (e2b and @e2b/code-interpreter)
-// against a real serve with real VMs. Tenants are the API keys: the
-// request's key is its tenant, as the tenant middleware will make it.
+// against a real serve with real VMs. Two tenants each have a key made
+// as `firesandbox key create` makes them.
 func TestE2BSDKs(t *testing.T) {
 	fx := testutil.RequireVMs(t)
 	testutil.RequireQEMU(t)
@@ -133,11 +133,17 @@ func TestE2BSDKs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r = r.WithContext(context.WithValue(r.Context(), tenantKey{}, r.Header.Get("X-API-Key")))
-		s.srv.Handler().ServeHTTP(w, r)
-	})
-	hs := &http.Server{Handler: keyed, Protocols: new(http.Protocols)}
+	// Two tenants, each with a key made as `firesandbox key create` makes
+	// them: the SDK sends it as X-API-KEY.
+	key1, _, err := s.srv.keys.CreateKey(ctx, "tenant-one", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key2, _, err := s.srv.keys.CreateKey(ctx, "tenant-two", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: s.srv.Handler(), Protocols: new(http.Protocols)}
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
 	go hs.Serve(ln)
@@ -146,7 +152,7 @@ func TestE2BSDKs(t *testing.T) {
 
 	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "e2b.mjs"))
 	cmd.Env = append(os.Environ(), "E2B_API_URL="+url, "E2B_SANDBOX_URL="+url,
-		"E2B_API_KEY=e2b_0123456789abcdef0123456789abcdef01234567", "OTHER_KEY=e2b_fedcba9876543210fedcba9876543210fedcba98")
+		"E2B_API_KEY="+key1, "OTHER_KEY="+key2)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("node: %v\n%s", err, out)

@@ -9,8 +9,8 @@ import (
 )
 
 // openJudge0 serves Judge0's API over the state database's queue, with
-// the server's VM gate. Until tenants exist, every Judge0 request is one
-// tenant, authenticated by the API key above.
+// the server's VM gate. Its requests are authenticated by the middleware
+// (X-Auth-Token is a key like any other) and act for its tenant.
 func openJudge0(s *Server) (*judge0.Handler, error) {
 	subs, err := state.OpenSubmissions(s.svc.DB)
 	if err != nil {
@@ -18,7 +18,7 @@ func openJudge0(s *Server) (*judge0.Handler, error) {
 	}
 	sc := s.svc.Config()
 	return judge0.New(judge0.Config{Workers: sc.MaxVMs, WaitTimeout: sc.QueueWait + 2*s.cfg.MaxTimeout}, judge0.Deps{
-		Runner: s.mgr, Catalog: s.mgr.Catalog(), Store: subs, Gate: s.lim, Logger: s.log,
+		Runner: s.mgr, Catalog: s.mgr.Catalog(), Store: subs, Gate: s.lim, Logger: s.log, Authenticate: judge0Tenant,
 		Installed: func(e *image.Entry) bool { _, err := s.installed(e.Name, e.Version); return err == nil },
 		Network:   judge0Network(s),
 	})

@@ -8,6 +8,7 @@ import (
 	"net/http"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 )
 
@@ -52,62 +53,68 @@ type RunIn struct {
 	Network *NetworkIn `json:"network,omitempty"`
 }
 
-func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, error) {
+func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, error) {
 	var in RunIn
 	if err := decodeJSON(r, &in, true /* strict */); err != nil {
-		return sandbox.RunRequest{}, err
+		return sandbox.RunRequest{}, nil, err
 	}
 	if in.Language == "" {
-		return sandbox.RunRequest{}, fmt.Errorf("%w: language is required (see GET /v1/languages)", sandbox.ErrBadRequest)
+		return sandbox.RunRequest{}, nil, fmt.Errorf("%w: language is required (see GET /v1/languages)", sandbox.ErrBadRequest)
 	}
 	e, err := s.installed(in.Language, in.Version)
 	if err != nil {
-		return sandbox.RunRequest{}, err
+		return sandbox.RunRequest{}, nil, err
 	}
 	var files []agentproto.File
 	switch {
 	case in.Code != nil && len(in.Files) > 0:
-		return sandbox.RunRequest{}, fmt.Errorf("%w: give code or files, not both", sandbox.ErrBadRequest)
+		return sandbox.RunRequest{}, nil, fmt.Errorf("%w: give code or files, not both", sandbox.ErrBadRequest)
 	case in.Code != nil:
 		files = []agentproto.File{{Content: []byte(*in.Code)}}
 	case len(in.Files) > 0:
 		if files, err = filesIn(in.Files, true); err != nil {
-			return sandbox.RunRequest{}, err
+			return sandbox.RunRequest{}, nil, err
 		}
 	default:
-		return sandbox.RunRequest{}, fmt.Errorf("%w: no program: give code or files", sandbox.ErrBadRequest)
+		return sandbox.RunRequest{}, nil, fmt.Errorf("%w: no program: give code or files", sandbox.ErrBadRequest)
 	}
 	runLim, err := s.limits("limits", in.Limits, s.vmMemoryBytes())
 	if err != nil {
-		return sandbox.RunRequest{}, err
+		return sandbox.RunRequest{}, nil, err
 	}
 	compLim, err := s.limits("compile_limits", in.CompileLimits, s.vmMemoryBytes())
 	if err != nil {
-		return sandbox.RunRequest{}, err
+		return sandbox.RunRequest{}, nil, err
 	}
 	policy, err := in.Network.policy()
 	if err != nil {
-		return sandbox.RunRequest{}, err
+		return sandbox.RunRequest{}, nil, err
 	}
-	return sandbox.RunRequest{
+	req := sandbox.RunRequest{
 		Language: e.Name, Version: in.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
 		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e), Network: policy,
-	}, nil
+	}
+	if err := runFits(req, e); err != nil {
+		return sandbox.RunRequest{}, nil, err
+	}
+	return req, e, nil
 }
 
-// runOut builds /v1/run's answer; c is nil when the output was streamed.
-func runOut(res *sandbox.RunResult, c *capture) RunOut {
-	if c == nil {
-		c = &capture{}
+// runOut builds /v1/run's answer; c is nil when the output was streamed
+// (ts too, then).
+func runOut(res *sandbox.RunResult, c *capture, ts *textStream) RunOut {
+	text := func(st int) string {
+		if c == nil {
+			return ""
+		}
+		return c.text(ts, st)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	out := RunOut{Language: res.Language, Version: res.Version, Stage: "run",
 		ReadyMillis: res.Ready.Milliseconds(), TotalMillis: res.Total.Milliseconds(), Restored: res.Restored, Pooled: res.Pooled}
-	out.Compile = stepOut(res.Compile, string(c.cout), string(c.cerr))
+	out.Compile = stepOut(res.Compile, text(compileStdout), text(compileStderr))
 	switch {
 	case res.Run != nil:
-		out.StepOut = *stepOut(res.Run, string(c.out), string(c.err))
+		out.StepOut = *stepOut(res.Run, text(runStdout), text(runStderr))
 	case out.Compile != nil:
 		out.Stage, out.StepOut = "compile", *out.Compile
 	}
@@ -115,22 +122,23 @@ func runOut(res *sandbox.RunResult, c *capture) RunOut {
 }
 
 func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
-	req, err := s.parseRun(r)
+	req, e, err := s.parseRun(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	c := &capture{}
+	c := s.captureFor(req, e)
 	res, err := s.runWithSlot(r.Context(), "native", req, c.streams(), nil)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, runOut(res, c))
+	ts := newTextStream()
+	ts.writeJSON(w, http.StatusOK, runOut(res, c, ts))
 }
 
 func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
-	req, err := s.parseRun(r)
+	req, _, err := s.parseRun(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -147,5 +155,5 @@ func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	es.flushCarry()
-	es.send("result", runOut(res, nil)) // output already streamed
+	es.send("result", runOut(res, nil, nil)) // output already streamed
 }

@@ -189,7 +189,8 @@ func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
 		}
 		env = append(env, k+"="+v)
 	}
-	return agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim}, nil
+	req := agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim}
+	return req, execFits(req)
 }
 
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
@@ -198,17 +199,14 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	c := &capture{}
+	c := newCapture(outputLimit(req.Limits, nil), 0)
 	st := c.streams()
 	res, err := s.sbx.Exec(r.Context(), tenantOf(r), r.PathValue("id"), req, st.Stdout, st.Stderr)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	c.mu.Lock()
-	out := stepOut(res, string(c.out), string(c.err))
-	c.mu.Unlock()
-	writeJSON(w, http.StatusOK, out)
+	s.writeExecResult(w, res, c)
 }
 
 func (s *Server) handleExecStream(w http.ResponseWriter, r *http.Request) {

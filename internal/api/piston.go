@@ -65,11 +65,11 @@ type PistonResult struct {
 	Compile  *PistonStage `json:"compile,omitempty"`
 }
 
-func pistonStage(r *agentproto.ExitResult, stdout, stderr, output []byte) *PistonStage {
+func pistonStage(r *agentproto.ExitResult, stdout, stderr, output string) *PistonStage {
 	if r == nil {
 		return nil
 	}
-	st := &PistonStage{Stdout: string(stdout), Stderr: string(stderr), Output: string(output),
+	st := &PistonStage{Stdout: stdout, Stderr: stderr, Output: output,
 		CPUTime: r.CPUMillis, WallTime: r.WallMillis, Memory: r.MemoryBytes}
 	switch {
 	case r.Signal != "":
@@ -284,6 +284,9 @@ func (s *Server) parseExecute(body map[string]json.RawMessage) (sandbox.RunReque
 		CompileLimits: agentproto.Limits{WallMillis: limits["compile_timeout"], MemoryBytes: limits["compile_memory_limit"]},
 	}
 	req.RunLimits, req.CompileLimits = s.capDefault(req.RunLimits, e), s.capDefault(req.CompileLimits, e)
+	if err := runFits(req, e); err != nil {
+		return sandbox.RunRequest{}, nil, err
+	}
 	return req, e, nil
 }
 
@@ -301,19 +304,18 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	c := &capture{}
+	c := s.captureFor(req, e)
 	res, err := s.runWithSlot(r.Context(), "piston", req, c.streams(), nil)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	c.mu.Lock()
+	ts := newTextStream()
 	out := PistonResult{Language: e.Name, Version: e.Version,
-		Run:     pistonStage(res.Run, c.out, c.err, c.output),
-		Compile: pistonStage(res.Compile, c.cout, c.cerr, c.coutp)}
-	c.mu.Unlock()
+		Run:     pistonStage(res.Run, c.text(ts, runStdout), c.text(ts, runStderr), c.interleaved(ts, 0)),
+		Compile: pistonStage(res.Compile, c.text(ts, compileStdout), c.text(ts, compileStderr), c.interleaved(ts, 1))}
 	if out.Run == nil { // compilation failed: Piston repeats it as "run"
 		out.Run = out.Compile
 	}
-	writeJSON(w, http.StatusOK, out)
+	ts.writeJSON(w, http.StatusOK, out)
 }

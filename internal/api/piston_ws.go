@@ -289,7 +289,7 @@ func (ps *pistonSession) signal(sig agentproto.Signal) {
 func (ps *pistonSession) job(req sandbox.RunRequest, e *image.Entry) {
 	defer close(ps.jobDone)
 	ctx := ps.jobCtx
-	release, err := ps.s.lim.Acquire(ctx)
+	release, err := ps.s.quotas.RunGate(ps.s.lim, ps.s.mgr.Config().MemoryMiB).Acquire(ctx) // the tenant's VMs, then the server's
 	if err != nil {
 		ps.fail(err)
 		return
@@ -391,7 +391,7 @@ func (ps *pistonSession) pumpStdin(it *sandbox.Interactive, runDone <-chan struc
 
 // exitMessage is a stage's exit in Piston's terms (a signal, or a code).
 func exitMessage(stage string, r *agentproto.ExitResult) wsExit {
-	st := pistonStage(r, nil, nil, nil)
+	st := pistonStage(r, "", "", "")
 	return wsExit{Type: "exit", Stage: stage, Code: st.Code, Signal: st.Signal, Status: st.Status, Message: st.Message}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
@@ -130,3 +131,85 @@ func (s *Server) capDefault(l agentproto.Limits, e *image.Entry) agentproto.Limi
 // vmMemoryBytes is the memory of the default VM shape: no program can use
 // more.
 func (s *Server) vmMemoryBytes() int64 { return int64(s.mgr.Config().MemoryMiB) << 20 }
+
+// runFits checks, before a VM is taken, that req's exec requests fit the
+// agent protocol: argument counts and sizes, and the frame that carries
+// the program, its files and stdin. Without it a program of a few MiB
+// took a VM and then failed with a 500.
+func runFits(req sandbox.RunRequest, e *image.Entry) error {
+	files := append([]agentproto.File(nil), req.Files...)
+	if len(files) > 0 && files[0].Path == "" {
+		files[0].Path = e.File
+	}
+	run := agentproto.ExecRequest{Argv: append(append([]string{}, e.Run...), req.Args...), Env: e.Env, Dir: "/tmp/box",
+		Stdin: req.Stdin, Files: files, Limits: req.RunLimits}
+	if len(e.Compile) > 0 {
+		compile := agentproto.ExecRequest{Argv: e.Compile, Env: e.Env, Dir: "/tmp/box", Files: files, Limits: req.CompileLimits}
+		if err := execFits(compile); err != nil {
+			return err
+		}
+		run.Files = nil // the compile step put them in place
+	}
+	return execFits(run)
+}
+
+// execFits checks one exec request against the agent protocol's bounds
+// before it is sent: 400 for too many or too long arguments, 413 for more
+// data than one request carries.
+func execFits(req agentproto.ExecRequest) error {
+	if len(req.Argv) > 0 && req.Argv[0] != "" {
+		if err := req.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", sandbox.ErrBadRequest, err)
+		}
+	}
+	if n := encodedSize(req); n > agentproto.MaxPayload {
+		return fmt.Errorf("%w: the program's files, arguments and stdin take %d bytes on the way to the VM; one request carries at most %d (about %d bytes of file contents and stdin): upload large files to a sandbox instead",
+			errTooLarge, n, agentproto.MaxPayload, agentproto.MaxPayload*3/4-4096)
+	}
+	return nil
+}
+
+// encodedSize is the length of req encoded as the agent protocol sends it
+// (JSON, byte contents in base64), or a little more.
+func encodedSize(req agentproto.ExecRequest) int {
+	n := 1024 // field names, limits, numbers, punctuation
+	for _, f := range req.Files {
+		n += 32 + jsonStringLen(f.Path) + base64.StdEncoding.EncodedLen(len(f.Content))
+	}
+	for _, s := range append(append([]string{req.Dir}, req.Argv...), req.Env...) {
+		n += 1 + jsonStringLen(s)
+	}
+	return n + base64.StdEncoding.EncodedLen(len(req.Stdin))
+}
+
+// jsonStringLen is the length of s as encoding/json writes it, quotes and
+// HTML escapes included.
+func jsonStringLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+				n += 2
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				n += 6
+			default:
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			n += 6
+		case r == '\u2028' || r == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
+	}
+	return n
+}

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"time"
 
@@ -49,36 +50,131 @@ type RunOut struct {
 	Pooled      bool     `json:"pooled"`
 }
 
-// capture collects a run's output: each stream, and both interleaved in
-// arrival order (Piston's "output").
+// The streams a capture keeps.
+const (
+	runStdout = iota
+	runStderr
+	compileStdout
+	compileStderr
+	nStreams
+)
+
+// maxSegments bounds how many arrival-order segments a step records for
+// Piston's interleaved "output": past it (a program alternating stdout
+// and stderr byte by byte) the rest of the output is the rest of stdout,
+// then the rest of stderr.
+const maxSegments = 1 << 16
+
+// capture collects a run's output. Each stream is kept once, and at most
+// limit bytes of it: a guest that sends more than its cap costs the host
+// nothing more. The order the run's two streams arrived in (Piston's
+// "output") is kept as segment lengths, not as a second copy.
 type capture struct {
-	mu                                  sync.Mutex
-	out, err, output, cout, cerr, coutp []byte
+	mu      sync.Mutex
+	limit   [nStreams]int64
+	data    [nStreams][]byte
+	segs    [2][]uint32 // per step: stream in the top bit, length below
+	overrun [2]bool     // a step passed maxSegments
+}
+
+// newCapture keeps up to runLimit bytes of each run stream and
+// compileLimit of each compile stream.
+func newCapture(runLimit, compileLimit int64) *capture {
+	return &capture{limit: [nStreams]int64{runLimit, runLimit, compileLimit, compileLimit}}
 }
 
 type captureWriter struct {
-	c        *capture
-	dst, all *[]byte
+	c  *capture
+	st int
 }
 
 func (w captureWriter) Write(b []byte) (int, error) {
-	w.c.mu.Lock()
-	defer w.c.mu.Unlock()
-	*w.dst = append(*w.dst, b...)
-	*w.all = append(*w.all, b...)
-	return len(b), nil
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(b)
+	if room := c.limit[w.st] - int64(len(c.data[w.st])); int64(len(b)) > room {
+		b = b[:max(room, 0)]
+	}
+	if len(b) == 0 {
+		return n, nil
+	}
+	c.data[w.st] = append(c.data[w.st], b...)
+	step, bit := w.st/2, uint32(w.st%2)<<31
+	segs := c.segs[step]
+	switch {
+	case len(segs) > 0 && segs[len(segs)-1]&(1<<31) == bit && int64(segs[len(segs)-1]&^(1<<31))+int64(len(b)) < 1<<31:
+		segs[len(segs)-1] += uint32(len(b))
+	case len(segs) < maxSegments:
+		c.segs[step] = append(segs, bit|uint32(len(b)))
+	default:
+		c.overrun[step] = true
+	}
+	return n, nil
 }
 
 func (c *capture) streams() sandbox.Streams {
 	return sandbox.Streams{
-		Stdout: captureWriter{c, &c.out, &c.output}, Stderr: captureWriter{c, &c.err, &c.output},
-		CompileStdout: captureWriter{c, &c.cout, &c.coutp}, CompileStderr: captureWriter{c, &c.cerr, &c.coutp},
+		Stdout: captureWriter{c, runStdout}, Stderr: captureWriter{c, runStderr},
+		CompileStdout: captureWriter{c, compileStdout}, CompileStderr: captureWriter{c, compileStderr},
 	}
 }
 
-// runWithSlot runs req holding a VM slot and records the metrics.
+// text returns the placeholder of stream st in ts.
+func (c *capture) text(ts *textStream, st int) string {
+	return ts.ref(func(j *jsonText) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		j.Write(c.data[st])
+	})
+}
+
+// interleaved returns the placeholder of a step's two streams in the
+// order they arrived (step 0: run, 1: compile).
+func (c *capture) interleaved(ts *textStream, step int) string {
+	return ts.ref(func(j *jsonText) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		var off [2]int
+		for _, s := range c.segs[step] {
+			k, n := int(s>>31), int(s&^(1<<31))
+			j.Write(c.data[2*step+k][off[k] : off[k]+n])
+			off[k] += n
+		}
+		for k := range 2 { // what came after maxSegments, or nothing
+			j.Write(c.data[2*step+k][off[k]:])
+		}
+	})
+}
+
+// outputLimit is the cap the agent applies to each stream of a step: the
+// request's, else the language's, else the agent's default.
+func outputLimit(l agentproto.Limits, e *image.Entry) int64 {
+	if l.OutputBytes > 0 {
+		return l.OutputBytes
+	}
+	if e != nil && e.Limits.OutputBytes > 0 {
+		return e.Limits.OutputBytes
+	}
+	return agentproto.DefaultLimits.OutputBytes
+}
+
+// captureFor returns a capture sized for req's limits.
+func (s *Server) captureFor(req sandbox.RunRequest, e *image.Entry) *capture {
+	return newCapture(outputLimit(req.RunLimits, e), outputLimit(req.CompileLimits, e))
+}
+
+// writeExecResult answers a sandbox exec with its captured output.
+func (s *Server) writeExecResult(w http.ResponseWriter, res *agentproto.ExitResult, c *capture) {
+	ts := newTextStream()
+	ts.writeJSON(w, http.StatusOK, stepOut(res, c.text(ts, runStdout), c.text(ts, runStderr)))
+}
+
+// runWithSlot runs req holding a VM slot (and one of the tenant's VMs)
+// and records the metrics. The slot is given back when the run ends,
+// before any answer is written.
 func (s *Server) runWithSlot(ctx context.Context, api string, req sandbox.RunRequest, out sandbox.Streams, started func()) (*sandbox.RunResult, error) {
-	release, err := s.lim.Acquire(ctx)
+	release, err := s.quotas.RunGate(s.lim, s.mgr.Config().MemoryMiB).Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -3,8 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,49 +10,75 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/api/e2b"
 	"github.com/firesandbox/firesandbox/internal/api/judge0"
+	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/pool"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/state"
+	"github.com/firesandbox/firesandbox/internal/tenant"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
-
-// ErrBadBody means the request body is not what the endpoint takes.
-var ErrBadBody = errors.New("invalid request body")
-
-// ErrUnauthorized means the API key is missing or wrong.
-var ErrUnauthorized = errors.New("unauthorized")
 
 // Config configures a Server: the HTTP side. What is shared with other
 // front ends (VM limits, pools, sandboxes) is the Service's configuration.
 // Zero fields take the defaults noted.
 type Config struct {
 	// Listen is the address served; default 127.0.0.1:7070. Anything but
-	// a loopback address requires APIKey.
+	// a loopback address requires APIKey or RequireKey.
 	Listen string `json:"listen" toml:"listen"`
-	// APIKey, if set, is required on every endpoint but /healthz.
+	// APIKey, if set, is a key of the default tenant, and every request
+	// over TCP (but /healthz) then needs a key.
 	APIKey string `json:"-" toml:"-"`
+	// RequireKey makes every request over TCP (but /healthz) present a
+	// key: APIKey or a tenant's (`firesandbox key create`). Without it,
+	// and without APIKey, requests with no key act for the default tenant
+	// (on loopback only, guarded against browsers).
+	RequireKey bool `json:"require_key" toml:"require_key"`
 	// MaxTimeout caps every wall-clock limit a request asks for; default 60s.
 	MaxTimeout time.Duration `json:"max_timeout" toml:"max_timeout"`
 	// MaxBody caps a request body; default 32 MiB.
 	MaxBody int64 `json:"max_body" toml:"max_body"`
+	// MaxBodyMemory caps the bodies being held at once, all requests
+	// together; past it a request is answered 503. Default 512 MiB.
+	MaxBodyMemory int64 `json:"max_body_memory" toml:"max_body_memory"`
+	// BodyTimeout is how long a body may take to arrive, plus a second
+	// per 64 KiB it really sends (so a large upload at a fair rate is
+	// never cut, and a body that stalls is); default 30s.
+	BodyTimeout time.Duration `json:"body_timeout" toml:"body_timeout"`
+	// ReadTimeout bounds reading a request's headers and the time until
+	// its handler starts; default 30s.
+	ReadTimeout time.Duration `json:"read_timeout" toml:"read_timeout"`
+	// MaxConns caps open TCP connections; more are answered 503 and
+	// closed. Default 1024.
+	MaxConns int `json:"max_conns" toml:"max_conns"`
 	// MaxOutput caps each of stdout and stderr a request may ask for;
 	// default 16 MiB.
 	MaxOutput int64 `json:"max_output" toml:"max_output"`
 	// ShutdownGrace is how long Shutdown lets runs finish before
 	// cancelling them; default 30s.
 	ShutdownGrace time.Duration `json:"shutdown_grace" toml:"shutdown_grace"`
+	// AllowedHosts are Host names, besides loopback ones and Listen's,
+	// that requests without a key may use (a reverse proxy's name).
+	AllowedHosts []string `json:"allowed_hosts" toml:"allowed_hosts"`
+	// AllowedOrigins are browser origins ("http://localhost:3000") whose
+	// pages may call the API without a key; default none but the
+	// server's own.
+	AllowedOrigins []string `json:"allowed_origins" toml:"allowed_origins"`
+	// Quota is every tenant's quota unless `key quota` overrides it.
+	Quota tenant.Quota `json:"quota" toml:"quota"`
+	// Caps bound each sandbox's shape.
+	Caps ShapeCaps `json:"caps" toml:"caps"`
 }
 
 // DefaultListen is where serve listens unless told otherwise.
@@ -70,16 +94,29 @@ func (c *Config) setDefaults() {
 	if c.MaxBody == 0 {
 		c.MaxBody = 32 << 20
 	}
+	if c.MaxBodyMemory == 0 {
+		c.MaxBodyMemory = 512 << 20
+	}
+	if c.BodyTimeout == 0 {
+		c.BodyTimeout = 30 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 1024
+	}
 	if c.MaxOutput == 0 {
 		c.MaxOutput = 16 << 20
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
+	c.Caps.setDefaults()
 }
 
-// Validate checks a Config, including that a non-loopback address has an
-// API key.
+// Validate checks a Config, including that a non-loopback address needs
+// a key.
 func (c *Config) Validate() error {
 	listen := c.Listen
 	if listen == "" {
@@ -89,16 +126,28 @@ func (c *Config) Validate() error {
 	if err != nil {
 		return fmt.Errorf("%w: listen address %q: %v", sandbox.ErrBadRequest, listen, err)
 	}
-	if !IsLoopback(host) && c.APIKey == "" {
-		return fmt.Errorf("%w: listening on %s exposes the API beyond this host: set an API key (--api-key or $FIRESANDBOX_API_KEY), or listen on 127.0.0.1", sandbox.ErrBadRequest, listen)
+	if !IsLoopback(host) && c.APIKey == "" && !c.RequireKey {
+		return fmt.Errorf("%w: listening on %s exposes the API beyond this host: require API keys (--api-key or $FIRESANDBOX_API_KEY, or --require-key with keys from `firesandbox key create`), or listen on 127.0.0.1", sandbox.ErrBadRequest, listen)
 	}
 	switch {
-	case c.MaxTimeout < 0 || c.MaxBody < 0 || c.MaxOutput < 0 || c.ShutdownGrace < 0:
+	case c.MaxTimeout < 0 || c.MaxBody < 0 || c.MaxOutput < 0 || c.ShutdownGrace < 0 || c.MaxBodyMemory < 0 ||
+		c.BodyTimeout < 0 || c.ReadTimeout < 0 || c.MaxConns < 0:
 		return fmt.Errorf("%w: limits must not be negative", sandbox.ErrBadRequest)
 	case c.MaxTimeout > time.Hour:
 		return fmt.Errorf("%w: max timeout %s: at most 1h", sandbox.ErrBadRequest, c.MaxTimeout)
 	case c.MaxBody > 1<<30:
 		return fmt.Errorf("%w: max body %d: at most 1 GiB", sandbox.ErrBadRequest, c.MaxBody)
+	}
+	if err := c.Quota.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", sandbox.ErrBadRequest, err)
+	}
+	if err := c.Caps.Validate(); err != nil {
+		return err
+	}
+	for _, o := range c.AllowedOrigins {
+		if _, err := parseOrigin(o); err != nil {
+			return fmt.Errorf("%w: allowed origin %q: %v", sandbox.ErrBadRequest, o, err)
+		}
 	}
 	return nil
 }
@@ -115,22 +164,33 @@ func IsLoopback(host string) bool {
 
 // Server is the HTTP API and everything it owns.
 type Server struct {
-	cfg  Config
-	svc  *sandbox.Service
-	mgr  *sandbox.Manager
-	sbx  *sandbox.Sandboxes
-	lim  *sandbox.Limiter
-	j0   *judge0.Handler
-	e2b  *e2b.Handler
-	met  *metrics
-	log  *slog.Logger
-	keyH [sha256.Size]byte
+	cfg    Config
+	svc    *sandbox.Service
+	mgr    *sandbox.Manager
+	sbx    *sandbox.Sandboxes
+	lim    *sandbox.Limiter
+	j0     *judge0.Handler
+	e2b    *e2b.Handler
+	met    *metrics
+	log    *slog.Logger
+	keys   tenant.KeyStore
+	auth   *tenant.Authenticator
+	quotas *tenant.Quotas
+	// selfAuth matches requests whose handler authenticates them itself
+	// (E2B's data plane, by each sandbox's access token).
+	selfAuth func(*http.Request) bool
+	// outer, if set, wraps the handler (WithOuter).
+	outer func(http.Handler) http.Handler
+	// e2bSecret, if set, keys E2B's access tokens (WithE2BSecret).
+	e2bSecret []byte
 
-	http     *http.Server
-	handler  http.Handler
-	base     context.Context
-	cancel   context.CancelFunc
-	inflight sync.WaitGroup
+	http       *http.Server
+	handler    http.Handler
+	base       context.Context
+	cancel     context.CancelFunc
+	inflight   sync.WaitGroup
+	bodyMemory atomic.Int64 // bytes of request bodies held now
+	conns      connStats
 
 	closeOnce sync.Once
 }
@@ -140,6 +200,28 @@ type Option func(*Server)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithSelfAuthenticated exempts requests that match from the API key:
+// their handler checks credentials of its own (E2B's data plane and its
+// per-sandbox access tokens). They still pass the browser guard, the body
+// limits and the connection cap, and act for no tenant.
+func WithSelfAuthenticated(match func(*http.Request) bool) Option {
+	return func(s *Server) { s.selfAuth = match }
+}
+
+// WithE2BSecret keys E2B's sandbox access tokens with secret instead of
+// the one beside the state database: a cluster's hosts share one, so a
+// token one host issued is good on the host a sandbox moves to.
+func WithE2BSecret(secret []byte) Option { return func(s *Server) { s.e2bSecret = secret } }
+
+// WithKeyStore keeps API keys and quota overrides in ks instead of the
+// state database: a cluster's shared directory (cluster.Keys).
+func WithKeyStore(ks tenant.KeyStore) Option { return func(s *Server) { s.keys = ks } }
+
+// WithOuter wraps the whole API in h, outside every middleware: a
+// cluster's router (cluster.Node.Handler) forwards requests for sandboxes
+// other hosts own before this host authenticates or reads them.
+func WithOuter(h func(http.Handler) http.Handler) Option { return func(s *Server) { s.outer = h } }
 
 // Open returns a Server over svc, ready to Serve. Shutdown stops the
 // HTTP side; svc stays the caller's to close afterwards.
@@ -153,8 +235,17 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	for _, o := range opts {
 		o(s)
 	}
-	s.keyH = sha256.Sum256([]byte(cfg.APIKey))
 	var err error
+	if s.keys == nil {
+		if s.keys, err = tenant.OpenStore(svc.DB.SQL()); err != nil {
+			return nil, err
+		}
+	}
+	s.auth = tenant.NewAuthenticator(s.keys, cfg.APIKey)
+	s.quotas = tenant.NewQuotas(cfg.Quota, s.keys, s.usageOf)
+	// Sandboxes (whichever API makes them) take VMs through the tenant's
+	// gate and are admitted by the server's caps and the tenant's quotas.
+	s.sbx.SetAdmission(s.quotas.Gate(svc.Limiter), s.admitSandbox)
 	if s.j0, err = openJudge0(s); err != nil {
 		return nil, err
 	}
@@ -163,12 +254,19 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
+	if s.outer != nil {
+		s.handler = s.outer(s.handler)
+	}
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		BaseContext:       func(net.Listener) context.Context { return s.base },
+		// ReadTimeout bounds the headers and the wait for the handler;
+		// the middleware then lifts it and reads the body under its own
+		// progress-based deadline.
+		ReadTimeout:    cfg.ReadTimeout,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		BaseContext:    func(net.Listener) context.Context { return s.base },
 		// A unix socket's peers were let in by its file permissions
 		// (owner only): they need no API key.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -193,7 +291,12 @@ func (s *Server) Config() Config { return s.cfg }
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Serve serves HTTP on ln until Shutdown; it returns nil after Shutdown.
+// TCP connections beyond MaxConns are answered 503 and closed at once, so
+// a flood of idle connections cannot stop the server answering others.
 func (s *Server) Serve(ln net.Listener) error {
+	if ln.Addr().Network() == "tcp" {
+		ln = newLimitListener(ln, s.cfg.MaxConns, &s.conns)
+	}
 	if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -267,121 +370,19 @@ func (s *Server) routes() http.Handler {
 
 var errNoRoute = errors.New("not found")
 
-// middleware wraps every request: recovery from panics, metrics, the API
-// key, the body-size limit and deadlines.
-func (s *Server) middleware(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.inflight.Add(1)
-		defer s.inflight.Done()
-		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
-		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				s.log.Error("handler panicked", "method", r.Method, "path", r.URL.Path, "panic", p,
-					"stack", string(stack()))
-				if !sw.wrote {
-					s.writeError(sw, r, fmt.Errorf("internal error: %v", p))
-				}
-			}
-			route := r.Pattern
-			if route == "" || route == "/" {
-				route = "other"
-			}
-			s.met.observeHTTP(route, sw.code(), time.Since(start))
-		}()
-		if r.URL.Path != "/healthz" && !s.authorized(r) {
-			sw.Header().Set("WWW-Authenticate", `Bearer realm="firesandbox"`)
-			s.writeError(sw, r, fmt.Errorf("%w: this server needs an API key: send \"Authorization: Bearer KEY\" or \"X-API-Key: KEY\"", ErrUnauthorized))
-			return
-		}
-		rc := http.NewResponseController(sw)
-		// Whole requests can take a queue wait, a VM and a run; streams
-		// extend nothing, so the budget covers the longest legal request.
-		_ = rc.SetWriteDeadline(time.Now().Add(s.svc.Config().QueueWait + 2*s.cfg.MaxTimeout + 2*time.Minute))
-		if r.Body != nil && r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodDelete {
-			// Read the whole (bounded) body under its own deadline, so a
-			// slow sender cannot hold a request open and a fast handler
-			// never meets a read deadline later.
-			_ = rc.SetReadDeadline(time.Now().Add(time.Minute))
-			body, err := io.ReadAll(http.MaxBytesReader(sw, r.Body, s.cfg.MaxBody))
-			_ = rc.SetReadDeadline(time.Time{})
-			if err != nil {
-				s.writeError(sw, r, fmt.Errorf("%w: %w", ErrBadBody, err))
-				return
-			}
-			r.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		next.ServeHTTP(sw, r)
-	})
-}
-
-func stack() []byte {
-	b := make([]byte, 8<<10)
-	return b[:runtime.Stack(b, false)]
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	if s.cfg.APIKey == "" || r.Context().Value(localConnKey{}) != nil {
-		return true
-	}
-	key := r.Header.Get("X-API-Key")
-	if key == "" {
-		key = r.Header.Get("X-Auth-Token") // Judge0's header
-	}
-	if a := r.Header.Get("Authorization"); key == "" && len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-		key = strings.TrimSpace(a[7:])
-	}
-	h := sha256.Sum256([]byte(key)) // equal lengths: the compare leaks nothing
-	return key != "" && subtle.ConstantTimeCompare(h[:], s.keyH[:]) == 1
-}
-
-// statusWriter records the status code; it unwraps for
-// http.ResponseController (flush, deadlines).
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if !w.wrote {
-		w.status, w.wrote = code, true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if !w.wrote {
-		w.status, w.wrote = http.StatusOK, true
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (w *statusWriter) code() int {
-	if !w.wrote {
-		return http.StatusOK
-	}
-	return w.status
-}
-
 // decodeJSON decodes one JSON value from the (already bounded) body,
 // whatever the Content-Type says: clients like piston-client send JSON
 // as text/plain. strict rejects unknown fields.
 func decodeJSON(r *http.Request, v any, strict bool) error {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrBadBody, err)
+	var body []byte
+	if hb, ok := r.Body.(*heldBody); ok {
+		body = hb.b // read by the middleware: no second copy
+	} else {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrBadBody, err)
+		}
+		body = b
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return fmt.Errorf("%w: the body is empty; send a JSON object", ErrBadBody)
@@ -415,10 +416,22 @@ func statusOf(err error) (int, string) {
 	var maxBytes *http.MaxBytesError
 	var agentErr *agentproto.AgentError
 	switch {
-	case errors.As(err, &maxBytes):
+	case errors.As(err, &maxBytes), errors.Is(err, errTooLarge), errors.Is(err, agentproto.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "body_too_large"
 	case errors.Is(err, ErrUnauthorized):
 		return http.StatusUnauthorized, "unauthorized"
+	case errors.Is(err, errForbidden):
+		return http.StatusForbidden, "forbidden"
+	case errors.Is(err, errMediaType):
+		return http.StatusUnsupportedMediaType, "unsupported_media_type"
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout, "body_timeout"
+	case errors.Is(err, errBusy):
+		return http.StatusServiceUnavailable, "server_busy"
+	case errors.Is(err, tenant.ErrQuota):
+		return http.StatusTooManyRequests, "quota_exceeded"
+	case errors.Is(err, errShape):
+		return http.StatusBadRequest, "shape_not_allowed"
 	case errors.Is(err, errNoRoute):
 		return http.StatusNotFound, "no_route"
 	case errors.Is(err, ErrBadBody), errors.Is(err, sandbox.ErrBadRequest), errors.Is(err, agentproto.ErrMalformed):
@@ -441,6 +454,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusTooManyRequests, "queue_full"
 	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
+	case errors.Is(err, cluster.ErrFull):
+		return http.StatusServiceUnavailable, "cluster_full"
+	case errors.Is(err, cluster.ErrUnavailable), errors.Is(err, cluster.ErrFenced):
+		return http.StatusServiceUnavailable, "cluster_unavailable"
 	case errors.Is(err, sandbox.ErrClosed), errors.Is(err, pool.ErrClosed):
 		return http.StatusServiceUnavailable, "shutting_down"
 	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, vmm.ErrUnavailable):
@@ -506,12 +523,9 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 // localConnKey marks requests that came over the owner-only unix socket.
 type localConnKey struct{}
 
-// tenantKey carries the authenticated tenant in a request's context.
-type tenantKey struct{}
-
-// tenantOf is the tenant a request acts for: "" (the only tenant) unless
-// the authentication middleware said otherwise.
+// tenantOf is the tenant a request acts for, as the middleware
+// authenticated it: tenant.Default unless its key says otherwise.
 func tenantOf(r *http.Request) string {
-	t, _ := r.Context().Value(tenantKey{}).(string)
+	t, _ := tenant.FromContext(r.Context())
 	return t
 }

@@ -407,6 +407,7 @@ func TestStreamKeepsRunesWhole(t *testing.T) {
 		w.Write(b[i : i+1])
 	}
 	es.flushCarry()
+	es.end() // what the middleware does when the handler returns
 	var data string
 	for _, line := range strings.Split(strings.TrimSpace(rec.Body.String()), "\n") {
 		var ev Event

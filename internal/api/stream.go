@@ -10,20 +10,44 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
+// Bounds of a streamed answer.
+const (
+	// streamGrace is how long the events queued when the handler returns
+	// may take to reach the client; the run, and its VM, are gone by then.
+	streamGrace = 10 * time.Second
+	// maxStreamQueue bounds the events waiting for a client that reads
+	// more slowly than its program writes; past it the run is stopped.
+	maxStreamQueue = 48 << 20
+)
+
 // eventStream writes events as NDJSON, or as server-sent events when the
-// client asks for text/event-stream. Output writes come from the agent
-// client's reader; a write that fails (the client left) cancels the run.
+// client asks for text/event-stream.
+//
+// Output arrives from the agent client's reader, which must never wait
+// for a client: events are queued (bounded) and one writer goroutine, the
+// only one that writes the response once it started, sends them. So a
+// slow reader holds no VM past its program's own end. When the handler
+// returns, the middleware ends the stream (end): what is queued gets
+// streamGrace to go out, and then nothing writes to the response again,
+// however late a VM's output arrives.
 type eventStream struct {
 	mu      sync.Mutex
+	cond    *sync.Cond // signals the writer
 	w       http.ResponseWriter
 	r       *http.Request
 	rc      *http.ResponseController
 	sse     bool
-	started bool
-	failed  bool
+	started bool     // the writer runs (it commits the 200)
+	failed  bool     // the client is gone: drop everything
+	sealed  bool     // no more events: the last one is queued
+	ending  bool     // the handler returned
+	queue   [][]byte // encoded events waiting for the writer
+	queued  int      // their bytes
+	done    chan struct{}
 	cancel  context.CancelFunc
 	carry   map[[2]string][]byte // incomplete UTF-8 at the end of a chunk
 }
@@ -39,10 +63,17 @@ type Event struct {
 	Code   string `json:"code,omitempty"`
 }
 
+// newEventStream returns a stream answering r on w; cancel stops the run
+// when the client goes away or cannot keep up.
 func newEventStream(w http.ResponseWriter, r *http.Request, cancel context.CancelFunc) *eventStream {
 	accept := r.Header.Get("Accept")
-	return &eventStream{w: w, rc: http.NewResponseController(w), cancel: cancel, carry: map[[2]string][]byte{},
+	e := &eventStream{w: w, rc: http.NewResponseController(w), cancel: cancel, carry: map[[2]string][]byte{},
 		r: r, sse: strings.Contains(accept, "text/event-stream")}
+	e.cond = sync.NewCond(&e.mu)
+	if sw, ok := w.(*statusWriter); ok {
+		sw.whenDone(e.end)
+	}
+	return e
 }
 
 // start commits the 200 and the content type; before it, errors are
@@ -54,10 +85,17 @@ func (e *eventStream) start() {
 }
 
 func (e *eventStream) startLocked() {
-	if e.started {
+	if e.started || e.failed || e.ending {
 		return
 	}
 	e.started = true
+	e.done = make(chan struct{})
+	go e.writeLoop()
+}
+
+// writeLoop is the stream's one writer: the headers, then the queue.
+func (e *eventStream) writeLoop() {
+	defer close(e.done)
 	h := e.w.Header()
 	if e.sse {
 		h.Set("Content-Type", "text/event-stream")
@@ -67,34 +105,84 @@ func (e *eventStream) startLocked() {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	e.w.WriteHeader(http.StatusOK)
-	_ = e.rc.Flush()
+	err := e.rc.Flush()
+	for err == nil {
+		e.mu.Lock()
+		for len(e.queue) == 0 && !e.failed && !e.ending {
+			e.cond.Wait()
+		}
+		batch := e.queue
+		e.queue, e.queued = nil, 0
+		stop := e.failed || (len(batch) == 0 && e.ending)
+		e.mu.Unlock()
+		if stop {
+			return
+		}
+		for _, b := range batch {
+			if _, err = e.w.Write(b); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = e.rc.Flush()
+		}
+	}
+	e.mu.Lock()
+	e.failed, e.queue, e.queued = true, nil, 0
+	e.mu.Unlock()
+	e.cancel() // the client left: stop the run
 }
 
-func (e *eventStream) writeLocked(ev Event) {
-	if e.failed {
+// end is called when the handler has returned: the writer gets
+// streamGrace to send what is queued, then stops. After end returns
+// nothing writes to the response.
+func (e *eventStream) end() {
+	e.mu.Lock()
+	e.ending = true
+	started := e.started
+	e.cond.Broadcast()
+	e.mu.Unlock()
+	if !started {
+		return
+	}
+	_ = e.rc.SetWriteDeadline(time.Now().Add(streamGrace))
+	<-e.done // bounded by the deadline just set
+}
+
+func (e *eventStream) encode(ev Event) []byte {
+	b, _ := json.Marshal(ev) // Event always marshals
+	if e.sse {
+		return fmt.Appendf(nil, "event: %s\ndata: %s\n\n", ev.Type, b)
+	}
+	return append(b, '\n')
+}
+
+// enqueueLocked queues ev for the writer. A client too slow for its
+// program's output gets one last error event, and the run is stopped.
+func (e *eventStream) enqueueLocked(ev Event) {
+	if e.failed || e.sealed || e.ending {
 		return
 	}
 	e.startLocked()
-	b, _ := json.Marshal(ev)
-	var err error
-	if e.sse {
-		_, err = fmt.Fprintf(e.w, "event: %s\ndata: %s\n\n", ev.Type, b)
-	} else {
-		_, err = e.w.Write(append(b, '\n'))
-	}
-	if err == nil {
-		err = e.rc.Flush()
-	}
-	if err != nil {
-		e.failed = true
+	b := e.encode(ev)
+	if e.queued+len(b) > maxStreamQueue {
+		e.queue = [][]byte{e.encode(Event{Type: "error", Code: "client_too_slow",
+			Error: fmt.Sprintf("the client read the stream too slowly: more than %d bytes were waiting for it, so the run was stopped", maxStreamQueue)})}
+		e.queued = len(e.queue[0])
+		e.sealed = true
+		e.cond.Broadcast()
 		e.cancel()
+		return
 	}
+	e.queue = append(e.queue, b)
+	e.queued += len(b)
+	e.cond.Broadcast()
 }
 
 func (e *eventStream) send(typ string, result any) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.writeLocked(Event{Type: typ, Result: result})
+	e.enqueueLocked(Event{Type: typ, Result: result})
 }
 
 // fail reports err: as an HTTP error if nothing was sent yet, else as an
@@ -102,8 +190,8 @@ func (e *eventStream) send(typ string, result any) {
 func (e *eventStream) fail(s *Server, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.failed {
-		return // the client is gone
+	if e.failed || e.sealed || e.ending {
+		return // the client is gone, or has had its last word
 	}
 	if !e.started {
 		e.failed = true
@@ -111,7 +199,7 @@ func (e *eventStream) fail(s *Server, err error) {
 		return
 	}
 	_, code := statusOf(err)
-	e.writeLocked(Event{Type: "error", Error: err.Error(), Code: code})
+	e.enqueueLocked(Event{Type: "error", Error: err.Error(), Code: code})
 }
 
 type streamWriter struct {
@@ -124,6 +212,9 @@ func (w streamWriter) Write(b []byte) (int, error) {
 	e := w.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.failed || e.sealed || e.ending {
+		return len(b), nil // late output of a finished answer: dropped
+	}
 	k := [2]string{w.stage, w.name}
 	data := append(e.carry[k], b...)
 	// Hold back a rune split across chunks so it is not mangled.
@@ -138,7 +229,7 @@ func (w streamWriter) Write(b []byte) (int, error) {
 	}
 	e.carry[k] = append([]byte(nil), data[cut:]...)
 	if cut > 0 {
-		e.writeLocked(Event{Type: "output", Stage: w.stage, Stream: w.name, Data: string(data[:cut])})
+		e.enqueueLocked(Event{Type: "output", Stage: w.stage, Stream: w.name, Data: string(data[:cut])})
 	}
 	return len(b), nil
 }
@@ -150,7 +241,7 @@ func (e *eventStream) flushCarry() {
 	defer e.mu.Unlock()
 	for k, rest := range e.carry {
 		if len(rest) > 0 {
-			e.writeLocked(Event{Type: "output", Stage: k[0], Stream: k[1], Data: string(rest)})
+			e.enqueueLocked(Event{Type: "output", Stage: k[0], Stream: k[1], Data: string(rest)})
 		}
 	}
 	clear(e.carry)

@@ -78,10 +78,14 @@ func lost(reason string, err error) error { return &lostError{reason: reason, er
 // never stays in an in-between state while this process lives.
 func (s *Sandboxes) transition(ctx context.Context, id string, o op, fn func(ctx context.Context) (state.Change, error)) error {
 	mv := moves[o]
+	if err := s.begin(ctx, id, mv.during); err != nil {
+		return fmt.Errorf("%s %s: %w", o, id, err)
+	}
 	if err := s.db.Transition(ctx, id, state.Change{To: mv.during}, mv.from...); err != nil {
 		return fmt.Errorf("%s %s: %w", o, id, err)
 	}
 	pctx := context.WithoutCancel(ctx)
+	defer s.changed(pctx, id)
 	change, err := fn(ctx)
 	if err == nil {
 		change.To = mv.success

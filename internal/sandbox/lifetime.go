@@ -57,7 +57,8 @@ func (s *Sandboxes) endLifetimes(now time.Time) {
 	}
 	for _, sb := range all {
 		expired := !sb.ExpiresAt.IsZero() && !now.Before(sb.ExpiresAt)
-		if !expired && sb.State != state.Running {
+		stale := sb.State == state.Hibernated && s.cfg.HibernatedTTL > 0 && now.Sub(sb.UpdatedAt) >= s.cfg.HibernatedTTL
+		if !expired && !stale && sb.State != state.Running {
 			continue
 		}
 		b, err := s.boxFor(sb.ID)
@@ -76,6 +77,8 @@ func (s *Sandboxes) endLifetimes(now time.Time) {
 		case expired:
 			b.stopOps()
 			s.settle(sb.ID, "timeout: deleted", s.deleteLocked(ctx, sb.ID, b))
+		case stale:
+			s.settle(sb.ID, "hibernated too long: deleted", s.deleteLocked(ctx, sb.ID, b))
 		case sb.IdleTimeout > 0 && b.vm != nil:
 			if idle := now.Sub(time.Unix(0, b.lastUsed.Load())); idle >= sb.IdleTimeout {
 				s.settle(sb.ID, "idle sandbox hibernated", s.hibernateLocked(ctx, sb.ID, b))

@@ -120,10 +120,6 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		return state.Sandbox{}, err
 	}
 	shape.Network = device
-	t, err := s.mgr.Template(ctx, e, shape)
-	if err != nil {
-		return state.Sandbox{}, err
-	}
 	idle := req.IdleTimeout
 	if idle == 0 {
 		idle = s.cfg.IdleTimeout
@@ -134,6 +130,15 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
 	}
 	sb.Network = policy
+	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	defer admitted()
+	t, err := s.mgr.Template(ctx, e, shape)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
 	if req.Timeout > 0 {
 		sb.ExpiresAt = s.now().Add(req.Timeout)
 	}
@@ -148,9 +153,17 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		s.forget(sb.ID)
 		return state.Sandbox{}, err
 	}
+	if s.cfg.Directory != nil {
+		if err := s.cfg.Directory.Admit(ctx, sb); err != nil {
+			release()
+			s.forget(sb.ID)
+			return state.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+		}
+	}
 	fail := func(err error) (state.Sandbox, error) {
 		release()
 		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
 		os.RemoveAll(s.dirOf(sb.ID))
 		if rerr := s.db.Remove(context.WithoutCancel(ctx), sb.ID); rerr != nil {
 			return state.Sandbox{}, errors.Join(fmt.Errorf("create sandbox: %w", err), rerr)
@@ -160,6 +173,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if err := s.db.Create(ctx, sb); err != nil {
 		release()
 		s.forget(sb.ID)
+		s.abandoned(ctx, sb)
 		return state.Sandbox{}, err
 	}
 	if err := os.MkdirAll(s.dirOf(sb.ID), 0o700); err != nil {
@@ -179,8 +193,17 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	}
 	b.vm, b.release = vm, release
 	b.lastUsed.Store(s.now().UnixNano())
+	s.changed(ctx, sb.ID)
 	s.log.Info("sandbox created", "op", "create", "sandbox", sb.ID, "language", e.Name, "vm", vm.Machine.ID(), "ready", vm.Ready)
 	return s.db.Get(ctx, sb.ID)
+}
+
+// abandoned tells the directory, if any, that a create it admitted failed.
+func (s *Sandboxes) abandoned(ctx context.Context, sb state.Sandbox) {
+	if s.cfg.Directory != nil {
+		sb.State = state.Deleted
+		s.cfg.Directory.Changed(context.WithoutCancel(ctx), sb)
+	}
 }
 
 func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
@@ -194,8 +217,16 @@ func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
 // directory and stops its VM; its disk stays where it is. Hibernating a
 // hibernated sandbox does nothing.
 func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.Sandbox, error) {
-	if _, err := s.Get(ctx, tenant, id); err != nil {
+	sb, err := s.Get(ctx, tenant, id)
+	if err != nil {
 		return state.Sandbox{}, err
+	}
+	if sb.State == state.Running {
+		admitted, err := s.admitted(ctx, opHibernate, sb)
+		if err != nil {
+			return state.Sandbox{}, err
+		}
+		defer admitted()
 	}
 	b, err := s.boxFor(id)
 	if err != nil {
@@ -227,7 +258,8 @@ func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) erro
 	// a half-written snapshot is worth nothing.
 	ctx = context.WithoutCancel(ctx)
 	start := time.Now()
-	return s.transition(ctx, id, opHibernate, func(ctx context.Context) (state.Change, error) {
+	spec := b.vm.Template.Spec
+	err = s.transition(ctx, id, opHibernate, func(ctx context.Context) (state.Change, error) {
 		final := filepath.Join(s.dirOf(id), snapshotDirName)
 		tmp := final + ".tmp"
 		os.RemoveAll(tmp)
@@ -254,6 +286,19 @@ func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) erro
 		s.log.Info("sandbox hibernated", "op", "hibernate", "sandbox", id, "took", time.Since(start))
 		return state.Change{SnapshotDir: &final, Bump: true}, nil
 	})
+	if err == nil && s.cfg.Directory != nil {
+		if sb, gerr := s.db.Get(ctx, id); gerr == nil {
+			spec.DiskMiB = sb.DiskMiB
+			disk := ""
+			if sb.DiskMiB > 0 {
+				disk = s.diskOf(id)
+			}
+			if herr := s.cfg.Directory.Hibernated(ctx, sb, spec, sb.SnapshotDir, disk); herr != nil {
+				s.log.Warn("hibernation kept on this host only", "op", "hibernate", "sandbox", id, "err", herr)
+			}
+		}
+	}
+	return err
 }
 
 // liveVM checks that a sandbox the record says is running has its VM in
@@ -270,6 +315,7 @@ func (s *Sandboxes) liveVM(ctx context.Context, sb state.Sandbox, b *box) error 
 	if err := s.db.Transition(context.WithoutCancel(ctx), sb.ID, state.Change{To: state.Lost, Reason: reason}, state.Running); err != nil {
 		return err
 	}
+	s.changed(ctx, sb.ID)
 	return fmt.Errorf("%w: sandbox %s: %s", ErrSandboxLost, sb.ID, reason)
 }
 
@@ -326,6 +372,11 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
+	admitted, err := s.admitted(ctx, opResume, sb)
+	if err != nil {
+		return err
+	}
+	defer admitted()
 	release, err := s.acquireSlot(ctx)
 	if err != nil {
 		return err

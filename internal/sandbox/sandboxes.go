@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,19 @@ type SandboxesConfig struct {
 	// IdleCheck is how often idle and expired sandboxes are looked for;
 	// default 1s.
 	IdleCheck time.Duration
+	// HibernatedTTL, if set, deletes sandboxes that stayed hibernated this
+	// long (counted from when they were hibernated).
+	HibernatedTTL time.Duration
+	// Directory, if set, is told of every change (many hosts); nil keeps
+	// the sandboxes to this host.
+	Directory Directory
 }
+
+// AdmitFunc is asked before an operation that takes room on the server
+// ("create", "resume", or a client's "hibernate"), with the sandbox's
+// record (its tenant and shape); an error refuses the operation, and
+// release is called once it has ended. See SetAdmission.
+type AdmitFunc func(ctx context.Context, op string, sb state.Sandbox) (release func(), err error)
 
 // Sandboxes owns the long-lived sandboxes: their persisted records (the
 // truth about each one's state) and the live VMs of the running ones.
@@ -58,6 +71,8 @@ type Sandboxes struct {
 	gate Gate
 	log  *slog.Logger
 	now  func() time.Time
+
+	admit AdmitFunc // nil: everything is admitted
 
 	mu     sync.Mutex
 	boxes  map[string]*box
@@ -168,6 +183,25 @@ func (s *Sandboxes) sweep() {
 	}
 }
 
+// SetAdmission installs a server's policy before it serves: gate, if not
+// nil, replaces the VM gate (its Acquire gets the caller's context, so it
+// may count per tenant), and admit decides on operations (per-tenant
+// quotas, allowed shapes).
+func (s *Sandboxes) SetAdmission(gate Gate, admit AdmitFunc) {
+	if gate != nil {
+		s.gate = gate
+	}
+	s.admit = admit
+}
+
+// admitted asks the admission policy about op on sb.
+func (s *Sandboxes) admitted(ctx context.Context, o op, sb state.Sandbox) (func(), error) {
+	if s.admit == nil {
+		return func() {}, nil
+	}
+	return s.admit(ctx, string(o), sb)
+}
+
 func (s *Sandboxes) dirOf(id string) string  { return filepath.Join(s.cfg.Dir, id) }
 func (s *Sandboxes) diskOf(id string) string { return filepath.Join(s.dirOf(id), diskName) }
 
@@ -215,14 +249,20 @@ type ListFilter struct {
 
 // List returns tenant's sandboxes that are not deleted, oldest first.
 func (s *Sandboxes) List(ctx context.Context, tenant string, f ListFilter) ([]state.Sandbox, error) {
-	all, err := s.db.List(ctx, f.States...)
+	var all []state.Sandbox
+	var err error
+	if s.cfg.Directory != nil { // every host's
+		all, err = s.cfg.Directory.List(ctx, tenant)
+	} else {
+		all, err = s.db.List(ctx, f.States...)
+	}
 	if err != nil {
 		return nil, err
 	}
 	out := all[:0]
 outer:
 	for _, sb := range all {
-		if sb.Tenant != tenant || sb.State == state.Deleted {
+		if sb.Tenant != tenant || sb.State == state.Deleted || (len(f.States) > 0 && !slices.Contains(f.States, sb.State)) {
 			continue
 		}
 		for k, v := range f.Metadata {

@@ -29,8 +29,14 @@ type ServiceConfig struct {
 	// IdleHibernate hibernates sandboxes unused this long by default; zero
 	// never (sandboxes may still set their own).
 	IdleHibernate time.Duration `json:"idle_hibernate" toml:"idle_hibernate"`
+	// HibernatedTTL deletes sandboxes hibernated for this long; zero
+	// keeps them until deleted.
+	HibernatedTTL time.Duration `json:"hibernated_ttl" toml:"hibernated_ttl"`
 	// Pools are warm pool sizes by language: "N" or "MIN..MAX".
 	Pools map[string]PoolRange `json:"pools" toml:"pools"`
+	// Directory, if set, shares the sandboxes with other hosts (see
+	// SandboxesConfig.Directory).
+	Directory Directory `json:"-" toml:"-"`
 	// Network gives VMs network devices (see network.go); nil: none.
 	Network *NetworkConfig `json:"network,omitempty" toml:"network"`
 }
@@ -52,7 +58,7 @@ func (c *ServiceConfig) setDefaults(mgr *Manager) {
 
 // Validate checks a ServiceConfig.
 func (c *ServiceConfig) Validate() error {
-	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 {
+	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.HibernatedTTL < 0 {
 		return fmt.Errorf("%w: limits must not be negative", ErrBadRequest)
 	}
 	for lang, r := range c.Pools {
@@ -107,7 +113,8 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	}
 	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait), Network: nh}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
-		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate,
+		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
+		Directory: cfg.Directory,
 	}, svc.Limiter, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()

@@ -113,7 +113,7 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 	}
 	t := &Template{Entry: e, Shape: shape, Kernel: k, Image: img, Layers: layers, Driver: d}
 	t.Spec = snapshot.Spec{
-		Language: img.Language, Driver: d.Name(), DriverVersion: d.Version(), Machine: d.Capabilities().Accel,
+		Language: img.Language, Driver: d.Name(), DriverVersion: d.Version(), Machine: machineOf(d.Capabilities()),
 		KernelID: k.ID(), ImageID: img.ID,
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
 	}
@@ -145,6 +145,15 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 		return nil, fmt.Errorf("template %s: %w", e.Name, err)
 	}
 	return t, nil
+}
+
+// machineOf is the Spec's Machine: what of the driver's setup is in the
+// saved CPU state (accelerator and CPU model).
+func machineOf(c vmm.Capabilities) string {
+	if c.CPU == "" {
+		return c.Accel
+	}
+	return c.Accel + ",cpu=" + c.CPU
 }
 
 // probeBoot boots one VM of img with driver d and stops it: the KVM probe.

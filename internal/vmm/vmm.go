@@ -187,6 +187,9 @@ type Capabilities struct {
 	// Accel is how guests run: AccelKVM or AccelTCG. A snapshot records
 	// it, since a snapshot made under one does not restore under the other.
 	Accel string
+	// CPU is the guest CPU model ("host", "max"), also part of the saved
+	// CPU state: a snapshot records it as it records Accel.
+	CPU string
 	// Confinement says in a few words what confines the VMM process
 	// ("jailer: chroot, uid 123, ..."), or "none"; doctor prints it.
 	Confinement string

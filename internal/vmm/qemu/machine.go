@@ -345,9 +345,9 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 		a = append(a, "-bios", d.cfg.BIOS)
 	}
 	if d.cfg.Accel == AccelKVM {
-		a = append(a, "-accel", "kvm", "-cpu", "host")
+		a = append(a, "-accel", "kvm", "-cpu", d.cpuModel())
 	} else {
-		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", d.cfg.TBSizeMiB))
+		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", d.cfg.TBSizeMiB), "-cpu", d.cpuModel())
 	}
 	for i, disk := range cfg.Disks {
 		flag := os.O_RDWR
@@ -360,8 +360,22 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 		}
 		set := fds.add(f)
 		a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", set, set))
+		if !disk.ReadOnly {
+			// QEMU opens a writable drive read-only first (to probe it)
+			// and takes from the set the descriptor whose access mode
+			// matches: give it both.
+			ro, err := os.OpenFile(disk.Path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, fmt.Errorf("open disk %s: %w", disk.ID, err)
+			}
+			a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fds.add(ro), set))
+		}
 		id := fmt.Sprintf("d%d", i)
-		drive := fmt.Sprintf("id=%s,file=/dev/fdset/%d,format=raw,if=none,cache=unsafe,discard=unmap", id, set)
+		// No image locking: each disk belongs to one VM (the sandbox's
+		// lifecycle serialises its users), and on descriptors from an fd
+		// set QEMU's own lock bytes refused a restore's activation
+		// ("Failed to get shared write lock").
+		drive := fmt.Sprintf("id=%s,file=/dev/fdset/%d,format=raw,if=none,cache=unsafe,discard=unmap,file.locking=off", id, set)
 		if disk.ReadOnly {
 			drive += ",readonly=on"
 		}

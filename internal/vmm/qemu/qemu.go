@@ -199,9 +199,21 @@ func (d *Driver) Name() string { return "qemu" }
 // Version implements vmm.Driver: QEMU's version, read once by New.
 func (d *Driver) Version() string { return d.version }
 
+// cpuModel is the guest CPU: the host's under KVM; under TCG "max", every
+// feature TCG emulates. QEMU's default for TCG (qemu64) lacks SSSE3 and
+// SSE4, and libraries that pick code by CPUID (OpenBLAS under numpy) die
+// of SIGILL on it.
+func (d *Driver) cpuModel() string {
+	if d.cfg.Accel == AccelKVM {
+		return "host"
+	}
+	return "max"
+}
+
 // Capabilities implements vmm.Driver.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Snapshot: true, MemorySharing: true, DiskSerials: true, Accel: d.cfg.Accel, Confinement: d.confinement()}
+	return vmm.Capabilities{Snapshot: true, MemorySharing: true, DiskSerials: true, Accel: d.cfg.Accel, CPU: d.cpuModel(),
+		Confinement: d.confinement()}
 }
 
 func (d *Driver) confinement() string {
@@ -235,8 +247,8 @@ func (d *Driver) BaseCmdline() []string {
 		"tsc=reliable", "cryptomgr.notests", "init_on_alloc=0",
 		"lsm=capability", "audit=0", "no_timer_check", "random.trust_cpu=on",
 		"nowatchdog", "pci=off", "8250.nr_uarts=1",
-		"fs.channel=virtio-port:" + AgentPortName,
 	}
+	args = append(args, agentproto.Boot{Channel: agentproto.VirtioPortChannel(AgentPortName)}.MustArgs()...)
 	if d.cfg.Accel == AccelTCG {
 		args = append(args, "mitigations=off")
 	}

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -86,12 +85,9 @@ func Config(d vmm.Driver, fx Fixtures, base, id string) vmm.Config {
 	}
 	return vmm.Config{
 		ID: id, Kernel: fx.Kernel, Initrd: fx.Initrd, VCPUs: 1, MemoryMiB: 256,
-		Disks: disks,
-		Cmdline: []string{
-			"fs.root=" + strings.Join(refs, ","),
-			"fs.rootfs=" + fx.RootFS,
-		},
-		RunDir: filepath.Join(base, id),
+		Disks:   disks,
+		Cmdline: agentproto.Boot{Root: refs, RootFS: fx.RootFS}.MustArgs(),
+		RunDir:  filepath.Join(base, id),
 	}
 }
 
