@@ -31,9 +31,12 @@ func main() {
 	lang := flag.String("language", "python", "language to measure")
 	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
 	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
+	networkOnly := flag.Bool("network-only", false, "only measure what a VM's network adds (network.go)")
 	flag.Parse()
 	var err error
-	if *forwardingOnly {
+	if *networkOnly {
+		err = networkTable(context.Background(), *dataDir, *lang, *n)
+	} else if *forwardingOnly {
 		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
 	} else if *formatsOnly {
 		var mgr *sandbox.Manager
@@ -182,6 +185,9 @@ func run(dataDir, lang string, n, clones int) error {
 		return err
 	}
 	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {
+		return err
+	}
+	if err := networkTable(ctx, dataDir, lang, n); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

@@ -107,7 +107,7 @@ func (g *globalFlags) connectAPI(ctx context.Context) (*apiConn, error) {
 		release()
 		return nil, err
 	}
-	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{}, g.logger())
+	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{Network: g.networkConfig("")}, g.logger())
 	if err != nil {
 		release()
 		return nil, err
