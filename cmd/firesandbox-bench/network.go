@@ -22,7 +22,11 @@ func networkTable(ctx context.Context, dataDir, lang string, n int) error {
 	defer os.RemoveAll(tmp)
 	// Its own prefix and run dir: a serve on this host is left alone.
 	cfg := network.Config{RunDir: tmp, Prefix: "fsb"}
-	if dg := network.Diagnose(ctx, cfg); !dg.Usable {
+	// Nothing is sent, so no reply needs forwarding back in: the host's
+	// forwarding setting is left as it is, and not asked about.
+	probe := cfg
+	probe.EnableForwarding = true
+	if dg := network.Diagnose(ctx, probe); !dg.Usable {
 		fmt.Printf("\nNetwork: not measured, this host has no network backend: %v\n", dg.Problems)
 		return nil
 	}

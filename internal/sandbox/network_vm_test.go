@@ -124,6 +124,22 @@ func TestNetworkInRealVMs(t *testing.T) {
 		}
 	})
 
+	t.Run("a run that asks for network", func(t *testing.T) {
+		var out lockedBuffer
+		res, err := m.Run(ctx, RunRequest{Language: "python", Args: []string{"allowed.test", nettest.OtherIP},
+			Files: []agentproto.File{{Content: []byte(probe)}}, RunLimits: agentproto.Limits{WallMillis: 60_000},
+			Network: &network.Policy{AllowOut: []string{"allowed.test"}}}, Streams{Stdout: &out})
+		if err != nil || res.Run == nil || res.Run.Code != 0 {
+			t.Fatalf("run: %v %+v", err, res)
+		}
+		got := map[string]string{}
+		if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+			t.Fatalf("probe output %q: %v", out.String(), err)
+		}
+		wantReach(t, got, "allowed.test", "hello from "+nettest.AllowedIP)
+		wantRefused(t, got, nettest.OtherIP)
+	})
+
 	var a state.Sandbox
 	t.Run("policy", func(t *testing.T) {
 		a, err = s.Create(ctx, CreateRequest{Tenant: "net", Language: "python", Network: &network.Policy{

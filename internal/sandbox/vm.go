@@ -43,8 +43,7 @@ type Timings struct {
 	Start time.Duration
 	// Hello is from then to the agent's Hello.
 	Hello time.Duration
-	// Resync is the restored guest's clock, entropy and identity update
-	// (and, with a network device, its address and resolver).
+	// Resync is the restored guest's clock, entropy and identity update.
 	Resync time.Duration
 }
 
@@ -214,9 +213,6 @@ func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk st
 		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
 	}); err != nil {
 		return fail(fmt.Errorf("resync restored VM: %w", err))
-	}
-	if err := m.configureGuestNetwork(ctx, vm); err != nil {
-		return fail(err)
 	}
 	vm.Ready = time.Since(start)
 	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello

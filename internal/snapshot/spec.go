@@ -27,10 +27,12 @@ type Spec struct {
 	// DiskMiB is the size of the writable disk image a hibernated sandbox
 	// carries in its snapshot; zero for snapshots without one (templates).
 	DiskMiB int `json:"disk_mib,omitempty"`
-	// Network says the machine has a network device (a snapshot's
-	// restore must bring one). Omitted when false, so snapshots without
-	// one keep the keys they had before it existed.
-	Network bool `json:"network,omitempty"`
+	// Network describes the machine's network device, if it has one, as
+	// the guest sees it (its address, gateway, MACs, MTU): a restore must
+	// bring the device, and the guest has exactly this configuration.
+	// Empty without a device, so those snapshots keep the keys they had
+	// before it existed.
+	Network string `json:"network,omitempty"`
 }
 
 // Bounds on what a Spec can ask for; they bound how much a snapshot's

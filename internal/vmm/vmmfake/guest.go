@@ -244,11 +244,13 @@ func (g *Guest) Serve(conn net.Conn) {
 			if perr == nil && (dev == nil || !strings.EqualFold(dev.MAC, r.MAC)) {
 				perr = fmt.Errorf("no interface with MAC %s: the VM has no virtio-net device", r.MAC)
 			}
+			g.m.mu.Unlock()
 			if perr == nil {
 				c := r
-				g.m.netCfg = &c
+				c.ID = 0
+				b, _ := json.Marshal(c)
+				g.m.mem.write(netConfigFile, b)
 			}
-			g.m.mu.Unlock()
 			if perr != nil {
 				err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: r.ID, Code: agentproto.CodeInvalid, Message: perr.Error()})
 			} else {

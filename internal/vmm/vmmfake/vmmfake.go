@@ -8,7 +8,7 @@
 // real VM. A machine with a network device holds its tap open while it
 // runs (so a missing tap fails, as with a real VMM), restores only with
 // the device its snapshot had, and its guest takes ConfigureNetwork for
-// that device's MAC only.
+// that device's MAC only, keeping it in its memory.
 //
 // Each function field of Driver, when set, runs first and may fail the
 // call, so a test can make a boot fail, a restore hang or a machine die:
@@ -186,7 +186,6 @@ type Machine struct {
 	exited  chan struct{}
 	crashed bool
 	tap     *os.File // the network device's tap, held until Stop
-	netCfg  *agentproto.NetConfigRequest
 }
 
 func closeFile(f *os.File) {
@@ -195,12 +194,23 @@ func closeFile(f *os.File) {
 	}
 }
 
-// NetConfig is the network configuration the guest was last given
-// (agentproto's ConfigureNetwork), or nil.
+// netConfigFile holds, in the fake guest's memory, the network
+// configuration it was given: like a real guest's, it survives a snapshot
+// and comes back with every restore.
+const netConfigFile = "/.fake-netconfig"
+
+// NetConfig is the network configuration the guest has (agentproto's
+// ConfigureNetwork, here or before the snapshot it came from), or nil.
 func (m *Machine) NetConfig() *agentproto.NetConfigRequest {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.netCfg
+	b, err := m.mem.read(netConfigFile)
+	if err != nil {
+		return nil
+	}
+	var r agentproto.NetConfigRequest
+	if json.Unmarshal(b, &r) != nil {
+		return nil
+	}
+	return &r
 }
 
 // Config returns the configuration the machine started with.
