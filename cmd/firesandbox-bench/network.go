@@ -13,7 +13,7 @@ import (
 // networkTable measures what a VM's network adds: the host side alone
 // (namespace, link, tap, rules, resolver and filter, then their removal)
 // and restores of real VMs with a network device against ones without.
-// Nothing is sent anywhere: the guests are only told their address.
+// Nothing is sent anywhere.
 func networkTable(ctx context.Context, dataDir, lang string, n int) error {
 	tmp, err := os.MkdirTemp("", "fsbench-net")
 	if err != nil {
@@ -99,7 +99,7 @@ func networkTable(ctx context.Context, dataDir, lang string, n int) error {
 	fmt.Fprintf(tw, "create, all (namespace + link + tap + rules + resolver and filter)\t%s\t\n", msf(setup.Create))
 	fmt.Fprintf(tw, "remove\t%s\t\n", msf(setup.Close))
 	tw.Flush()
-	fmt.Printf("Restores of %s (start: the host's part, with the namespace for a device; resync: the guest's clock, identity and, with a device, its address):\n", lang)
+	fmt.Printf("Restores of %s (start: the host's part, with the namespace for a device; resync: the guest's clock and identity; a restored guest has its address from its snapshot):\n", lang)
 	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "path\tstart\tresync\tready\t")
 	for _, r := range rows {
