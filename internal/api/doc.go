@@ -31,6 +31,9 @@
 //	GET    /v1/sandboxes/{id}/files?path=P   download one file (raw bytes)
 //	POST   /v1/sandboxes/{id}/hibernate      snapshot memory+disk to storage, stop the VM
 //	POST   /v1/sandboxes/{id}/resume         restore it
+//	GET    /v1/sandboxes/{id}/network        its egress policy (canonical)
+//	PUT    /v1/sandboxes/{id}/network        replace it (POST too); a running sandbox's takes effect at once
+//	*      /v1/sandboxes/{id}/ports/{port}/… HTTP and WebSocket proxy to a server in the sandbox (its tenant only)
 //	GET    /api/v2/runtimes                  Piston: installed runtimes
 //	POST   /api/v2/execute                   Piston: run, Piston's result shape
 //	GET    /api/v2/connect                   Piston: interactive run over a WebSocket (piston_ws.go)
