@@ -267,7 +267,7 @@ class BashKernel:
     def run(self, code, emit):
         self.count += 1
         mark = "__E2B_%s__" % secrets.token_hex(8)
-        script = "%s\nprintf '\\n%s %%s\\n' \"$?\"\nprintf '\\n%s\\n' >&2\n" % (code, mark, mark)
+        script = "%s\nprintf '%s %%s\\n' \"$?\"\nprintf '%s\\n' >&2\n" % (code, mark, mark)
         self.p.stdin.write(script.encode())
         self.p.stdin.flush()
         sel = selectors.DefaultSelector()
@@ -306,18 +306,21 @@ class BashKernel:
 
 def split_mark(buf, mark):
     """Splits buf at the end marker: (found, text before it, kept, what
-    follows it on its line). Text is only released up to the last newline
-    so a marker split across reads is still found."""
-    i = buf.find(b"\n" + mark)
+    follows it on its line). All text is released as it comes but a tail
+    that may be the start of a marker split across reads; the marker may
+    follow text on the same line (output without a final newline)."""
+    i = buf.find(mark)
     if i >= 0:
-        end = buf.find(b"\n", i + 1 + len(mark))
+        end = buf.find(b"\n", i + len(mark))
         if end < 0:
             return False, buf[:i], buf[i:], b""
-        return True, buf[:i], b"", buf[i + 1 + len(mark):end]
-    cut = buf.rfind(b"\n")
-    if cut < 0:
-        return False, b"", buf, b""
-    return False, buf[:cut + 1], buf[cut + 1:], b""
+        return True, buf[:i], b"", buf[i + len(mark):end]
+    keep = 0
+    for n in range(min(len(mark) - 1, len(buf)), 0, -1):
+        if mark.startswith(buf[-n:]):
+            keep = n
+            break
+    return False, buf[:len(buf) - keep], buf[len(buf) - keep:], b""
 
 
 def die_with_parent():

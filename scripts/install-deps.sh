@@ -35,7 +35,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends $backports qemu-system-x86 qemu-system-data
 apt-get install -y -q --no-install-recommends \
   squashfs-tools erofs-utils debootstrap e2fsprogs zstd xz-utils ca-certificates make git gcc libc6-dev \
-  iproute2 nftables passt
+  iproute2 nftables passt dmsetup
 if [ "${1:-}" = --test ]; then
   # The cluster tests (make test-cluster) run a throwaway PostgreSQL and an
   # HAProxy on loopback; they start their own servers, not these packages'.

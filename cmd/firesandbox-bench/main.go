@@ -30,21 +30,30 @@ func main() {
 	dataDir := flag.String("data-dir", envOr("FIRESANDBOX_DATA", sandbox.DefaultDataDir), "data directory")
 	lang := flag.String("language", "python", "language to measure")
 	formatsOnly := flag.Bool("formats-only", false, "only compare image formats (no VMs)")
+	sandboxesOnly := flag.Bool("sandboxes-only", false, "only measure long-lived sandboxes (create, fork, pause, resume, disk)")
+	sandboxRuns := flag.Int("sandbox-runs", 3, "runs per row of the sandbox table")
 	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	networkOnly := flag.Bool("network-only", false, "only measure what a VM's network adds (network.go)")
 	flag.Parse()
 	var err error
-	if *networkOnly {
+	switch {
+	case *networkOnly:
 		err = networkTable(context.Background(), *dataDir, *lang, *n)
-	} else if *forwardingOnly {
+	case *forwardingOnly:
 		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
-	} else if *formatsOnly {
+	case *sandboxesOnly:
+		var mgr *sandbox.Manager
+		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
+			err = sandboxTable(context.Background(), mgr, *lang, *sandboxRuns)
+			mgr.Close()
+		}
+	case *formatsOnly:
 		var mgr *sandbox.Manager
 		if mgr, err = sandbox.New(sandbox.Config{DataDir: *dataDir}); err == nil {
 			err = formatTable(context.Background(), mgr)
 		}
-	} else {
-		err = run(*dataDir, *lang, *n, *clones)
+	default:
+		err = run(*dataDir, *lang, *n, *clones, *sandboxRuns)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -77,7 +86,7 @@ func (s *series) q(q float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
 
-func run(dataDir, lang string, n, clones int) error {
+func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 	ctx := context.Background()
 	mgr, err := sandbox.New(sandbox.Config{DataDir: dataDir})
 	if err != nil {
@@ -182,6 +191,9 @@ func run(dataDir, lang string, n, clones int) error {
 		return err
 	}
 	if err := memoryTable(ctx, mgr, e, clones); err != nil {
+		return err
+	}
+	if err := sandboxTable(ctx, mgr, lang, sandboxRuns); err != nil {
 		return err
 	}
 	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {

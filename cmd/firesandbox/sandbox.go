@@ -18,9 +18,15 @@ import (
 func newSandboxCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sandbox",
-		Short: "Long-lived sandboxes: create, exec, copy files, hibernate, resume, remove",
+		Short: "Long-lived sandboxes: create, exec, copy files, fork, pause, resume, remove",
 		Long: `A sandbox is a VM that lives across commands: files you write stay, and a
-hibernated sandbox comes back where it was (memory included).
+paused sandbox comes back where it was (memory included). A fork copies a
+running sandbox, memory, processes and files, into new ones.
+
+Every sandbox has a timeout (create --timeout, default 5m; sandbox
+timeout ID D moves it): at its end it is removed, or paused with
+--on-timeout pause. A paused sandbox does not time out; resuming it
+starts a new timeout.
 
 These commands talk to the serve of this data directory when one is
 running (over its unix socket, <run-dir>/api.sock). Without one, each
@@ -32,13 +38,17 @@ sandboxes are the same ones, in <data-dir>/state.db.`,
   firesandbox sandbox cp $id:notes.txt ./notes.txt
   firesandbox sandbox cp ./data.csv $id:data.csv
   firesandbox sandbox ls
-  firesandbox sandbox hibernate $id
+  firesandbox sandbox fork $id -n 3
+  firesandbox sandbox pause $id
+  firesandbox sandbox timeout $id 1h
   firesandbox sandbox rm $id`,
 	}
+	pause := newSandboxStateCmd(g, "pause", "Save a sandbox's memory and disk and stop its VM")
+	pause.Aliases = []string{"hibernate"}
 	cmd.AddCommand(newSandboxCreateCmd(g), newSandboxLsCmd(g), newSandboxExecCmd(g), newSandboxCpCmd(g),
-		newSandboxStateCmd(g, "hibernate", "Save a sandbox's memory and disk and stop its VM"),
-		newSandboxStateCmd(g, "resume", "Bring a hibernated sandbox back"),
-		newSandboxRmCmd(g))
+		newSandboxForkCmd(g), pause,
+		newSandboxStateCmd(g, "resume", "Bring a paused sandbox back"),
+		newSandboxTimeoutCmd(g), newSandboxRmCmd(g))
 	return cmd
 }
 
@@ -60,12 +70,18 @@ func withAPI(cmd *cobra.Command, g *globalFlags, fn func(c *client.Client) error
 func newSandboxCreateCmd(g *globalFlags) *cobra.Command {
 	var diskMiB int
 	var env, meta []string
+	var timeout, idle time.Duration
+	var onTimeout string
 	cmd := &cobra.Command{
 		Use:   "create LANGUAGE",
 		Short: "Create a sandbox and print its id",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in := client.CreateIn{Language: args[0], VCPUs: g.vcpus, MemoryMiB: g.memoryMiB, DiskMiB: diskMiB}
+			in := client.CreateIn{Language: args[0], VCPUs: g.vcpus, MemoryMiB: g.memoryMiB, DiskMiB: diskMiB,
+				LifetimeS: int64(timeout / time.Second), IdleTimeoutS: int64(idle / time.Second), OnTimeout: onTimeout}
+			if timeout < 0 || idle < 0 || (timeout > 0 && timeout < time.Second) {
+				return usagef("--timeout and --idle-timeout take a duration of a second or more")
+			}
 			var err error
 			if in.Env, err = keyValues("--env", env); err != nil {
 				return err
@@ -86,6 +102,9 @@ func newSandboxCreateCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().IntVar(&diskMiB, "disk", 0, "writable disk in MiB (default: files live in guest memory)")
 	cmd.Flags().StringArrayVar(&env, "env", nil, "KEY=VALUE for every command in the sandbox (repeatable)")
 	cmd.Flags().StringArrayVar(&meta, "meta", nil, "KEY=VALUE label (repeatable)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "lifetime: the sandbox ends this long after its create (default: the server's, 5m)")
+	cmd.Flags().StringVar(&onTimeout, "on-timeout", "", "at the end of its lifetime: kill (default) or pause")
+	cmd.Flags().DurationVar(&idle, "idle-timeout", 0, "pause the sandbox after this long unused (the next command resumes it)")
 	return cmd
 }
 
@@ -261,7 +280,7 @@ func newSandboxStateCmd(g *globalFlags, verb, short string) *cobra.Command {
 			return withAPI(cmd, g, func(c *client.Client) error {
 				var sb client.Sandbox
 				var err error
-				if verb == "hibernate" {
+				if verb == "pause" {
 					sb, err = c.Hibernate(cmd.Context(), args[0])
 				} else {
 					sb, err = c.Resume(cmd.Context(), args[0])
@@ -270,6 +289,62 @@ func newSandboxStateCmd(g *globalFlags, verb, short string) *cobra.Command {
 					return err
 				}
 				fmt.Printf("%s %s\n", sb.ID, sb.State)
+				return nil
+			})
+		},
+	}
+}
+
+func newSandboxForkCmd(g *globalFlags) *cobra.Command {
+	var n int
+	cmd := &cobra.Command{
+		Use:   "fork ID",
+		Short: "Copy a running sandbox into new ones and print their ids",
+		Long: `Copy a sandbox, as it runs, into N new sandboxes: each has the parent's
+files and memory, so its running processes (a server, an interpreter
+holding a value) run on in every child. Each child has its own disk, id,
+clock and randomness. The parent is paused only while it is saved.`,
+		Example: `  firesandbox sandbox fork sb-1234 -n 4`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if n < 1 {
+				return usagef("-n: at least 1")
+			}
+			return withAPI(cmd, g, func(c *client.Client) error {
+				kids, err := c.Fork(cmd.Context(), args[0], n)
+				if err != nil {
+					return err
+				}
+				for _, k := range kids {
+					fmt.Println(k.ID)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().IntVarP(&n, "count", "n", 1, "how many children (at most the server's max_forks, default 16)")
+	return cmd
+}
+
+func newSandboxTimeoutCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "timeout ID DURATION",
+		Short:   "End a sandbox DURATION from now (killed, or paused with --on-timeout pause)",
+		Example: `  firesandbox sandbox timeout sb-1234 2h`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := time.ParseDuration(args[1])
+			if err != nil || d < time.Second {
+				return usagef("timeout %q: want a duration of a second or more, like 90s or 2h", args[1])
+			}
+			return withAPI(cmd, g, func(c *client.Client) error {
+				sb, err := c.SetTimeout(cmd.Context(), args[0], d)
+				if err != nil {
+					return err
+				}
+				if sb.ExpiresAt != nil {
+					fmt.Printf("%s ends at %s\n", sb.ID, sb.ExpiresAt.Local().Format(time.DateTime))
+				}
 				return nil
 			})
 		},

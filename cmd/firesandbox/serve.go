@@ -17,28 +17,32 @@ import (
 )
 
 type serveFlags struct {
-	poolRanges    map[string]sandbox.PoolRange // from the config file
-	maxOutput     int64                        // from the config file
-	listen        string
-	apiKey        string
-	pools         string
-	maxVMs        int
-	queue         int
-	queueWait     time.Duration
-	maxTimeout    time.Duration
-	idleHibernate time.Duration
-	maxBody       int64
-	grace         time.Duration
-	requireKey    bool
-	maxConns      int
-	bodyTimeout   time.Duration
-	hibernatedTTL time.Duration
-	allowedHosts  []string
-	allowedOrigin []string
-	quota         tenant.Quota
-	caps          api.ShapeCaps
-	cluster       clusterFlags
-	network       string
+	memoryBudget      int64
+	sandboxTimeout    time.Duration
+	maxSandboxTimeout time.Duration
+	maxForks          int
+	poolRanges        map[string]sandbox.PoolRange // from the config file
+	maxOutput         int64                        // from the config file
+	listen            string
+	apiKey            string
+	pools             string
+	maxVMs            int
+	queue             int
+	queueWait         time.Duration
+	maxTimeout        time.Duration
+	idleHibernate     time.Duration
+	maxBody           int64
+	grace             time.Duration
+	requireKey        bool
+	maxConns          int
+	bodyTimeout       time.Duration
+	hibernatedTTL     time.Duration
+	allowedHosts      []string
+	allowedOrigin     []string
+	quota             tenant.Quota
+	caps              api.ShapeCaps
+	cluster           clusterFlags
+	network           string
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -84,7 +88,11 @@ hibernates running sandboxes and stops its pools.`,
 	fl.StringVar(&f.listen, "listen", api.DefaultListen, "address to listen on; non-loopback needs an API key")
 	fl.StringVar(&f.apiKey, "api-key", os.Getenv("FIRESANDBOX_API_KEY"), "API key clients must send ($FIRESANDBOX_API_KEY)")
 	fl.StringVar(&f.pools, "pool", "python=1..4", "warm pools: lang=N (fixed) or lang=MIN..MAX (MIN idle, more while runs come in), comma-separated (\"\" for none)")
-	fl.IntVar(&f.maxVMs, "max-vms", 0, "VMs serving requests at once, runs and live sandboxes (default: number of CPUs)")
+	fl.IntVar(&f.maxVMs, "max-vms", 0, "work slots: runs and execs at once (default: number of CPUs); live sandboxes are bounded by --memory-budget")
+	fl.Int64Var(&f.memoryBudget, "memory-budget", 0, "MiB of guest memory live VMs may take together (default: host RAM minus an eighth, minus room for the work slots and pools)")
+	fl.DurationVar(&f.sandboxTimeout, "sandbox-timeout", 5*time.Minute, "a sandbox's lifetime unless its create asks for another")
+	fl.DurationVar(&f.maxSandboxTimeout, "max-sandbox-timeout", 24*time.Hour, "the longest lifetime a sandbox may ask for")
+	fl.IntVar(&f.maxForks, "max-forks", 16, "children one fork may make at most")
 	fl.IntVar(&f.queue, "queue", 0, "requests that may wait for a VM before 429 (default 4 x --max-vms)")
 	fl.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "how long a request waits for a VM before 503")
 	fl.DurationVar(&f.maxTimeout, "max-timeout", time.Minute, "largest wall-clock limit a request may ask for")
@@ -129,6 +137,11 @@ func (f *serveFlags) fromFile(cmd *cobra.Command, c serveConfig) error {
 		do   func()
 	}{
 		{"max-vms", c.MaxVMs != 0, func() { f.maxVMs = c.MaxVMs }},
+		{"memory-budget", c.MemoryBudgetMiB != 0, func() { f.memoryBudget = c.MemoryBudgetMiB }},
+		{"sandbox-timeout", c.SandboxTimeout != 0, func() { f.sandboxTimeout = c.SandboxTimeout }},
+		{"max-sandbox-timeout", c.MaxSandboxTimeout != 0, func() { f.maxSandboxTimeout = c.MaxSandboxTimeout }},
+		{"max-forks", c.MaxForks != 0, func() { f.maxForks = c.MaxForks }},
+		{"hibernated-ttl", c.HibernatedTTL != 0, func() { f.hibernatedTTL = c.HibernatedTTL }},
 		{"queue", c.Queue != 0, func() { f.queue = c.Queue }},
 		{"queue-wait", c.QueueWait != 0, func() { f.queueWait = c.QueueWait }},
 		{"max-timeout", c.MaxTimeout != 0, func() { f.maxTimeout = c.MaxTimeout }},
@@ -180,7 +193,9 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 		return usageError{err}
 	}
 	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate,
-		HibernatedTTL: f.hibernatedTTL, Pools: pools, Network: g.networkConfig(f.network)}
+		HibernatedTTL: f.hibernatedTTL, Pools: pools, MemoryBudgetMiB: f.memoryBudget,
+		SandboxTimeout: f.sandboxTimeout, MaxSandboxTimeout: f.maxSandboxTimeout, MaxForks: f.maxForks,
+		Network: g.networkConfig(f.network)}
 	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}

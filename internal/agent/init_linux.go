@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -433,7 +434,8 @@ func serveVsock(port uint32, srv *Server, log *slog.Logger) error {
 }
 
 // resync sets the clock and mixes host entropy into the kernel's pool, so
-// clones restored from one snapshot diverge.
+// clones restored from one snapshot diverge; a new identity (a restore or
+// a fork's child, not its parent) also gets a new boot id.
 func resync(r agentproto.ResyncRequest) error {
 	if r.UnixNanos > 0 {
 		tv := unix.NsecToTimeval(r.UnixNanos)
@@ -446,6 +448,40 @@ func resync(r agentproto.ResyncRequest) error {
 			return err
 		}
 	}
+	if r.Identity != "" && r.Identity != bootIDFor {
+		if err := newBootID(); err != nil {
+			return err
+		}
+		bootIDFor = r.Identity
+	}
+	return nil
+}
+
+// bootIDFor is the identity the commands' boot id was made for.
+var bootIDFor string
+
+// newBootID shows commands a fresh random boot id: the kernel's is made
+// once per boot, so every VM restored from one snapshot would share it.
+// A file bind-mounted over /proc/sys/kernel/random/boot_id in the
+// commands' root replaces the previous one.
+func newBootID() error {
+	var u [16]byte
+	if _, err := rand.Read(u[:]); err != nil { // reseeded just before
+		return fmt.Errorf("boot id: %w", err)
+	}
+	u[6], u[8] = u[6]&0x0f|0x40, u[8]&0x3f|0x80 // a version 4 UUID, as the kernel makes
+	id := fmt.Sprintf("%x-%x-%x-%x-%x\n", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+	src := fmt.Sprintf("/run-boot-id-%x", u[:4])
+	if err := os.WriteFile(src, []byte(id), 0o444); err != nil {
+		return fmt.Errorf("boot id: %w", err)
+	}
+	defer os.Remove(src) // the mount keeps the file
+	dst := NewRoot + "/proc/sys/kernel/random/boot_id"
+	_ = unix.Unmount(dst, unix.MNT_DETACH) // the previous one, if any
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("boot id: %w", err)
+	}
+	_ = unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 	return nil
 }
 

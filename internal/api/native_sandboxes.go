@@ -3,8 +3,10 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,7 +17,9 @@ import (
 	"github.com/firesandbox/firesandbox/internal/state"
 )
 
-// SandboxOut describes a sandbox.
+// SandboxOut describes a sandbox. TimeoutS repeats IdleTimeoutS, under
+// the name it had first. ExpiresAt is the end of its lifetime (absent
+// while paused: a paused sandbox does not time out).
 type SandboxOut struct {
 	ID           string            `json:"id"`
 	Language     string            `json:"language"`
@@ -24,7 +28,11 @@ type SandboxOut struct {
 	VCPUs        int               `json:"vcpus"`
 	MemoryMiB    int               `json:"memory_mib"`
 	DiskMiB      int               `json:"disk_mib,omitempty"`
-	IdleTimeoutS int64             `json:"timeout_s"`
+	IdleTimeoutS int64             `json:"idle_timeout_s"`
+	TimeoutS     int64             `json:"timeout_s"`
+	ExpiresAt    *time.Time        `json:"expires_at,omitempty"`
+	OnTimeout    string            `json:"on_timeout"`
+	Parent       string            `json:"parent,omitempty"`
 	Reason       string            `json:"reason,omitempty"`
 	Metadata     map[string]string `json:"metadata,omitempty"`
 	CreatedAt    time.Time         `json:"created_at"`
@@ -32,21 +40,42 @@ type SandboxOut struct {
 }
 
 func sandboxOut(sb state.Sandbox) SandboxOut {
-	return SandboxOut{ID: sb.ID, Language: sb.Language, Version: sb.Version, State: string(sb.State), VCPUs: sb.VCPUs,
-		MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB, IdleTimeoutS: int64(sb.IdleTimeout / time.Second), Reason: sb.Reason, Metadata: sb.Metadata,
+	idle := int64(sb.IdleTimeout / time.Second)
+	out := SandboxOut{ID: sb.ID, Language: sb.Language, Version: sb.Version, State: string(sb.State), VCPUs: sb.VCPUs,
+		MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB, IdleTimeoutS: idle, TimeoutS: idle, OnTimeout: sb.OnTimeout,
+		Parent: sb.Parent, Reason: sb.Reason, Metadata: sb.Metadata,
 		CreatedAt: sb.CreatedAt.UTC(), LastUsedAt: sb.LastUsedAt.UTC()}
+	if out.OnTimeout == "" {
+		out.OnTimeout = sandbox.OnTimeoutKill
+	}
+	if !sb.ExpiresAt.IsZero() {
+		at := sb.ExpiresAt.UTC()
+		out.ExpiresAt = &at
+	}
+	return out
 }
 
-// CreateIn is POST /v1/sandboxes's request. TimeoutS is the idle time
-// after which the sandbox is hibernated (0: the server's default).
+// CreateIn is POST /v1/sandboxes's request.
+//
+// Two clocks end a sandbox. LifetimeS is its timeout: at that many
+// seconds after the create (default 300, at most the server's maximum)
+// it is killed, or paused if OnTimeout is "pause"; POST .../timeout moves
+// the end, and a paused sandbox does not time out. IdleTimeoutS (also
+// accepted under its first name, timeout_s) pauses it after that long
+// without a call, transparently: the next call resumes it (0: the
+// server's default).
 type CreateIn struct {
-	Language  string `json:"language"`
-	Version   string `json:"version,omitempty"`
-	VCPUs     int    `json:"vcpus,omitempty"`
-	MemoryMiB int    `json:"memory_mib,omitempty"`
-	DiskMiB   int    `json:"disk_mib,omitempty"`
-	TimeoutS  int64  `json:"timeout_s,omitempty"`
-	// Metadata labels the sandbox; Env is set for every command in it.
+	Language     string `json:"language"`
+	Version      string `json:"version,omitempty"`
+	VCPUs        int    `json:"vcpus,omitempty"`
+	MemoryMiB    int    `json:"memory_mib,omitempty"`
+	DiskMiB      int    `json:"disk_mib,omitempty"`
+	LifetimeS    int64  `json:"lifetime_s,omitempty"`
+	OnTimeout    string `json:"on_timeout,omitempty"`
+	IdleTimeoutS int64  `json:"idle_timeout_s,omitempty"`
+	TimeoutS     int64  `json:"timeout_s,omitempty"`
+	// Metadata labels the sandbox (filter with GET /v1/sandboxes?metadata=k=v);
+	// Env is set for every command in it.
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
 	// Network is the egress policy (none: nothing gets out); PUT
@@ -63,6 +92,14 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	idle := in.IdleTimeoutS
+	switch {
+	case in.TimeoutS != 0 && idle != 0 && in.TimeoutS != idle:
+		s.writeError(w, r, fmt.Errorf("%w: timeout_s is the old name of idle_timeout_s; give one of them", sandbox.ErrBadRequest))
+		return
+	case idle == 0:
+		idle = in.TimeoutS
+	}
 	switch {
 	case in.Language == "":
 		s.writeError(w, r, fmt.Errorf("%w: language is required (see GET /v1/languages)", sandbox.ErrBadRequest))
@@ -70,8 +107,13 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	case in.DiskMiB < 0 || in.DiskMiB > 64<<10:
 		s.writeError(w, r, fmt.Errorf("%w: disk_mib %d: want 0-65536", sandbox.ErrBadRequest, in.DiskMiB))
 		return
-	case in.TimeoutS < 0 || in.TimeoutS > int64(maxIdleTimeout/time.Second):
-		s.writeError(w, r, fmt.Errorf("%w: timeout_s %d: want 0-%d", sandbox.ErrBadRequest, in.TimeoutS, int64(maxIdleTimeout/time.Second)))
+	case idle < 0 || idle > int64(maxIdleTimeout/time.Second):
+		s.writeError(w, r, fmt.Errorf("%w: idle_timeout_s %d: want 0-%d", sandbox.ErrBadRequest, idle, int64(maxIdleTimeout/time.Second)))
+		return
+	}
+	lifetime, err := seconds("lifetime_s", in.LifetimeS)
+	if err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if _, err := s.installed(in.Language, in.Version); err != nil {
@@ -86,7 +128,8 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sbx.Create(r.Context(), sandbox.CreateRequest{
 		Network:  policy,
 		Language: in.Language, Version: in.Version, Shape: sandbox.Shape{VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
-		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(in.TimeoutS) * time.Second,
+		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(idle) * time.Second,
+		Timeout: lifetime, OnTimeout: in.OnTimeout,
 		Tenant: tenantOf(r), Metadata: in.Metadata, Env: in.Env,
 	})
 	if err != nil {
@@ -97,8 +140,43 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, sandboxOut(sb))
 }
 
+// seconds turns a request's whole seconds into a duration; the sandbox
+// layer checks it against the server's bounds.
+func seconds(field string, n int64) (time.Duration, error) {
+	if n < 0 || n > int64(365*24*time.Hour/time.Second) {
+		return 0, fmt.Errorf("%w: %s %d: want a number of seconds, 0 for the default", sandbox.ErrBadRequest, field, n)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// handleList lists the caller's sandboxes: ?state=running (repeatable)
+// and ?metadata=k=v (repeatable; every pair must match) narrow it.
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
-	list, err := s.sbx.List(r.Context(), tenantOf(r), sandbox.ListFilter{})
+	q := r.URL.Query()
+	var f sandbox.ListFilter
+	if len(q["metadata"]) > sandbox.MaxMetadata {
+		s.writeError(w, r, fmt.Errorf("%w: at most %d metadata filters", sandbox.ErrBadRequest, sandbox.MaxMetadata))
+		return
+	}
+	for _, kv := range q["metadata"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			s.writeError(w, r, fmt.Errorf("%w: metadata filter %q: want key=value", sandbox.ErrBadRequest, kv))
+			return
+		}
+		if f.Metadata == nil {
+			f.Metadata = map[string]string{}
+		}
+		f.Metadata[k] = v
+	}
+	for _, st := range q["state"] {
+		if !knownState(st) {
+			s.writeError(w, r, fmt.Errorf("%w: state %q", sandbox.ErrBadRequest, st))
+			return
+		}
+		f.States = append(f.States, state.State(st))
+	}
+	list, err := s.sbx.List(r.Context(), tenantOf(r), f)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -108,6 +186,15 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		out = append(out, sandboxOut(sb))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out})
+}
+
+func knownState(st string) bool {
+	switch state.State(st) {
+	case state.Creating, state.Running, state.Hibernating, state.Hibernated, state.Resuming,
+		state.Forking, state.Deleting, state.Lost:
+		return true
+	}
+	return false
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -127,8 +214,10 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) handleHibernate(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sbx.Hibernate(r.Context(), tenantOf(r), r.PathValue("id"))
+// handlePause pauses a sandbox (memory and disk to storage, VM gone);
+// POST .../hibernate is the same.
+func (s *Server) handlePause(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sbx.Pause(r.Context(), tenantOf(r), r.PathValue("id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -136,13 +225,102 @@ func (s *Server) handleHibernate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, sandboxOut(sb))
 }
 
+// TimeoutIn is the body of POST .../timeout, .../resume and .../fork:
+// TimeoutS is the sandbox's (or each child's) lifetime from now.
+type TimeoutIn struct {
+	TimeoutS int64 `json:"timeout_s,omitempty"`
+}
+
+// handleResume resumes a paused sandbox; the body is optional.
 func (s *Server) handleResume(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sbx.Resume(r.Context(), tenantOf(r), r.PathValue("id"))
+	var in TimeoutIn
+	if err := decodeOptional(r, &in); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := seconds("timeout_s", in.TimeoutS)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := s.sbx.Resume(r.Context(), tenantOf(r), r.PathValue("id"), d)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sandboxOut(sb))
+}
+
+// handleTimeout sets a new end of a sandbox's lifetime: timeout_s from now.
+func (s *Server) handleTimeout(w http.ResponseWriter, r *http.Request) {
+	var in TimeoutIn
+	if err := decodeJSON(r, &in, true); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if in.TimeoutS <= 0 {
+		s.writeError(w, r, fmt.Errorf("%w: timeout_s is required: the sandbox's lifetime from now, in seconds", sandbox.ErrBadRequest))
+		return
+	}
+	d, err := seconds("timeout_s", in.TimeoutS)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := s.sbx.SetTimeout(r.Context(), tenantOf(r), r.PathValue("id"), d)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sandboxOut(sb))
+}
+
+// ForkIn is POST .../fork's request: Count children, each with a lifetime
+// of TimeoutS from now (0: the default).
+type ForkIn struct {
+	Count    int   `json:"count"`
+	TimeoutS int64 `json:"timeout_s,omitempty"`
+}
+
+// handleFork copies a running sandbox Count times; it answers with the
+// children, in the order made.
+func (s *Server) handleFork(w http.ResponseWriter, r *http.Request) {
+	var in ForkIn
+	if err := decodeOptional(r, &in); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if in.Count == 0 {
+		in.Count = 1
+	}
+	d, err := seconds("timeout_s", in.TimeoutS)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	kids, err := s.sbx.Fork(r.Context(), tenantOf(r), r.PathValue("id"), sandbox.ForkRequest{Count: in.Count, Timeout: d})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]SandboxOut, 0, len(kids))
+	for _, k := range kids {
+		out = append(out, sandboxOut(k))
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"sandboxes": out})
+}
+
+// decodeOptional is decodeJSON for a body that may be left out.
+func decodeOptional(r *http.Request, v any) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadBody, err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decodeJSON(r, v, true)
 }
 
 // ExecIn is a command to run in a sandbox: Cmd (argv), or Command (a
@@ -156,6 +334,16 @@ type ExecIn struct {
 	Cwd       string            `json:"cwd,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	Limits    LimitsIn          `json:"limits"`
+	// Background starts the command and answers at once with its pid
+	// (201 {"pid": N}); it runs on, and GET .../processes/{pid}/stream
+	// (or /ws) streams its output. Its limits are the agent's background
+	// defaults unless given.
+	Background bool `json:"background,omitempty"`
+	// OpenStdin keeps the command's stdin open after Stdin, for POST
+	// .../processes/{pid}/stdin, until closed there. Tag names it in the
+	// process list.
+	OpenStdin bool   `json:"open_stdin,omitempty"`
+	Tag       string `json:"tag,omitempty"`
 }
 
 func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
@@ -189,7 +377,8 @@ func (s *Server) parseExec(r *http.Request) (agentproto.ExecRequest, error) {
 		}
 		env = append(env, k+"="+v)
 	}
-	req := agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim}
+	req := agentproto.ExecRequest{Argv: argv, Env: env, Dir: in.Cwd, Stdin: []byte(in.Stdin), Limits: lim,
+		Background: in.Background, OpenStdin: in.OpenStdin, Tag: in.Tag}
 	return req, execFits(req)
 }
 
@@ -197,6 +386,10 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	req, err := s.parseExec(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if req.Background {
+		s.handleBackground(w, r, req)
 		return
 	}
 	c := newCapture(outputLimit(req.Limits, nil), 0)
@@ -213,6 +406,10 @@ func (s *Server) handleExecStream(w http.ResponseWriter, r *http.Request) {
 	req, err := s.parseExec(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if req.Background {
+		s.writeError(w, r, fmt.Errorf("%w: a background command answers with its pid: use POST .../exec, then GET .../processes/{pid}/stream", sandbox.ErrBadRequest))
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())

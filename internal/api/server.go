@@ -245,7 +245,9 @@ func Open(cfg Config, svc *sandbox.Service, opts ...Option) (*Server, error) {
 	s.quotas = tenant.NewQuotas(cfg.Quota, s.keys, s.usageOf)
 	// Sandboxes (whichever API makes them) take VMs through the tenant's
 	// gate and are admitted by the server's caps and the tenant's quotas.
-	s.sbx.SetAdmission(s.quotas.Gate(svc.Limiter), s.admitSandbox)
+	// A live sandbox counts against its tenant's VMs, not the work slots:
+	// those go to runs and execs (and the memory budget admits sandboxes).
+	s.sbx.SetAdmission(s.quotas.Gate(sandbox.Unbounded), s.admitSandbox)
 	if s.j0, err = openJudge0(s); err != nil {
 		return nil, err
 	}
@@ -344,8 +346,24 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/sandboxes/{id}/exec/stream", s.handleExecStream)
 	handle("POST /v1/sandboxes/{id}/files", s.handleUpload)
 	handle("GET /v1/sandboxes/{id}/files", s.handleDownload)
-	handle("POST /v1/sandboxes/{id}/hibernate", s.handleHibernate)
+	handle("POST /v1/sandboxes/{id}/pause", s.handlePause)
+	handle("POST /v1/sandboxes/{id}/hibernate", s.handlePause)
 	handle("POST /v1/sandboxes/{id}/resume", s.handleResume)
+	handle("POST /v1/sandboxes/{id}/timeout", s.handleTimeout)
+	handle("POST /v1/sandboxes/{id}/fork", s.handleFork)
+	handle("GET /v1/sandboxes/{id}/processes", s.handleProcesses)
+	handle("GET /v1/sandboxes/{id}/processes/{pid}/stream", s.handleProcessStream)
+	handle("GET /v1/sandboxes/{id}/processes/{pid}/ws", s.handleProcessWS)
+	handle("POST /v1/sandboxes/{id}/processes/{pid}/stdin", s.handleStdin)
+	handle("POST /v1/sandboxes/{id}/processes/{pid}/signal", s.handleSignal)
+	handle("POST /v1/sandboxes/{id}/processes/{pid}/resize", s.handleResize)
+	handle("GET /v1/sandboxes/{id}/pty", s.handlePTY)
+	handle("GET /v1/sandboxes/{id}/files/stat", s.handleStat)
+	handle("GET /v1/sandboxes/{id}/files/list", s.handleListDir)
+	handle("GET /v1/sandboxes/{id}/files/watch", s.handleWatch)
+	handle("POST /v1/sandboxes/{id}/files/mkdir", s.handleMkdir)
+	handle("POST /v1/sandboxes/{id}/files/move", s.handleMove)
+	handle("DELETE /v1/sandboxes/{id}/files", s.handleRemove)
 	handle("GET /v1/sandboxes/{id}/network", s.handleGetNetwork)
 	handle("PUT /v1/sandboxes/{id}/network", s.handleSetNetwork)
 	handle("POST /v1/sandboxes/{id}/network", s.handleSetNetwork)
@@ -452,6 +470,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "sandbox_busy"
 	case errors.Is(err, sandbox.ErrQueueFull):
 		return http.StatusTooManyRequests, "queue_full"
+	case errors.Is(err, sandbox.ErrMemoryBudget):
+		return http.StatusServiceUnavailable, "memory_budget"
+	case errors.Is(err, vmm.ErrIncompatible):
+		return http.StatusConflict, "incompatible_snapshot"
 	case errors.Is(err, sandbox.ErrQueueTimeout):
 		return http.StatusServiceUnavailable, "queue_timeout"
 	case errors.Is(err, cluster.ErrFull):

@@ -238,26 +238,26 @@ func TestClonesShareTheGuestAddress(t *testing.T) {
 		t.Fatalf("both clones use link address %s", ipA)
 	}
 	ga, gb := w.attachGuest(a, 1), w.attachGuest(b, 2)
-	// Both open a connection, then both use it: the two flows are alive
-	// at the same time from the same guest address.
-	ca, err := ga.dial(context.Background(), "tcp4", ipAllowed+":80")
-	if err != nil {
-		t.Fatal(err)
+	// Both open a connection and send their request at once (the filter
+	// judges a flow by its first bytes, within PeekTimeout), then both read:
+	// the two flows are alive at the same time from the same guest address.
+	var conns []net.Conn
+	for _, g := range []*guest{ga, gb} {
+		c, err := g.dial(context.Background(), "tcp4", ipAllowed+":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+		conns = append(conns, c)
 	}
-	defer ca.Close()
-	cb, err := gb.dial(context.Background(), "tcp4", ipAllowed+":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cb.Close()
 	var wg sync.WaitGroup
 	bodies := make([]string, 2)
 	errs := make([]error, 2)
-	for i, c := range []net.Conn{ca, cb} {
+	for i, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
 			bodies[i], errs[i] = readResponse(c)
 		}()
 	}

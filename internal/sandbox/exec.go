@@ -34,7 +34,7 @@ func (s *Sandboxes) withVM(ctx context.Context, tenant, id string, fn func(ctx c
 		}
 		switch sb.State {
 		case state.Hibernated:
-			if _, err := s.Resume(ctx, tenant, id); err != nil {
+			if _, err := s.Resume(ctx, tenant, id, 0); err != nil {
 				return err
 			}
 			continue
@@ -88,9 +88,11 @@ func (s *Sandboxes) checkLive(ctx context.Context, id string, b *box) error {
 	return s.liveVM(ctx, cur, b)
 }
 
-// Exec runs a command in a sandbox (resuming it if hibernated). A
-// relative or empty Dir is taken relative to WorkDir; the sandbox's env is
-// added under the request's own.
+// Exec runs a command in a sandbox (resuming it if hibernated), holding a
+// work slot while it runs: live sandboxes are many, but only as many
+// commands run at once as there are slots. A relative or empty Dir is
+// taken relative to WorkDir; the sandbox's env is added under the
+// request's own.
 func (s *Sandboxes) Exec(ctx context.Context, tenant, id string, req agentproto.ExecRequest, stdout, stderr io.Writer) (*agentproto.ExitResult, error) {
 	switch {
 	case req.Dir == "":
@@ -101,8 +103,13 @@ func (s *Sandboxes) Exec(ctx context.Context, tenant, id string, req agentproto.
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
+	release, err := s.workSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var res *agentproto.ExitResult
-	err := s.withVM(ctx, tenant, id, func(ctx context.Context, sb state.Sandbox, vm *VM) error {
+	err = s.withVM(ctx, tenant, id, func(ctx context.Context, sb state.Sandbox, vm *VM) error {
 		r := req
 		r.Env = withEnv(sb.Env, req.Env)
 		var err error
@@ -110,6 +117,14 @@ func (s *Sandboxes) Exec(ctx context.Context, tenant, id string, req agentproto.
 		return err
 	})
 	return res, err
+}
+
+// workSlot takes a slot of the work gate, if there is one.
+func (s *Sandboxes) workSlot(ctx context.Context) (func(), error) {
+	if s.gate == nil {
+		return func() {}, nil
+	}
+	return s.gate.Acquire(ctx)
 }
 
 // withEnv is base's variables (sorted, for a stable order) then env's,

@@ -8,10 +8,12 @@ import (
 	"github.com/firesandbox/firesandbox/internal/state"
 )
 
-// SetTimeout gives a sandbox a new end of life, d from now (zero: none).
+// SetTimeout gives a sandbox a new end of life, d from now (1 s up to the
+// configured maximum). At that end it is killed, or paused if its
+// on_timeout says so.
 func (s *Sandboxes) SetTimeout(ctx context.Context, tenant, id string, d time.Duration) (state.Sandbox, error) {
-	if d < 0 {
-		return state.Sandbox{}, fmt.Errorf("%w: negative timeout", ErrBadRequest)
+	if d < time.Second || d > s.cfg.MaxTimeout {
+		return state.Sandbox{}, fmt.Errorf("%w: timeout %s: want 1s up to %s", ErrBadRequest, d, s.cfg.MaxTimeout)
 	}
 	sb, err := s.Get(ctx, tenant, id)
 	if err != nil {
@@ -20,18 +22,15 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, tenant, id string, d time.Du
 	if err := usable(sb); err != nil {
 		return sb, err
 	}
-	var at time.Time
-	if d > 0 {
-		at = s.now().Add(d)
-	}
-	if err := s.db.SetExpiry(ctx, id, at); err != nil {
+	if err := s.db.SetExpiry(ctx, id, s.now().Add(d)); err != nil {
 		return sb, err
 	}
 	return s.db.Get(ctx, id)
 }
 
 // lifetimeLoop hibernates sandboxes left unused for their idle timeout
-// and ends those whose lifetime is over.
+// and ends those whose lifetime is over. Idle hibernation is transparent:
+// the lifetime runs on, and the next call resumes the sandbox.
 func (s *Sandboxes) lifetimeLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.IdleCheck)

@@ -290,20 +290,6 @@ func (s *Sandboxes) createNetwork(req *CreateRequest) (policy string, device boo
 	return policy, s.mgr.HasNetwork(), nil
 }
 
-// startVM starts a sandbox's VM of t and applies the sandbox's policy to
-// it before anyone can use it.
-func (s *Sandboxes) startVM(ctx context.Context, sb state.Sandbox, t *Template, o StartOptions) (*VM, error) {
-	vm, err := s.mgr.Start(ctx, t, o)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.applyPolicy(ctx, sb, vm); err != nil {
-		vm.Close()
-		return nil, err
-	}
-	return vm, nil
-}
-
 // resumeVM resumes a hibernated sandbox's VM and applies its policy.
 func (s *Sandboxes) resumeVM(ctx context.Context, sb state.Sandbox, t *Template, disk string) (*VM, error) {
 	vm, err := s.mgr.Resume(ctx, t, sb.SnapshotDir, disk)
@@ -326,6 +312,20 @@ func (s *Sandboxes) applyPolicy(ctx context.Context, sb state.Sandbox, vm *VM) e
 		return nil
 	}
 	return vm.SetPolicy(ctx, p)
+}
+
+// liveShape is the shape of a running sandbox's VM (its template's: with
+// the device it really has), else that of its hibernation.
+func (s *Sandboxes) liveShape(sb state.Sandbox) Shape {
+	if b, err := s.boxFor(sb.ID); err == nil {
+		b.mu.RLock()
+		vm := b.vm
+		b.mu.RUnlock()
+		if vm != nil {
+			return vm.Template.Shape
+		}
+	}
+	return resumeShape(sb)
 }
 
 // resumeShape is the shape of a hibernated sandbox's VM: its record's

@@ -196,7 +196,7 @@ func TestSandboxNetworkLifecycle(t *testing.T) {
 	if _, err := s.SetNetwork(ctx, "a", sb.ID, want); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Resume(ctx, "a", sb.ID); err != nil {
+	if _, err := s.Resume(ctx, "a", sb.ID, 0); err != nil {
 		t.Fatal(err)
 	}
 	rvm := liveVMOf(t, s, sb.ID)

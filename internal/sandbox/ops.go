@@ -25,10 +25,12 @@ type CreateRequest struct {
 	// DiskMiB, if set, puts the writable layer on a sparse ext4 disk of
 	// that size instead of guest memory (see Shape.DiskMiB).
 	DiskMiB int
-	// IdleTimeout overrides the default idle time before hibernation.
+	// IdleTimeout overrides the default idle time before hibernation
+	// (which is transparent: the next call resumes the sandbox).
 	IdleTimeout time.Duration
-	// Timeout is the sandbox's lifetime (zero: none); at its end the
-	// sandbox is deleted, or hibernated if OnTimeout is "pause".
+	// Timeout is the sandbox's lifetime (zero: the default, 5 minutes; at
+	// most the configured maximum). At its end the sandbox is deleted, or
+	// paused if OnTimeout is "pause". SetTimeout moves the end.
 	Timeout   time.Duration
 	OnTimeout string
 	// Metadata labels the sandbox for its owner (filterable in List);
@@ -120,6 +122,10 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		return state.Sandbox{}, err
 	}
 	shape.Network = device
+	lifetime, err := s.lifetime(req.Timeout)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
 	idle := req.IdleTimeout
 	if idle == 0 {
 		idle = s.cfg.IdleTimeout
@@ -130,6 +136,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
 	}
 	sb.Network = policy
+	sb.ExpiresAt = s.now().Add(lifetime)
 	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
 	if err != nil {
 		return state.Sandbox{}, err
@@ -139,20 +146,28 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if err != nil {
 		return state.Sandbox{}, err
 	}
-	if req.Timeout > 0 {
-		sb.ExpiresAt = s.now().Add(req.Timeout)
+	release, err := s.reserve(ctx, shape.MemoryMiB)
+	if err != nil {
+		return state.Sandbox{}, err
 	}
+	return s.launch(ctx, sb, release, func(ctx context.Context, disk string) (*VM, error) {
+		return s.mgr.Start(ctx, t, StartOptions{Disk: disk})
+	})
+}
+
+// launch records a new sandbox sb (state creating), starts its VM with
+// start (given where the sandbox's disk goes) and records it running. A
+// failure leaves no record, no files and no VM; release (the VM's memory
+// reservation) is the sandbox's from here on.
+func (s *Sandboxes) launch(ctx context.Context, sb state.Sandbox, release func(), start func(ctx context.Context, disk string) (*VM, error)) (state.Sandbox, error) {
+	sb.State = moves[opCreate].during
 	b, err := s.boxFor(sb.ID)
 	if err != nil {
+		release()
 		return state.Sandbox{}, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	release, err := s.acquireSlot(ctx)
-	if err != nil {
-		s.forget(sb.ID)
-		return state.Sandbox{}, err
-	}
 	if s.cfg.Directory != nil {
 		if err := s.cfg.Directory.Admit(ctx, sb); err != nil {
 			release()
@@ -179,11 +194,17 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if err := os.MkdirAll(s.dirOf(sb.ID), 0o700); err != nil {
 		return fail(err)
 	}
-	o := StartOptions{}
-	if shape.DiskMiB > 0 {
-		o.Disk = s.diskOf(sb.ID)
+	disk := ""
+	if sb.DiskMiB > 0 {
+		disk = s.diskOf(sb.ID)
 	}
-	vm, err := s.startVM(ctx, sb, t, o)
+	vm, err := start(ctx, disk)
+	if err == nil {
+		// Before anyone can use it: the sandbox's network policy.
+		if err = s.applyPolicy(ctx, sb, vm); err != nil {
+			vm.Close()
+		}
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -194,7 +215,8 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	b.vm, b.release = vm, release
 	b.lastUsed.Store(s.now().UnixNano())
 	s.changed(ctx, sb.ID)
-	s.log.Info("sandbox created", "op", "create", "sandbox", sb.ID, "language", e.Name, "vm", vm.Machine.ID(), "ready", vm.Ready)
+	s.log.Info("sandbox created", "op", "create", "sandbox", sb.ID, "language", sb.Language, "parent", sb.Parent,
+		"vm", vm.Machine.ID(), "restored", vm.Restored, "ready", vm.Ready)
 	return s.db.Get(ctx, sb.ID)
 }
 
@@ -206,16 +228,45 @@ func (s *Sandboxes) abandoned(ctx context.Context, sb state.Sandbox) {
 	}
 }
 
-func (s *Sandboxes) acquireSlot(ctx context.Context) (func(), error) {
-	if s.gate == nil {
-		return func() {}, nil
+// lifetime checks a requested lifetime; zero means the default.
+func (s *Sandboxes) lifetime(d time.Duration) (time.Duration, error) {
+	switch {
+	case d < 0 || d > s.cfg.MaxTimeout:
+		return 0, fmt.Errorf("%w: timeout %s: want up to %s", ErrBadRequest, d, s.cfg.MaxTimeout)
+	case d == 0:
+		return s.cfg.Timeout, nil
 	}
-	return s.gate.Acquire(ctx)
+	return d, nil
 }
 
-// Hibernate saves a running sandbox (memory and device state) under its
-// directory and stops its VM; its disk stays where it is. Hibernating a
-// hibernated sandbox does nothing.
+// reserve admits one more live VM of memMiB guest memory: its memory in
+// the budget and its place in the VM gate (a tenant's quota). The caller
+// keeps release for as long as the VM lives.
+func (s *Sandboxes) reserve(ctx context.Context, memMiB int) (func(), error) {
+	rel := func() {}
+	if s.vms != nil {
+		r, err := s.vms.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rel = r
+	}
+	if s.mem != nil {
+		r, err := s.mem.Reserve(memMiB)
+		if err != nil {
+			rel()
+			return nil, err
+		}
+		prev := rel
+		rel = func() { r(); prev() }
+	}
+	return rel, nil
+}
+
+// Hibernate pauses a running sandbox: memory and device state are saved
+// under its directory and its VM stops; its disk stays where it is. Its
+// lifetime stops too (a paused sandbox does not time out); a resume gives
+// it a new one. Pausing a paused sandbox does nothing.
 func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.Sandbox, error) {
 	sb, err := s.Get(ctx, tenant, id)
 	if err != nil {
@@ -232,12 +283,21 @@ func (s *Sandboxes) Hibernate(ctx context.Context, tenant, id string) (state.San
 	if err != nil {
 		return state.Sandbox{}, err
 	}
+	b.cutSessions()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := s.hibernateLocked(ctx, id, b); err != nil {
 		return state.Sandbox{}, err
 	}
+	if err := s.db.SetExpiry(context.WithoutCancel(ctx), id, time.Time{}); err != nil {
+		return state.Sandbox{}, err
+	}
 	return s.db.Get(ctx, id)
+}
+
+// Pause is Hibernate.
+func (s *Sandboxes) Pause(ctx context.Context, tenant, id string) (state.Sandbox, error) {
+	return s.Hibernate(ctx, tenant, id)
 }
 
 func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) error {
@@ -331,10 +391,16 @@ func (s *Sandboxes) dropVM(b *box) {
 	}
 }
 
-// Resume restores a hibernated sandbox. Resuming a running one does
-// nothing. A resume the host cannot do (its kernel, image or VMM changed)
-// fails with the sandbox still hibernated and its data kept.
-func (s *Sandboxes) Resume(ctx context.Context, tenant, id string) (state.Sandbox, error) {
+// Resume restores a paused (hibernated) sandbox. Resuming a running one
+// does nothing but set its timeout. timeout, if set, is its new lifetime
+// from now; otherwise a sandbox whose lifetime was stopped by a pause gets
+// the default one, and one hibernated while idle keeps its end. A resume
+// the host cannot do (its kernel, image or VMM changed) fails with the
+// sandbox still paused and its data kept.
+func (s *Sandboxes) Resume(ctx context.Context, tenant, id string, timeout time.Duration) (state.Sandbox, error) {
+	if _, err := s.lifetime(timeout); err != nil {
+		return state.Sandbox{}, err
+	}
 	if _, err := s.Get(ctx, tenant, id); err != nil {
 		return state.Sandbox{}, err
 	}
@@ -346,6 +412,16 @@ func (s *Sandboxes) Resume(ctx context.Context, tenant, id string) (state.Sandbo
 	defer b.mu.Unlock()
 	if err := s.resumeLocked(ctx, id, b); err != nil {
 		return state.Sandbox{}, err
+	}
+	sb, err := s.db.Get(ctx, id)
+	if err != nil {
+		return sb, err
+	}
+	if timeout > 0 || sb.ExpiresAt.IsZero() {
+		d, _ := s.lifetime(timeout)
+		if err := s.db.SetExpiry(context.WithoutCancel(ctx), id, s.now().Add(d)); err != nil {
+			return sb, err
+		}
 	}
 	return s.db.Get(ctx, id)
 }
@@ -377,7 +453,7 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 		return err
 	}
 	defer admitted()
-	release, err := s.acquireSlot(ctx)
+	release, err := s.reserve(ctx, t.Shape.MemoryMiB)
 	if err != nil {
 		return err
 	}
@@ -469,6 +545,7 @@ func (s *Sandboxes) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			b.cutSessions()
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			if b.vm == nil {

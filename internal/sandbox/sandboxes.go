@@ -19,8 +19,8 @@ import (
 // uploaded relative to it and commands start in it.
 const WorkDir = "/home/sandbox"
 
-// Gate bounds how many VMs run at once. A live sandbox holds a slot until
-// it is hibernated or deleted.
+// Gate bounds how much work runs at once: an exec holds a slot while it
+// runs (see Limiter).
 type Gate interface {
 	Acquire(ctx context.Context) (release func(), err error)
 }
@@ -36,12 +36,40 @@ type SandboxesConfig struct {
 	// IdleCheck is how often idle and expired sandboxes are looked for;
 	// default 1s.
 	IdleCheck time.Duration
+	// Timeout is a sandbox's lifetime unless its create (or resume) says
+	// otherwise; default DefaultTimeout. MaxTimeout bounds what a request
+	// may ask for; default DefaultMaxTimeout.
+	Timeout, MaxTimeout time.Duration
+	// MaxForks bounds the children of one fork; default DefaultMaxForks.
+	MaxForks int
 	// HibernatedTTL, if set, deletes sandboxes that stayed hibernated this
 	// long (counted from when they were hibernated).
 	HibernatedTTL time.Duration
 	// Directory, if set, is told of every change (many hosts); nil keeps
 	// the sandboxes to this host.
 	Directory Directory
+}
+
+// Defaults of SandboxesConfig.
+const (
+	DefaultTimeout    = 5 * time.Minute
+	DefaultMaxTimeout = 24 * time.Hour
+	DefaultMaxForks   = 16
+)
+
+func (c *SandboxesConfig) setDefaults() {
+	if c.IdleCheck <= 0 {
+		c.IdleCheck = time.Second
+	}
+	if c.MaxTimeout <= 0 {
+		c.MaxTimeout = DefaultMaxTimeout
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = min(DefaultTimeout, c.MaxTimeout)
+	}
+	if c.MaxForks <= 0 {
+		c.MaxForks = DefaultMaxForks
+	}
 }
 
 // AdmitFunc is asked before an operation that takes room on the server
@@ -53,13 +81,16 @@ type AdmitFunc func(ctx context.Context, op string, sb state.Sandbox) (release f
 // Sandboxes owns the long-lived sandboxes: their persisted records (the
 // truth about each one's state) and the live VMs of the running ones.
 // Operations on one sandbox are serialised against create, hibernate,
-// resume and delete by a per-sandbox lock; execs may overlap.
+// resume, fork and delete by a per-sandbox lock; execs may overlap. A live
+// VM holds its memory in the MemoryBudget; an exec holds a work slot
+// (Gate) while it runs.
 //
-//	sbx, _ := sandbox.OpenSandboxes(mgr, db, cfg, gate, log) // reconciles
+//	sbx, _ := sandbox.OpenSandboxes(mgr, db, cfg, gate, budget, log) // reconciles
 //	sb, _ := sbx.Create(ctx, sandbox.CreateRequest{Language: "python"})
 //	res, _ := sbx.Exec(ctx, "", sb.ID, agentproto.ExecRequest{Argv: argv}, w, w)
 //	_, _ = sbx.Hibernate(ctx, "", sb.ID)  // VM gone, memory and disk on storage
 //	res, _ = sbx.Exec(ctx, "", sb.ID, ...) // resumes first
+//	kids, _ := sbx.Fork(ctx, "", sb.ID, sandbox.ForkRequest{Count: 2}) // sb runs on
 //	sbx.Close(ctx)                        // hibernates what still runs
 //
 // Every method that names a sandbox takes the caller's tenant: a sandbox
@@ -68,7 +99,9 @@ type Sandboxes struct {
 	mgr  *Manager
 	db   *state.DB
 	cfg  SandboxesConfig
-	gate Gate
+	gate Gate          // work slots, for execs; nil: unbounded
+	vms  Gate          // held by each live VM, e.g. a tenant's VM quota; nil: none
+	mem  *MemoryBudget // live VMs; nil: unbounded
 	log  *slog.Logger
 	now  func() time.Time
 
@@ -88,31 +121,57 @@ type box struct {
 	// operations of the transition table.
 	mu       sync.RWMutex
 	vm       *VM    // the live VM while the record says running
-	release  func() // frees vm's gate slot
+	release  func() // frees vm's memory reservation
 	lastUsed atomic.Int64
 	netMu    sync.Mutex // serialises network policy changes (network.go)
 	// stopOps is cancelled by Delete so running execs end promptly.
 	opsCtx  context.Context
 	stopOps context.CancelFunc
+
+	// Sessions (a process's output streamed to a client, a terminal, a
+	// watch) can last for hours, so instead of waiting for them, a pause
+	// or fork cuts them; the processes run on in the guest.
+	smu        sync.Mutex
+	sessions   context.Context
+	endSession context.CancelFunc
+}
+
+// sessionCtx is cancelled by the next cutSessions.
+func (b *box) sessionCtx() context.Context {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	if b.sessions == nil {
+		b.sessions, b.endSession = context.WithCancel(b.opsCtx)
+	}
+	return b.sessions
+}
+
+// cutSessions ends every session on the box, so an operation that needs
+// the box to itself gets it.
+func (b *box) cutSessions() {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	if b.endSession != nil {
+		b.endSession()
+		b.sessions, b.endSession = nil, nil
+	}
 }
 
 // OpenSandboxes reconciles what a previous process left in db (running
 // sandboxes lost their VMs, complete snapshots are resumable) and starts
 // the loop that hibernates idle sandboxes and ends expired ones.
-func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, log *slog.Logger) (*Sandboxes, error) {
+func OpenSandboxes(mgr *Manager, db *state.DB, cfg SandboxesConfig, gate Gate, mem *MemoryBudget, log *slog.Logger) (*Sandboxes, error) {
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: sandboxes directory not set", ErrBadRequest)
 	}
-	if cfg.IdleCheck <= 0 {
-		cfg.IdleCheck = time.Second
-	}
+	cfg.setDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
 	}
-	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, log: log, now: time.Now,
+	s := &Sandboxes{mgr: mgr, db: db, cfg: cfg, gate: gate, mem: mem, log: log, now: time.Now,
 		boxes: map[string]*box{}, stop: make(chan struct{})}
 	if err := s.reconcile(context.Background()); err != nil {
 		return nil, fmt.Errorf("open sandboxes: %w", err)
@@ -161,6 +220,10 @@ func snapshotComplete(dir string) bool {
 const (
 	snapshotDirName = "snapshot"
 	diskName        = "disk.ext4"
+	// forkDirPrefix, after a dot, names a fork in progress in the
+	// sandboxes directory: the parent saved for its children. It has no
+	// record, so the sweep removes one a crash left.
+	forkDirPrefix = "fork-"
 )
 
 // sweep removes the directories of sandboxes that no longer exist and
@@ -183,16 +246,22 @@ func (s *Sandboxes) sweep() {
 	}
 }
 
-// SetAdmission installs a server's policy before it serves: gate, if not
-// nil, replaces the VM gate (its Acquire gets the caller's context, so it
-// may count per tenant), and admit decides on operations (per-tenant
-// quotas, allowed shapes).
-func (s *Sandboxes) SetAdmission(gate Gate, admit AdmitFunc) {
-	if gate != nil {
-		s.gate = gate
-	}
+// SetAdmission installs a server's policy before it serves: vms, if not
+// nil, is held by each live VM (its Acquire gets the caller's context, so
+// it may count per tenant; it must not take work slots: live sandboxes do
+// not hold those, see Unbounded), and admit decides on operations
+// (per-tenant quotas, allowed shapes).
+func (s *Sandboxes) SetAdmission(vms Gate, admit AdmitFunc) {
+	s.vms = vms
 	s.admit = admit
 }
+
+// Unbounded is a Gate that always admits.
+var Unbounded Gate = unbounded{}
+
+type unbounded struct{}
+
+func (unbounded) Acquire(context.Context) (func(), error) { return func() {}, nil }
 
 // admitted asks the admission policy about op on sb.
 func (s *Sandboxes) admitted(ctx context.Context, o op, sb state.Sandbox) (func(), error) {
@@ -277,6 +346,9 @@ outer:
 
 // Counts returns how many sandboxes are in each state.
 func (s *Sandboxes) Counts(ctx context.Context) (map[state.State]int, error) { return s.db.Count(ctx) }
+
+// Config returns the effective configuration.
+func (s *Sandboxes) Config() SandboxesConfig { return s.cfg }
 
 // Live returns how many sandboxes have a running VM.
 func (s *Sandboxes) Live() int {

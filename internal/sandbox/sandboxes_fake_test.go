@@ -221,7 +221,7 @@ func TestResumeFailureKeepsItHibernated(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.RestoreHook = func(context.Context, string, vmm.Config) error { return errors.New("restore exploded") }
-	if _, err := s.Resume(ctx, "", sb.ID); err == nil {
+	if _, err := s.Resume(ctx, "", sb.ID, 0); err == nil {
 		t.Fatal("resume succeeded")
 	}
 	hib := mustState(t, s, sb.ID, state.Hibernated)
@@ -356,7 +356,7 @@ func TestConcurrentOperations(t *testing.T) {
 			s.Exec(ctx, "", sb.ID, agentproto.ExecRequest{Argv: []string{"sleep", "5"}}, nil, nil)
 		}()
 		go func() { defer wg.Done(); s.Hibernate(ctx, "", sb.ID) }()
-		go func() { defer wg.Done(); s.Resume(ctx, "", sb.ID) }()
+		go func() { defer wg.Done(); s.Resume(ctx, "", sb.ID, 0) }()
 	}
 	wg.Wait()
 	if err := s.Delete(ctx, "", sb.ID); err != nil {

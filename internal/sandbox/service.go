@@ -19,9 +19,23 @@ type ServiceConfig struct {
 	// StateDir holds state.db and sandboxes/; default the Manager's data
 	// directory.
 	StateDir string `json:"state_dir" toml:"state_dir"`
-	// MaxVMs caps VMs serving requests at once (runs and live sandboxes;
-	// warm pools not counted); default the number of CPUs.
+	// MaxVMs caps the work running at once: one-shot runs and execs in
+	// sandboxes, each holding a slot while it runs; default the number of
+	// CPUs. Live sandboxes hold no slot: they are admitted by memory.
 	MaxVMs int `json:"max_vms" toml:"max_vms"`
+	// MemoryBudgetMiB is what live sandboxes' VMs may take together
+	// (guest memory plus the VMM's overhead each); default the host's RAM
+	// less an eighth (at least 1 GiB) for the host and room for a VM per
+	// work slot and per pooled VM. Past it, a create or resume fails with
+	// ErrMemoryBudget.
+	MemoryBudgetMiB int64 `json:"memory_budget_mib" toml:"memory_budget_mib"`
+	// SandboxTimeout is a sandbox's lifetime when its create does not say
+	// (default 5m); MaxSandboxTimeout bounds what one may ask for
+	// (default 24h).
+	SandboxTimeout    time.Duration `json:"sandbox_timeout" toml:"sandbox_timeout"`
+	MaxSandboxTimeout time.Duration `json:"max_sandbox_timeout" toml:"max_sandbox_timeout"`
+	// MaxForks bounds the children of one fork; default 16.
+	MaxForks int `json:"max_forks" toml:"max_forks"`
 	// Queue is how many requests may wait for a VM; default 4*MaxVMs.
 	Queue int `json:"queue" toml:"queue"`
 	// QueueWait is how long one waits before ErrQueueTimeout; default 30s.
@@ -54,12 +68,26 @@ func (c *ServiceConfig) setDefaults(mgr *Manager) {
 	if c.QueueWait == 0 {
 		c.QueueWait = 30 * time.Second
 	}
+	if c.MemoryBudgetMiB == 0 {
+		pooled := 0
+		for _, r := range c.Pools {
+			pooled += r.Max
+		}
+		c.MemoryBudgetMiB = defaultMemoryBudget(hostMemoryMiB(), c.MaxVMs, pooled, mgr.Config().MemoryMiB)
+	}
 }
 
 // Validate checks a ServiceConfig.
 func (c *ServiceConfig) Validate() error {
-	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.HibernatedTTL < 0 {
+	if c.MaxVMs < 0 || c.Queue < 0 || c.QueueWait < 0 || c.IdleHibernate < 0 || c.HibernatedTTL < 0 || c.MemoryBudgetMiB < 0 ||
+		c.SandboxTimeout < 0 || c.MaxSandboxTimeout < 0 || c.MaxForks < 0 {
 		return fmt.Errorf("%w: limits must not be negative", ErrBadRequest)
+	}
+	if c.MaxSandboxTimeout > 0 && c.SandboxTimeout > c.MaxSandboxTimeout {
+		return fmt.Errorf("%w: sandbox timeout %s is above the maximum %s", ErrBadRequest, c.SandboxTimeout, c.MaxSandboxTimeout)
+	}
+	if c.MaxForks > 256 {
+		return fmt.Errorf("%w: max forks %d: at most 256", ErrBadRequest, c.MaxForks)
 	}
 	for lang, r := range c.Pools {
 		if err := r.Validate(); err != nil {
@@ -74,12 +102,14 @@ func (c *ServiceConfig) Validate() error {
 
 // Service is what every front end shares (the HTTP APIs, the CLI's
 // sandbox commands): the Manager, the state database, the sandboxes, the
-// VM limiter and the warm pools. Open one per data directory and process.
+// work limiter, the memory budget and the warm pools. Open one per data
+// directory and process.
 type Service struct {
 	Manager   *Manager
 	DB        *state.DB
 	Sandboxes *Sandboxes
 	Limiter   *Limiter
+	Memory    *MemoryBudget
 	cfg       ServiceConfig
 	cancel    context.CancelFunc
 
@@ -111,11 +141,13 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 		closeNetwork(mgr, nh)
 		return nil, err
 	}
-	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait), Network: nh}
+	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait),
+		Memory: NewMemoryBudget(cfg.MemoryBudgetMiB), Network: nh}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
 		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
+		Timeout: cfg.SandboxTimeout, MaxTimeout: cfg.MaxSandboxTimeout, MaxForks: cfg.MaxForks,
 		Directory: cfg.Directory,
-	}, svc.Limiter, log.With("component", "sandboxes"))
+	}, svc.Limiter, svc.Memory, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()
 		closeNetwork(mgr, nh)

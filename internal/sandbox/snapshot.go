@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/disk"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/snapshot"
 	"github.com/firesandbox/firesandbox/internal/vmm"
@@ -27,8 +30,8 @@ type Shape struct {
 	MemoryMiB int `json:"memory_mib"`
 	// DiskMiB, if set, gives the VM a writable layer on a sparse ext4
 	// disk of that size (mounted with discard, so space freed in the
-	// guest is freed on the host) instead of tmpfs in guest memory. Such
-	// VMs boot cold: the language snapshots have a tmpfs layer.
+	// guest is freed on the host) instead of tmpfs in guest memory. Each
+	// disk size has its own snapshot, which holds the pristine disk.
 	DiskMiB int `json:"disk_mib,omitempty"`
 	// Network gives the VM a network device (see network.go): its own
 	// namespace and tap, what it may reach set by its policy. Templates
@@ -95,7 +98,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, e *image.Entry) (*snapshot
 	return snap, m.remember(t, snap)
 }
 
-// createSnapshot makes t's snapshot; the caller holds t.snapMu.
+// createSnapshot makes t's snapshot; the caller holds t.snapMu. A shape
+// with a disk boots on a fresh sparse disk, which goes into the snapshot
+// as it was when the VM paused: the pristine disk every restore copies.
 func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Snapshot, error) {
 	start := time.Now()
 	name := t.Entry.Name
@@ -122,37 +127,45 @@ func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Sn
 	if err := vm.Machine.Pause(ctx); err != nil {
 		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
-	snap, err := m.snapshots.Create(t.Spec, func(dir string) error { return vm.Machine.Snapshot(ctx, dir) })
+	snap, err := m.snapshots.Create(t.Spec, func(dir string) error {
+		if err := vm.Machine.Snapshot(ctx, dir); err != nil {
+			return err
+		}
+		if vm.disk == "" {
+			return nil
+		}
+		// Nothing may write the disk once it is the snapshot's.
+		if err := vm.Machine.Stop(context.WithoutCancel(ctx)); err != nil {
+			return err
+		}
+		return moveFile(ctx, vm.disk, filepath.Join(dir, snapshotDisk))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot of %s: %w", name, err)
 	}
 	m.snapshotsMade.Add(1)
-	m.log.Info("snapshot created", "op", "snapshot", "snapshot", snap.Key, "took", time.Since(start))
+	m.log.Info("snapshot created", "op", "snapshot", "snapshot", snap.Key, "disk_mib", t.Shape.DiskMiB, "took", time.Since(start))
 	return snap, nil
 }
 
-// hibernationSpec is the Spec file of a hibernation directory: what the
-// VM was, so a resume on a changed host is refused by name.
-const hibernationSpec = "spec.json"
+// moveFile renames src to dst, or copies it where they are on different
+// file systems.
+func moveFile(ctx context.Context, src, dst string) error {
+	err := os.Rename(src, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		if _, err = disk.Clone(ctx, src, dst); err == nil {
+			os.Remove(src)
+		}
+	}
+	return err
+}
 
 // Hibernate saves a VM whole (memory and device state) into dir, which
 // must exist and be empty, and stops it. A writable disk stays where it
 // is, with its owner. Resume brings the VM back. On error the VM is left
 // running if it can be.
 func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
-	if vm.Agent != nil {
-		vm.Agent.Close() // the guest waits for the next host, as in a template
-		vm.Agent = nil
-	}
-	if err := vm.Machine.Pause(ctx); err != nil {
-		return fmt.Errorf("hibernate: %w", err)
-	}
-	if err := vm.Machine.Snapshot(ctx, dir); err != nil {
-		if rerr := vm.Machine.Resume(context.WithoutCancel(ctx)); rerr == nil {
-			if conn, derr := vm.Machine.DialAgent(ctx); derr == nil {
-				vm.Agent = agentproto.NewClient(conn)
-			}
-		}
+	if err := m.save(ctx, vm, dir); err != nil {
 		return fmt.Errorf("hibernate: %w", err)
 	}
 	stopErr := vm.Machine.Stop(context.WithoutCancel(ctx))
@@ -160,6 +173,39 @@ func (m *Manager) Hibernate(ctx context.Context, vm *VM, dir string) error {
 		return errors.Join(fmt.Errorf("hibernate: %w", err), stopErr, vm.Close())
 	}
 	return errors.Join(stopErr, vm.Close())
+}
+
+// save pauses vm and writes its memory and device state into dir. The
+// agent connection is closed first (the guest waits for the next host, as
+// in a template). On error the VM is running again, if it can be.
+func (m *Manager) save(ctx context.Context, vm *VM, dir string) error {
+	if vm.Agent != nil {
+		vm.Agent.Close()
+		vm.Agent = nil
+	}
+	if err := vm.Machine.Pause(ctx); err != nil {
+		return errors.Join(err, m.reconnect(ctx, vm))
+	}
+	if err := vm.Machine.Snapshot(ctx, dir); err != nil {
+		return errors.Join(err, m.continueVM(ctx, vm))
+	}
+	return nil
+}
+
+// continueVM resumes a paused VM and connects to its agent again.
+func (m *Manager) continueVM(ctx context.Context, vm *VM) error {
+	if err := vm.Machine.Resume(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	return m.reconnect(ctx, vm)
+}
+
+// reconnect dials a running VM's agent and waits for its Hello.
+func (m *Manager) reconnect(ctx context.Context, vm *VM) error {
+	if vm.Machine.State() != vmm.StateRunning {
+		return nil
+	}
+	return m.connect(context.WithoutCancel(ctx), vm, restoreTimeout)
 }
 
 // Resume restores a VM of t hibernated into dir by Hibernate, with its
@@ -170,16 +216,67 @@ func (m *Manager) Resume(ctx context.Context, t *Template, dir, disk string) (*V
 	if err := checkHibernation(dir, t.Spec); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
+	d := vmDisk{kept: true}
 	if t.Shape.DiskMiB > 0 {
 		if _, err := os.Stat(disk); err != nil {
 			return nil, fmt.Errorf("resume: hibernated sandbox has no disk: %w", err)
 		}
-	} else {
-		disk = ""
+		d.path = disk
 	}
-	vm, err := m.restore(ctx, t, dir, disk)
+	vm, err := m.restore(ctx, t, dir, d)
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
+	}
+	return vm, nil
+}
+
+// ForkSnapshot is a running VM saved by Fork for its children: the
+// directory, and what the VM was made from.
+type ForkSnapshot struct {
+	Dir  string
+	Spec snapshot.Spec
+}
+
+// Fork saves a running VM whole into dir, which must exist and be empty
+// (memory, device state and, for a shape with a disk, a copy of the disk
+// taken while the VM is paused), and lets it run on: the parent of a
+// fork, with its clock set again. Children start from it with StartFork,
+// each with its own disk. The directory is not sealed: it lives only
+// while its children start, in this process, which wrote it. On error
+// the VM runs on if it can.
+func (m *Manager) Fork(ctx context.Context, vm *VM, dir string) (ForkSnapshot, error) {
+	ctx = context.WithoutCancel(ctx) // a half-done fork must not strand the parent paused
+	if err := m.save(ctx, vm, dir); err != nil {
+		return ForkSnapshot{}, fmt.Errorf("fork: %w", err)
+	}
+	var err error
+	if vm.disk != "" {
+		_, err = disk.Clone(ctx, vm.disk, filepath.Join(dir, snapshotDisk))
+	}
+	if cerr := m.continueVM(ctx, vm); cerr != nil {
+		return ForkSnapshot{}, errors.Join(fmt.Errorf("fork: resume the parent: %w", cerr), err)
+	}
+	// The parent was paused: its clock lags. It keeps its identity.
+	if rerr := m.resync(ctx, vm, vm.identity); rerr != nil {
+		m.log.Warn("fork: resync the parent", "op", "fork", "vm", vm.Machine.ID(), "err", rerr)
+	}
+	if err != nil {
+		return ForkSnapshot{}, fmt.Errorf("fork: %w", err)
+	}
+	return ForkSnapshot{Dir: dir, Spec: vm.Template.Spec}, nil
+}
+
+// StartFork restores a child of a fork saved by Fork, with its own copy
+// of the parent's disk at keep (for a shape with one). A template made
+// for anything else than the parent (another kernel, image or VMM)
+// refuses it with ErrIncompatible.
+func (m *Manager) StartFork(ctx context.Context, t *Template, fs ForkSnapshot, keep string) (*VM, error) {
+	if diff := fs.Spec.Diff(t.Spec); len(diff) > 0 {
+		return nil, fmt.Errorf("fork: %w: the parent ran on another host state (%v)", vmm.ErrIncompatible, diff)
+	}
+	vm, err := m.restoreCopy(ctx, t, fs.Dir, keep)
+	if err != nil {
+		return nil, fmt.Errorf("fork: %w", err)
 	}
 	return vm, nil
 }

@@ -115,7 +115,7 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 	t.Spec = snapshot.Spec{
 		Language: img.Language, Driver: d.Name(), DriverVersion: d.Version(), Machine: machineOf(d.Capabilities()),
 		KernelID: k.ID(), ImageID: img.ID,
-		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, AgentProtocol: agentproto.ProtocolVersion,
+		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, AgentProtocol: agentproto.ProtocolVersion,
 	}
 	if pe := m.prewarmEntry(e); pe != nil {
 		t.Spec.Runtime = pe.RuntimeID()

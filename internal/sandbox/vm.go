@@ -34,7 +34,9 @@ type VM struct {
 	disk     string
 	keptDisk bool
 	volumes  []string // packed mounts, removed with the VM
-	net      *vmNet   // its network, if its template has a device (network.go)
+	// identity is what the guest was last told it is (Resync).
+	identity string
+	net      *vmNet // its network, if its template has a device (network.go)
 }
 
 // Timings are the parts of a VM's start.
@@ -103,21 +105,55 @@ type StartOptions struct {
 }
 
 // Start returns a ready VM of t: restored from t's snapshot when the
-// driver can (creating it on first use), else booted.
+// driver can (creating it on first use), else booted. A shape with a disk
+// restores too: its snapshot holds the disk as it was, pristine, and the
+// VM gets its own copy-on-write copy of it (see disk.Clone).
 func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, error) {
-	if o.Cold || t.Shape.DiskMiB > 0 || len(o.Mounts) > 0 || !t.Driver.Capabilities().Snapshot {
+	if o.Cold || len(o.Mounts) > 0 || !t.Driver.Capabilities().Snapshot {
 		return m.boot(ctx, t, m.cfg.BootTimeout, o)
 	}
 	snap, err := m.snapshot(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	vm, err := m.restore(ctx, t, snap.Dir, "")
+	vm, err := m.restoreCopy(ctx, t, snap.Dir, o.Disk)
 	if err != nil && ctx.Err() == nil {
 		m.log.Warn("restore failed; booting cold", "op", "restore", "snapshot", snap.Key, "err", err)
 		return m.boot(ctx, t, m.cfg.BootTimeout, o)
 	}
 	return vm, err
+}
+
+// snapshotDisk is the writable disk inside a snapshot directory of a
+// shape with one: the template's pristine disk, or a fork's copy of its
+// parent's.
+const snapshotDisk = "disk.ext4"
+
+// restoreCopy restores a VM from snapDir, giving it its own copy of the
+// snapshot's disk (if t's shape has one) at keep, or, with keep empty, at
+// a private path that goes with the VM. A failed restore removes the copy.
+func (m *Manager) restoreCopy(ctx context.Context, t *Template, snapDir, keep string) (*VM, error) {
+	if t.Shape.DiskMiB == 0 {
+		return m.restore(ctx, t, snapDir, vmDisk{})
+	}
+	id := newID("vm-")
+	d := vmDisk{path: keep, kept: keep != ""}
+	if !d.kept {
+		d.path = disk.WritablePath(m.disksDir(), id)
+	}
+	start := time.Now()
+	os.Remove(d.path) // a sandbox's disk from an earlier failed attempt
+	how, err := disk.Clone(ctx, filepath.Join(snapDir, snapshotDisk), d.path)
+	if err != nil {
+		return nil, err
+	}
+	m.log.Debug("disk copied", "op", "restore", "vm", id, "how", how, "took", time.Since(start))
+	vm, err := m.restoreAs(ctx, id, t, snapDir, d)
+	if err != nil {
+		os.Remove(d.path)
+		return nil, err
+	}
+	return vm, nil
 }
 
 // boot starts a VM of t from scratch and waits for its agent.
@@ -173,17 +209,28 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	return vm, nil
 }
 
-// restore starts a VM from a snapshot directory of t and gives the guest
-// its own clock, randomness and identity. keptDisk, if set, is the
-// writable disk the snapshot's machine had, which its owner keeps.
-func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk string) (*VM, error) {
+// vmDisk is a VM's writable disk: path, and whether its owner keeps it
+// when the VM stops (a sandbox's) or it goes with the VM.
+type vmDisk struct {
+	path string
+	kept bool
+}
+
+// restore starts a VM from a snapshot directory of t, with d as the
+// writable disk the snapshot's machine had (for a shape with one), and
+// gives the guest its own clock, randomness and identity.
+func (m *Manager) restore(ctx context.Context, t *Template, snapDir string, d vmDisk) (*VM, error) {
+	return m.restoreAs(ctx, newID("vm-"), t, snapDir, d)
+}
+
+func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir string, d vmDisk) (*VM, error) {
 	start := time.Now()
-	id := newID("vm-")
 	owner, err := m.claim(id)
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{owner: owner, Restored: true, Template: t, disk: keptDisk, keptDisk: true}
+	// The disk's removal on failure is the caller's: it made the disk.
+	vm := &VM{owner: owner, Restored: true, Template: t, disk: d.path, keptDisk: true}
 	fail := func(err error) (*VM, error) {
 		vm.Close()
 		return nil, err
@@ -205,18 +252,30 @@ func (m *Manager) restore(ctx context.Context, t *Template, snapDir, keptDisk st
 		return fail(err)
 	}
 	vm.Timings.Hello = time.Since(start) - vm.Timings.Start
+	if err := m.resync(ctx, vm, id); err != nil {
+		return fail(fmt.Errorf("resync restored VM: %w", err))
+	}
+	vm.keptDisk = d.kept
+	vm.Ready = time.Since(start)
+	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello
+	return vm, nil
+}
+
+// resync gives a guest the host's time, fresh entropy (the kernel reseeds
+// its RNG) and identity, which a restored guest otherwise shares with
+// every other restore of its snapshot.
+func (m *Manager) resync(ctx context.Context, vm *VM, identity string) error {
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
 	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
 	if _, err := vm.Agent.Resync(rctx, agentproto.ResyncRequest{
-		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: id,
+		UnixNanos: time.Now().UnixNano(), Entropy: entropy, Identity: identity,
 	}); err != nil {
-		return fail(fmt.Errorf("resync restored VM: %w", err))
+		return err
 	}
-	vm.Ready = time.Since(start)
-	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello
-	return vm, nil
+	vm.identity = identity
+	return nil
 }
 
 // connect dials the agent and waits for its Hello, giving up early if the

@@ -130,6 +130,11 @@ type Sandbox struct {
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	CreatedAt  time.Time         `json:"created_at"`
 	LastUsedAt time.Time         `json:"last_used_at"`
+	// ExpiresAt is the end of its lifetime, nil while paused.
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	OnTimeout    string     `json:"on_timeout,omitempty"`
+	IdleTimeoutS int64      `json:"idle_timeout_s,omitempty"`
+	Parent       string     `json:"parent,omitempty"`
 }
 
 // CreateIn is POST /v1/sandboxes's request.
@@ -141,6 +146,12 @@ type CreateIn struct {
 	DiskMiB   int               `json:"disk_mib,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
 	Env       map[string]string `json:"env,omitempty"`
+	// LifetimeS is the sandbox's timeout (0: the server's default);
+	// OnTimeout "kill" (default) or "pause"; IdleTimeoutS pauses it
+	// after that long unused.
+	LifetimeS    int64  `json:"lifetime_s,omitempty"`
+	OnTimeout    string `json:"on_timeout,omitempty"`
+	IdleTimeoutS int64  `json:"idle_timeout_s,omitempty"`
 }
 
 // CreateSandbox creates a sandbox.
@@ -161,16 +172,28 @@ func (c *Client) Sandbox(ctx context.Context, id string) (Sandbox, error) {
 	return sb, c.call(ctx, "GET", "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
 }
 
-// Hibernate hibernates a sandbox.
+// Hibernate pauses a sandbox (POST .../pause).
 func (c *Client) Hibernate(ctx context.Context, id string) (Sandbox, error) {
 	var sb Sandbox
-	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/hibernate", struct{}{}, &sb)
+	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/pause", struct{}{}, &sb)
 }
 
 // Resume resumes a sandbox.
 func (c *Client) Resume(ctx context.Context, id string) (Sandbox, error) {
 	var sb Sandbox
 	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/resume", struct{}{}, &sb)
+}
+
+// Fork makes count children of a running sandbox.
+func (c *Client) Fork(ctx context.Context, id string, count int) ([]Sandbox, error) {
+	var out struct{ Sandboxes []Sandbox }
+	return out.Sandboxes, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/fork", map[string]int{"count": count}, &out)
+}
+
+// SetTimeout ends a sandbox d from now (whole seconds).
+func (c *Client) SetTimeout(ctx context.Context, id string, d time.Duration) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.call(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/timeout", map[string]int64{"timeout_s": int64(d / time.Second)}, &sb)
 }
 
 // Delete deletes a sandbox.

@@ -425,7 +425,7 @@ func (h *Handler) wake(w http.ResponseWriter, r *http.Request, strict bool) {
 	}
 	status := http.StatusOK
 	if e2bState(sb.State) == "paused" {
-		if sb, err = h.deps.Sandboxes.Resume(r.Context(), sb.Tenant, sb.ID); err != nil {
+		if sb, err = h.deps.Sandboxes.Resume(r.Context(), sb.Tenant, sb.ID, 0); err != nil {
 			h.fail(w, r, err)
 			return
 		}

@@ -95,7 +95,10 @@ func (ip *interp) run(req relayRequest) []map[string]any {
 	req.Op = "execute"
 	rec := httptest.NewRecorder()
 	st := newEventStream(rec)
-	cmd := ip.relay(context.Background(), req)
+	// A relay that never ends is a failure, not a hang of the whole run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := ip.relay(ctx, req)
 	cmd.Stdout = &syncWriter{w: st, max: 64 << 20}
 	if err := cmd.Run(); err != nil {
 		ip.t.Fatalf("relay: %v", err)
@@ -212,13 +215,20 @@ func TestInterpreterDisconnectInterrupts(t *testing.T) {
 	ip := startInterp(t)
 	ip.run(relayRequest{Code: "import time; n = 0"})
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := ip.relay(ctx, relayRequest{Op: "execute", Code: "while True:\n    n += 1\n    time.sleep(0.01)"})
-	var out bytes.Buffer
-	cmd.Stdout = &out
+	cmd := ip.relay(ctx, relayRequest{Op: "execute", Code: "print('looping', flush=True)\nwhile True:\n    n += 1\n    time.sleep(0.01)"})
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	// Interrupt only once the cell runs (its first line came), however
+	// slow the machine is.
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "looping") {
+		t.Fatalf("the cell did not start: %q %v", line, err)
+	}
+	time.Sleep(100 * time.Millisecond)
 	cancel()
 	cmd.Wait()
 	start := time.Now()

@@ -605,6 +605,15 @@ func (m *Machine) migrate(ctx context.Context, cmd string, f *os.File) error {
 	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
 		return err
 	}
+	if cmd == "migrate" {
+		// A live migration's bandwidth cap (128 MiB/s by default) makes
+		// no sense for a paused VM saved to a file: a restored VM's RAM
+		// goes into the stream, and at the cap 100 MiB takes most of a
+		// second.
+		if _, err := m.qmp.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
+			return err
+		}
+	}
 	name := "mig" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if _, err := m.qmp.runFile(ctx, "getfd", map[string]any{"fdname": name}, f); err != nil {
 		return err
