@@ -393,3 +393,54 @@ func TestNetworkSweptAfterKill(t *testing.T) {
 		t.Fatalf("the new serve has %v", got)
 	}
 }
+
+// A fork's children are clones of their parent, device included: each in
+// a namespace of its own, with the parent's policy, and a network of
+// their own to change.
+func TestForkKeepsTheNetwork(t *testing.T) {
+	w := nettest.New(t)
+	svc, _ := fakeNetSandboxes(t, w)
+	s := svc.Sandboxes
+	ctx := context.Background()
+	p := network.Policy{AllowOut: []string{"allowed.test"}}
+	parent, err := s.Create(ctx, CreateRequest{Tenant: "a", Language: "python", Network: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kids, err := s.Fork(ctx, "a", parent.ID, ForkRequest{Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{liveVMOf(t, s, parent.ID).net.v.NetnsPath(): true}
+	for _, k := range kids {
+		vm := liveVMOf(t, s, k.ID)
+		if vm.net == nil {
+			t.Fatalf("child %s has no network device", k.ID)
+		}
+		if got := vm.net.v.Policy(); !slices.Equal(got.AllowOut, p.AllowOut) {
+			t.Fatalf("child %s has policy %+v, want the parent's", k.ID, got)
+		}
+		if ns := vm.net.v.NetnsPath(); seen[ns] {
+			t.Fatalf("two sandboxes share namespace %s", ns)
+		} else {
+			seen[ns] = true
+		}
+	}
+	if _, err := s.SetNetwork(ctx, "a", kids[0].ID, network.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := liveVMOf(t, s, parent.ID).net.v.Policy(); !slices.Equal(got.AllowOut, p.AllowOut) {
+		t.Fatalf("a child's change reached the parent: %+v", got)
+	}
+	if got := liveVMOf(t, s, kids[1].ID).net.v.Policy(); !slices.Equal(got.AllowOut, p.AllowOut) {
+		t.Fatalf("a child's change reached its sibling: %+v", got)
+	}
+	for _, id := range []string{parent.ID, kids[0].ID, kids[1].ID} {
+		if err := s.Delete(ctx, "a", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := netLeftovers(t, w, svc.Network.Owner()); len(got) != 1 { // the host's table
+		t.Fatalf("left after the deletes: %v", got)
+	}
+}
