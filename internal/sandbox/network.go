@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -484,9 +485,21 @@ func (c *NetworkConfig) Validate() error {
 
 // openNetwork makes the Service's network host, if its configuration asks
 // for one, and sweeps what a killed serve left (namespaces, links, rules).
-// In auto mode a host that cannot have one gets none, and a warning.
+// The host is checked first (network.Diagnose: privileges, tap, nftables,
+// forwarding on the uplink, DNS): in auto mode a host that cannot give VMs
+// a working network gives them none, with a warning saying why, and
+// nothing of it is touched; in on mode that is an error.
 func openNetwork(c *NetworkConfig, log *slog.Logger) (*network.Host, error) {
 	if c == nil || c.Mode == NetworkOff {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if dg := network.Diagnose(ctx, c.Config); !dg.Usable {
+		if c.Mode == NetworkOn {
+			return nil, fmt.Errorf("open network: %w: %s (see firesandbox doctor)", network.ErrUnavailable, strings.Join(dg.Problems, "; "))
+		}
+		log.Warn("VMs get no network on this host (sandboxes and runs that ask for one are refused); see firesandbox doctor", "problems", dg.Problems)
 		return nil, nil
 	}
 	h, err := network.New(c.Config, network.WithLogger(log))

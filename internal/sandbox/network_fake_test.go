@@ -444,3 +444,35 @@ func TestForkKeepsTheNetwork(t *testing.T) {
 		t.Fatalf("left after the deletes: %v", got)
 	}
 }
+
+// A host that cannot give VMs a working network (here: no DNS upstream)
+// gets none in auto mode, touched in nothing, and refuses to start in on
+// mode, saying why.
+func TestNetworkModes(t *testing.T) {
+	w := nettest.New(t)
+	open := func(mode string) (*Service, error) {
+		d := vmmfake.New()
+		m, err := New(Config{DataDir: testutil.FakeDataDir(t, "python"), RunDir: t.TempDir()}, WithDriver(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return OpenService(m, ServiceConfig{MaxVMs: 2, Network: &NetworkConfig{Mode: mode, Config: network.Config{
+			RunDir: t.TempDir(), Prefix: testNetPrefix, UplinkNetns: w.Uplink(), DNSUpstreams: []string{}}}}, nil)
+	}
+	svc, err := open(NetworkAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.Network != nil || svc.Manager.HasNetwork() {
+		t.Fatal("auto mode made a network on a host that cannot have one")
+	}
+	svc.Close(context.Background())
+	if _, err := open(NetworkOn); !errors.Is(err, network.ErrUnavailable) || !strings.Contains(err.Error(), "DNS upstream") {
+		t.Fatalf("on mode without DNS: %v, want ErrUnavailable naming the problem", err)
+	}
+	svc, err = open(NetworkOff)
+	if err != nil || svc.Network != nil {
+		t.Fatalf("off: %v, network %v", err, svc.Network)
+	}
+	svc.Close(context.Background())
+}
