@@ -33,9 +33,12 @@ func main() {
 	sandboxesOnly := flag.Bool("sandboxes-only", false, "only measure long-lived sandboxes (create, fork, pause, resume, disk)")
 	sandboxRuns := flag.Int("sandbox-runs", 3, "runs per row of the sandbox table")
 	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
+	networkOnly := flag.Bool("network-only", false, "only measure what a VM's network adds (network.go)")
 	flag.Parse()
 	var err error
 	switch {
+	case *networkOnly:
+		err = networkTable(context.Background(), *dataDir, *lang, *n)
 	case *forwardingOnly:
 		err = forwardingTable(context.Background(), *dataDir, *lang, *n)
 	case *sandboxesOnly:
@@ -194,6 +197,9 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		return err
 	}
 	if err := forwardingTable(ctx, dataDir, lang, n); err != nil {
+		return err
+	}
+	if err := networkTable(ctx, dataDir, lang, n); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

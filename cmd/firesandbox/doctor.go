@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/network"
+	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/vmm/drivers"
 	"github.com/spf13/cobra"
 )
@@ -18,8 +21,10 @@ func newDoctorCmd(g *globalFlags) *cobra.Command {
 		Long: `Check, for each VMM driver, whether it can run VMs on this host and why
 not (binary, version, KVM, cgroups, permissions, confinement), which driver
 and accelerator ` + "`firesandbox run`" + ` will use, what confines the VMM, and
-whether the kernel and images are prepared. Every problem is listed at
-once. Exits 1 if the chosen driver is not usable.`,
+whether the kernel and images are prepared, and which network backend VMs
+get (a tap in each VM's own namespace) or why none. Every problem is listed
+at once. Exits 1 if the chosen driver is not usable, or if the network is
+required ([serve.network] mode = "on") and not usable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !doctor(cmd.Context(), g) {
@@ -62,11 +67,13 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 		p("WARNING: %s", w)
 	}
 
-	if k, err := guestkernel.Load(g.dataDir); err != nil {
-		p("guest kernel: %v", err)
+	k, kerr := guestkernel.Load(g.dataDir)
+	if kerr != nil {
+		p("guest kernel: %v", kerr)
 	} else {
 		p("guest kernel: %s (%s)", k.Release, k.Dir)
 	}
+	netOK := doctorNetwork(ctx, g, k, p, list)
 	if ims, err := image.NewStore(g.dataDir).List(); err != nil || len(ims) == 0 {
 		p("images: none built (firesandbox image build python)")
 	} else {
@@ -76,7 +83,31 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 		}
 		p("images: %s", strings.Join(names, ", "))
 	}
-	return dg.Usable()
+	return dg.Usable() && netOK
+}
+
+// doctorNetwork says which network backend VMs get here and why not;
+// false only where the configuration insists on one (mode on) and this
+// host cannot give it.
+func doctorNetwork(ctx context.Context, g *globalFlags, k *guestkernel.Kernel, p func(string, ...any), list func(string, []string)) bool {
+	nc := g.networkConfig("")
+	if nc.Mode == sandbox.NetworkOff {
+		p("network: off ([serve.network] mode): no VM gets a network device")
+		return true
+	}
+	nd := network.Diagnose(ctx, nc.Config)
+	if k != nil && len(k.Groups[agentproto.NetModules]) == 0 {
+		nd.Problems = append(nd.Problems, "the guest kernel has no "+agentproto.NetModules+" module group (virtio_net): prepare it again (make kernel)")
+		nd.Usable, nd.Backend = false, network.BackendNone
+	}
+	if nd.Usable {
+		p("network: backend %s (mode %s): sandboxes get a device, runs one when they ask", nd.Backend, nc.Mode)
+	} else {
+		p("network: NOT usable (mode %s): no VM gets a network device; sandboxes and runs that ask for network are refused", nc.Mode)
+	}
+	list("-", nd.Problems)
+	list("·", nd.Notes)
+	return nd.Usable || nc.Mode != sandbox.NetworkOn
 }
 
 func orNone(s string) string {

@@ -42,6 +42,7 @@ type serveFlags struct {
 	quota             tenant.Quota
 	caps              api.ShapeCaps
 	cluster           clusterFlags
+	network           string
 }
 
 func newServeCmd(g *globalFlags) *cobra.Command {
@@ -102,6 +103,7 @@ hibernates running sandboxes and stops its pools.`,
 	fl.IntVar(&f.maxConns, "max-conns", 1024, "open TCP connections at most; more are answered 503")
 	fl.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "how long a request body may take to arrive (plus 1s per 64 KiB received)")
 	fl.DurationVar(&f.hibernatedTTL, "hibernated-ttl", 0, "delete sandboxes hibernated this long (0: keep them until deleted)")
+	fl.StringVar(&f.network, "network", "", "VM networks: auto (where this host can; see doctor), on (fail without) or off (no VM gets a network device); default [serve.network] mode, else auto")
 	fl.StringSliceVar(&f.allowedHosts, "allowed-host", nil, "Host names, besides loopback ones, that requests without a key may use")
 	fl.StringSliceVar(&f.allowedOrigin, "allowed-origin", nil, "browser origins (http://host:port) whose pages may call the API without a key")
 	fl.IntVar(&f.quota.VMs, "tenant-vms", 0, "per tenant: VMs at work at once, runs and running sandboxes (0: unlimited)")
@@ -192,7 +194,8 @@ func runServe(ctx context.Context, g *globalFlags, f *serveFlags) error {
 	}
 	scfg := sandbox.ServiceConfig{MaxVMs: f.maxVMs, Queue: f.queue, QueueWait: f.queueWait, IdleHibernate: f.idleHibernate,
 		HibernatedTTL: f.hibernatedTTL, Pools: pools, MemoryBudgetMiB: f.memoryBudget,
-		SandboxTimeout: f.sandboxTimeout, MaxSandboxTimeout: f.maxSandboxTimeout, MaxForks: f.maxForks}
+		SandboxTimeout: f.sandboxTimeout, MaxSandboxTimeout: f.maxSandboxTimeout, MaxForks: f.maxForks,
+		Network: g.networkConfig(f.network)}
 	if err := scfg.Validate(); err != nil {
 		return usageError{err}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -40,15 +39,17 @@ var netConfigure = func(p agentproto.ParsedNetConfig) error {
 	if os.Getpid() != 1 {
 		return errors.New("network configuration is applied by the guest's init (PID 1) only")
 	}
-	return applyNetConfig(p, "/etc/resolv.conf")
+	return applyNetConfig(p, NewRoot)
 }
 
 // The kernel modules the virtio-net device needs, in load order.
 var netModules = []string{"failover", "net_failover", "virtio_net"}
 
 // applyNetConfig configures the interface with p's MAC in the calling
-// thread's network namespace and writes resolvConf.
-func applyNetConfig(p agentproto.ParsedNetConfig, resolvConf string) error {
+// thread's network namespace and writes etc/resolv.conf inside root, the
+// commands' root (the agent's own /etc is the initramfs's, which no
+// command sees).
+func applyNetConfig(p agentproto.ParsedNetConfig, root string) error {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("list interfaces: %w", err)
@@ -96,18 +97,54 @@ func applyNetConfig(p agentproto.ParsedNetConfig, resolvConf string) error {
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: p.Gateway.AsSlice(), Dst: nil}); err != nil {
 		return fmt.Errorf("default route via %s: %w", p.Gateway, err)
 	}
+	// A restored clone's neighbour cache is the snapshot's: forget it, so
+	// a gateway with another MAC is asked for afresh, not waited out.
+	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("neighbours of %s: %w", name, err)
+	}
+	for _, n := range neighs {
+		if n.State&netlink.NUD_PERMANENT == 0 {
+			netlink.NeighDel(&n)
+		}
+	}
 	var b strings.Builder
 	b.WriteString("# written by the firesandbox agent\n")
 	for _, d := range p.DNS {
 		fmt.Fprintf(&b, "nameserver %s\n", d)
 	}
 	b.WriteString("options timeout:2 attempts:2\n")
-	tmp := filepath.Join(filepath.Dir(resolvConf), ".resolv.conf.firesandbox")
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+	return writeResolvConf(root, b.String())
+}
+
+// writeResolvConf replaces root's etc/resolv.conf with content, atomically
+// (readers see the old file or the new one). Paths resolve inside root,
+// so a symlink in the guest's tree (resolv.conf is often one) is replaced,
+// never followed out of it.
+func writeResolvConf(root, content string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
 		return fmt.Errorf("write resolver configuration: %w", err)
 	}
-	if err := os.Rename(tmp, resolvConf); err != nil {
-		os.Remove(tmp)
+	defer r.Close()
+	if err := r.MkdirAll("etc", 0o755); err != nil {
+		return fmt.Errorf("write resolver configuration: %w", err)
+	}
+	const tmp = "etc/.resolv.conf.firesandbox"
+	r.Remove(tmp) // a leftover of an interrupted write
+	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("write resolver configuration: %w", err)
+	}
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = r.Rename(tmp, "etc/resolv.conf")
+	}
+	if err != nil {
+		r.Remove(tmp)
 		return fmt.Errorf("write resolver configuration: %w", err)
 	}
 	return nil

@@ -129,6 +129,41 @@ func (b Boot) Args() ([]string, error) {
 	return args, nil
 }
 
+// NetModules is the module group a guest with a network device loads:
+// virtio_net and what it needs (the initramfs's "net" group).
+const NetModules = "net"
+
+// WithModules returns args with groups added to the module groups they
+// ask for. Since a later fs.modules overrides an earlier one, every
+// fs.modules argument is merged into one, at the end, each group once in
+// the order first named. Drivers use it for the modules their devices
+// need, whatever the caller's arguments already ask.
+func WithModules(args []string, groups ...string) []string {
+	out := make([]string, 0, len(args)+1)
+	var mods []string
+	add := func(g string) {
+		if !slices.Contains(mods, g) {
+			mods = append(mods, g)
+		}
+	}
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, ArgModules+"="); ok {
+			for _, g := range splitList(v) {
+				add(g)
+			}
+			continue
+		}
+		out = append(out, a)
+	}
+	for _, g := range groups {
+		add(g)
+	}
+	if len(mods) > 0 {
+		out = append(out, ArgModules+"="+strings.Join(mods, ","))
+	}
+	return out
+}
+
 // MustArgs is Args for values fixed by the caller's own code (a driver's
 // channel and modules); it panics on invalid values, like
 // regexp.MustCompile. Never use it for values from a request.

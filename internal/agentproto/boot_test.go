@@ -171,3 +171,26 @@ func FuzzParseBoot(f *testing.F) {
 		}
 	})
 }
+
+// WithModules merges every fs.modules into one at the end, so a driver's
+// groups and the caller's all load (a later fs.modules would override).
+func TestWithModules(t *testing.T) {
+	for name, tc := range map[string]struct {
+		args, groups []string
+		want         string
+	}{
+		"none asked":    {[]string{"fs.root=a"}, []string{"net"}, "fs.root=a fs.modules=net"},
+		"merged":        {[]string{"fs.modules=erofs", "fs.root=a"}, []string{"vsock", "net"}, "fs.root=a fs.modules=erofs,vsock,net"},
+		"two merged":    {[]string{"fs.modules=a", "fs.modules=b,a"}, []string{"net"}, "fs.modules=a,b,net"},
+		"each once":     {[]string{"fs.modules=net"}, []string{"net"}, "fs.modules=net"},
+		"nothing added": {[]string{"quiet"}, nil, "quiet"},
+	} {
+		got := WithModules(tc.args, tc.groups...)
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: %q, want %q", name, got, tc.want)
+		}
+		if _, err := ParseBoot(strings.Join(append(got, "fs.channel=vsock:1", "fs.root=x"), " ")); err != nil {
+			t.Errorf("%s: the result does not parse: %v", name, err)
+		}
+	}
+}

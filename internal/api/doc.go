@@ -46,6 +46,9 @@
 //	POST   /v1/sandboxes/{id}/files/move     {"from", "to"}
 //	DELETE /v1/sandboxes/{id}/files?path=P&recursive=1
 //	GET    /v1/sandboxes/{id}/files/watch?path=P&recursive=1   changes, streamed (NDJSON or SSE)
+//	GET    /v1/sandboxes/{id}/network        its egress policy (canonical)
+//	PUT    /v1/sandboxes/{id}/network        replace it (POST too); a running sandbox's takes effect at once
+//	*      /v1/sandboxes/{id}/ports/{port}/… HTTP and WebSocket proxy to a server in the sandbox (its tenant only)
 //	GET    /api/v2/runtimes                  Piston: installed runtimes
 //	POST   /api/v2/execute                   Piston: run, Piston's result shape
 //	GET    /api/v2/connect                   Piston: interactive run over a WebSocket (piston_ws.go)

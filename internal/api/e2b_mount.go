@@ -8,6 +8,8 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/api/e2b"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/network"
+	"github.com/firesandbox/firesandbox/internal/state"
 )
 
 // openE2B builds the E2B adapter over the server's sandboxes: tenants
@@ -27,7 +29,11 @@ func openE2B(s *Server) (*e2b.Handler, error) {
 		Tenant:    tenantOf,
 		Status:    func(err error) int { st, _ := statusOf(err); return st },
 		Secret:    secret,
-		Logger:    s.log.With("component", "e2b"),
+		// A port request already names its sandbox, found by its token.
+		Ports: func(_ *http.Request, sb state.Sandbox, _ int) (network.PortDialer, error) {
+			return s.sbx.PortDialer(sb.Tenant, sb.ID), nil
+		},
+		Logger: s.log.With("component", "e2b"),
 	})
 }
 

@@ -48,6 +48,9 @@ type RunIn struct {
 	Args          []string `json:"args,omitempty"`
 	Limits        LimitsIn `json:"limits"`
 	CompileLimits LimitsIn `json:"compile_limits"`
+	// Network, if it allows something, runs the program in a VM with a
+	// network device under this policy; without it the VM has none.
+	Network *NetworkIn `json:"network,omitempty"`
 }
 
 func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, error) {
@@ -83,9 +86,13 @@ func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, er
 	if err != nil {
 		return sandbox.RunRequest{}, nil, err
 	}
+	policy, err := in.Network.policy()
+	if err != nil {
+		return sandbox.RunRequest{}, nil, err
+	}
 	req := sandbox.RunRequest{
 		Language: e.Name, Version: e.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
-		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e),
+		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e), Network: policy,
 	}
 	if err := runFits(req, e); err != nil {
 		return sandbox.RunRequest{}, nil, err

@@ -78,6 +78,9 @@ type CreateIn struct {
 	// Env is set for every command in it.
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
+	// Network is the egress policy (none: nothing gets out); PUT
+	// /v1/sandboxes/{id}/network changes it while the sandbox runs.
+	Network *NetworkIn `json:"network,omitempty"`
 }
 
 // maxIdleTimeout bounds a sandbox's own idle timeout.
@@ -117,7 +120,13 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	policy, err := in.Network.policy()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	sb, err := s.sbx.Create(r.Context(), sandbox.CreateRequest{
+		Network:  policy,
 		Language: in.Language, Version: in.Version, Shape: sandbox.Shape{VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
 		DiskMiB: in.DiskMiB, IdleTimeout: time.Duration(idle) * time.Second,
 		Timeout: lifetime, OnTimeout: in.OnTimeout,

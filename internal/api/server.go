@@ -22,6 +22,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/cluster"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/pool"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/state"
@@ -363,6 +364,11 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/sandboxes/{id}/files/mkdir", s.handleMkdir)
 	handle("POST /v1/sandboxes/{id}/files/move", s.handleMove)
 	handle("DELETE /v1/sandboxes/{id}/files", s.handleRemove)
+	handle("GET /v1/sandboxes/{id}/network", s.handleGetNetwork)
+	handle("PUT /v1/sandboxes/{id}/network", s.handleSetNetwork)
+	handle("POST /v1/sandboxes/{id}/network", s.handleSetNetwork)
+	handle("/v1/sandboxes/{id}/ports/{port}", s.handlePort)
+	handle("/v1/sandboxes/{id}/ports/{port}/", s.handlePort)
 
 	for _, prefix := range []string{"/api/v2", "/api/v2/piston"} { // the latter is emkc.org's public path
 		handle("GET "+prefix+"/runtimes", s.handleRuntimes)
@@ -448,6 +454,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusNotFound, "no_route"
 	case errors.Is(err, ErrBadBody), errors.Is(err, sandbox.ErrBadRequest), errors.Is(err, agentproto.ErrMalformed):
 		return http.StatusBadRequest, "bad_request"
+	case errors.Is(err, network.ErrInvalidPolicy):
+		return http.StatusBadRequest, "bad_network_policy"
+	case errors.Is(err, sandbox.ErrNoNetwork), errors.Is(err, network.ErrUnavailable):
+		return http.StatusNotImplemented, "network_unavailable"
 	case errors.Is(err, image.ErrUnknownLanguage):
 		return http.StatusBadRequest, "unknown_language"
 	case errors.Is(err, sandbox.ErrNoSandbox):

@@ -27,6 +27,9 @@ var ModuleGroups = map[string][]string{
 	"default": {"virtio_mmio", "virtio_blk", "squashfs", "overlay"},
 	"erofs":   {"erofs"},
 	"vsock":   {"vmw_vsock_virtio_transport"},
+	// net is the virtio-net driver, for VMs with a network device
+	// (fs.modules=net); virtio_net needs net_failover, which needs failover.
+	"net": {"failover", "net_failover", "virtio_net"},
 }
 
 // Kernel is a prepared guest kernel and initramfs.

@@ -314,6 +314,9 @@ func fakePackage(t *testing.T, release string, vmlinux []byte) string {
 		{"net/vmw_vsock/vsock.ko.xz", ""},
 		{"net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz", "vsock"},
 		{"net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz", "vmw_vsock_virtio_transport_common,vsock"},
+		{"net/core/failover.ko.xz", ""},
+		{"drivers/net/net_failover.ko.xz", "failover"},
+		{"drivers/net/virtio_net.ko.xz", "net_failover"},
 	}, "fs/squashfs/squashfs")
 	return root
 }
@@ -443,6 +446,7 @@ func TestPrepareSynthetic(t *testing.T) {
 		"default": {"/lib/modules/virtio_mmio.ko.xz", "/lib/modules/virtio_blk.ko.xz", "/lib/modules/overlay.ko.xz"},
 		"erofs":   {"/lib/modules/libcrc32c.ko.xz", "/lib/modules/erofs.ko.xz"},
 		"vsock":   {"/lib/modules/vsock.ko.xz", "/lib/modules/vmw_vsock_virtio_transport_common.ko.xz", "/lib/modules/vmw_vsock_virtio_transport.ko.xz"},
+		"net":     {"/lib/modules/failover.ko.xz", "/lib/modules/net_failover.ko.xz", "/lib/modules/virtio_net.ko.xz"},
 	}
 	for g, w := range want {
 		if !slices.Equal(k.Groups[g], w) {

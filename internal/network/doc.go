@@ -6,7 +6,8 @@
 //
 //	guest 10.0.2.15 (same in every VM and clone: restored snapshots keep
 //	  |                their address and MAC)
-//	tap0 10.0.2.2     gateway, our resolver (:53) and SNI/Host filter (:15001)
+//	tap0 10.0.2.2     gateway, our resolver (:53) and SNI/Host filter (:15001);
+//	  |                its MAC is the same in every VM too (a clone's ARP cache)
 //	  | nftables: DNS redirected to the resolver, all TCP to the filter,
 //	  |           UDP/ICMP forwarded only to allowed CIDRs, IPv6 dropped
 //	eth0 10.200.n.2 --veth-- <prefix><owner>h<n> 10.200.n.1 in the uplink

@@ -28,10 +28,15 @@ import (
 // VMs, so restored clones keep the snapshot's address and MAC: each VM has
 // its own namespace, and the addresses never meet.
 type GuestConfig struct {
-	Addr    netip.Prefix `json:"addr"`    // the guest's address and subnet
-	Gateway netip.Addr   `json:"gateway"` // the tap's address: route and resolver
-	MAC     string       `json:"mac"`     // for the VMM's virtio-net device
-	MTU     int          `json:"mtu"`
+	Addr    netip.Prefix `json:"addr" toml:"addr"`       // the guest's address and subnet
+	Gateway netip.Addr   `json:"gateway" toml:"gateway"` // the tap's address: route and resolver
+	MAC     string       `json:"mac" toml:"mac"`         // for the VMM's virtio-net device
+	// GatewayMAC is the tap's own address. It is the same in every VM
+	// too: a restored guest's neighbour cache still holds the
+	// snapshot's gateway, and a tap with another address would drop
+	// its frames until that entry went stale.
+	GatewayMAC string `json:"gateway_mac" toml:"gateway_mac"`
+	MTU        int    `json:"mtu" toml:"mtu"`
 }
 
 // DNS is the resolver address the guest should use (the gateway: our
@@ -45,44 +50,45 @@ type Config struct {
 	// RunDir holds the owner and address-slot locks (default
 	// /run/firesandbox/network). Processes sharing a RunDir share the
 	// address slots; each sweeps only owners that are dead.
-	RunDir string `json:"run_dir,omitempty"`
+	RunDir string `json:"run_dir,omitempty" toml:"run_dir"`
 	// NetnsDir is where namespaces are bound (default /run/netns, where
 	// `ip netns` and the Firecracker jailer look).
-	NetnsDir string `json:"netns_dir,omitempty"`
+	NetnsDir string `json:"netns_dir,omitempty" toml:"netns_dir"`
 	// Prefix starts every name this package gives a namespace, link or
 	// table (default "fs", 1 to 4 lower-case letters).
-	Prefix string `json:"prefix,omitempty"`
+	Prefix string `json:"prefix,omitempty" toml:"prefix"`
 	// UplinkNetns is the namespace that plays the host: where the VM links'
 	// host ends live and traffic is masqueraded. Default: the namespace
 	// this process runs in.
-	UplinkNetns string `json:"uplink_netns,omitempty"`
+	UplinkNetns string `json:"uplink_netns,omitempty" toml:"uplink_netns"`
 	// LinkRange gives each VM a /30 for its link to the uplink (default
 	// 10.200.0.0/16: 16384 VMs). Never reachable from a guest.
-	LinkRange netip.Prefix `json:"link_range,omitzero"`
+	LinkRange netip.Prefix `json:"link_range,omitzero" toml:"link_range"`
 	// Guest is the guest side of every VM (default 10.0.2.15/24, gateway
-	// 10.0.2.2, MAC 06:fe:00:00:00:01, MTU 1500).
-	Guest GuestConfig `json:"guest,omitzero"`
+	// 10.0.2.2, MAC 06:fe:00:00:00:01, gateway MAC 06:fe:00:00:00:02,
+	// MTU 1500).
+	Guest GuestConfig `json:"guest,omitzero" toml:"guest"`
 	// DNSUpstreams are the resolvers our resolver asks, as host:port
 	// (default: the nameservers in /etc/resolv.conf). Queried from this
 	// process's namespace.
-	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
+	DNSUpstreams []string `json:"dns_upstreams,omitempty" toml:"dns_upstreams"`
 	// EnableForwarding turns on IPv4 forwarding on the uplink's
 	// default-route interfaces at New (replies to masqueraded traffic are
 	// forwarded back in through them). Without it, Diagnose reports when
 	// it is off.
-	EnableForwarding bool `json:"enable_forwarding,omitempty"`
+	EnableForwarding bool `json:"enable_forwarding,omitempty" toml:"enable_forwarding"`
 	// ProxyPort is where the SNI/Host filter listens inside each VM
 	// namespace (default 15001; the namespace is private, so one port
 	// serves every VM).
-	ProxyPort uint16 `json:"proxy_port,omitempty"`
+	ProxyPort uint16 `json:"proxy_port,omitempty" toml:"proxy_port"`
 	// PeekTimeout is how long the filter waits for a client's first bytes
 	// before it decides without a name (default 1s). The first bytes are
 	// still checked whenever they come.
-	PeekTimeout time.Duration `json:"peek_timeout,omitempty"`
+	PeekTimeout time.Duration `json:"peek_timeout,omitempty" toml:"peek_timeout"`
 	// DialTimeout bounds an outbound connection attempt (default 10s).
-	DialTimeout time.Duration `json:"dial_timeout,omitempty"`
+	DialTimeout time.Duration `json:"dial_timeout,omitempty" toml:"dial_timeout"`
 	// MaxConns bounds a VM's open proxied connections (default 512).
-	MaxConns int `json:"max_conns,omitempty"`
+	MaxConns int `json:"max_conns,omitempty" toml:"max_conns"`
 }
 
 func (c Config) withDefaults() Config {
@@ -106,6 +112,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Guest.MAC == "" {
 		c.Guest.MAC = "06:fe:00:00:00:01"
+	}
+	if c.Guest.GatewayMAC == "" {
+		c.Guest.GatewayMAC = "06:fe:00:00:00:02"
 	}
 	if c.Guest.MTU == 0 {
 		c.Guest.MTU = 1500
@@ -149,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if hw, err := net.ParseMAC(g.MAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 {
 		return bad("guest mac %q: a unicast Ethernet address", g.MAC)
+	}
+	if hw, err := net.ParseMAC(g.GatewayMAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 || g.GatewayMAC == g.MAC {
+		return bad("gateway mac %q: a unicast Ethernet address other than the guest's", g.GatewayMAC)
 	}
 	if g.MTU < 576 || g.MTU > 65535 {
 		return bad("guest mtu %d: between 576 and 65535", g.MTU)

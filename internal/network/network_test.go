@@ -221,6 +221,17 @@ func TestClonesShareTheGuestAddress(t *testing.T) {
 	if a.Guest() != b.Guest() {
 		t.Fatalf("clones differ: %+v %+v", a.Guest(), b.Guest())
 	}
+	// The gateway has one MAC everywhere: a restored guest's neighbour
+	// cache, made in the snapshot's VM, stays right in every clone.
+	for _, v := range []*VM{a, b} {
+		l, err := v.nl.LinkByName(tapName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Attrs().HardwareAddr.String(); got != v.Guest().GatewayMAC {
+			t.Fatalf("tap of %s has MAC %s, want %s", v.ID(), got, v.Guest().GatewayMAC)
+		}
+	}
 	_, ipA := a.HostLink()
 	_, ipB := b.HostLink()
 	if ipA == ipB {

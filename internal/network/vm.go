@@ -223,6 +223,10 @@ func (v *VM) setupNamespace() error {
 	if err := v.nl.LinkSetMTU(tap, g.MTU); err != nil {
 		return fmt.Errorf("mtu %s: %w", tapName, err)
 	}
+	gwMAC, _ := net.ParseMAC(g.GatewayMAC) // validated
+	if err := v.nl.LinkSetHardwareAddr(tap, gwMAC); err != nil {
+		return fmt.Errorf("mac %s: %w", tapName, err)
+	}
 	if err := v.nl.AddrAdd(tap, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(g.Gateway, g.Addr.Bits()))}); err != nil {
 		return fmt.Errorf("address %s: %w", tapName, err)
 	}

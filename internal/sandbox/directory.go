@@ -68,7 +68,9 @@ func (s *Sandboxes) hibernationSpec(ctx context.Context, sb state.Sandbox) (*Tem
 	if err != nil {
 		return nil, snapshot.Spec{}, err
 	}
-	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB})
+	// A sandbox has a network device where its host has a network: the
+	// hosts of a cluster are alike in that, as in their kernel and VMM.
+	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB, Network: s.mgr.HasNetwork()})
 	if err != nil {
 		return nil, snapshot.Spec{}, err
 	}

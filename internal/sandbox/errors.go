@@ -13,4 +13,8 @@ var (
 	ErrSandboxLost    = errors.New("sandbox lost")
 	ErrSandboxBusy    = errors.New("sandbox busy")
 	ErrClosed         = errors.New("sandboxes: shutting down")
+
+	// ErrNoNetwork: a request needs a network device that this server (or
+	// this VM) does not have.
+	ErrNoNetwork = errors.New("no network on this server")
 )

@@ -54,7 +54,7 @@ func (s *Sandboxes) Fork(ctx context.Context, tenant, id string, req ForkRequest
 	if err != nil {
 		return nil, fmt.Errorf("fork %s: %w", id, err)
 	}
-	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: parent.VCPUs, MemoryMiB: parent.MemoryMiB, DiskMiB: parent.DiskMiB})
+	t, err := s.mgr.Template(ctx, e, s.liveShape(parent)) // with the parent's network device, if any
 	if err != nil {
 		return nil, fmt.Errorf("fork %s: %w", id, err)
 	}

@@ -130,6 +130,7 @@ type Manager struct {
 
 	tmpl templates
 	pools
+	networking // VMs' networks, if the Service gave it one (network.go)
 
 	snapshotsMade atomic.Int64 // snapshots created by this Manager
 }

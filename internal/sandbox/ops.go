@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/state"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 )
@@ -36,6 +37,9 @@ type CreateRequest struct {
 	// Env is added to every exec's environment.
 	Metadata map[string]string
 	Env      map[string]string
+	// Network is the sandbox's egress policy (nil: nothing gets out). It
+	// can be changed while the sandbox runs (SetNetwork).
+	Network *network.Policy
 }
 
 // Bounds of a CreateRequest's maps.
@@ -113,6 +117,11 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		return state.Sandbox{}, err
 	}
 	shape = s.mgr.shape(shape)
+	policy, device, err := s.createNetwork(&req)
+	if err != nil {
+		return state.Sandbox{}, err
+	}
+	shape.Network = device
 	lifetime, err := s.lifetime(req.Timeout)
 	if err != nil {
 		return state.Sandbox{}, err
@@ -126,6 +135,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 		VCPUs: shape.VCPUs, MemoryMiB: shape.MemoryMiB, DiskMiB: shape.DiskMiB, IdleTimeout: idle,
 		State: moves[opCreate].during, Metadata: req.Metadata, Env: req.Env, OnTimeout: req.OnTimeout,
 	}
+	sb.Network = policy
 	sb.ExpiresAt = s.now().Add(lifetime)
 	admitted, err := s.admitted(ctx, opCreate, sb) // before a template of this shape is made
 	if err != nil {
@@ -189,6 +199,12 @@ func (s *Sandboxes) launch(ctx context.Context, sb state.Sandbox, release func()
 		disk = s.diskOf(sb.ID)
 	}
 	vm, err := start(ctx, disk)
+	if err == nil {
+		// Before anyone can use it: the sandbox's network policy.
+		if err = s.applyPolicy(ctx, sb, vm); err != nil {
+			vm.Close()
+		}
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -428,7 +444,7 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
-	t, err := s.mgr.Template(ctx, e, Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, DiskMiB: sb.DiskMiB})
+	t, err := s.mgr.Template(ctx, e, resumeShape(sb))
 	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
@@ -443,7 +459,7 @@ func (s *Sandboxes) resumeLocked(ctx context.Context, id string, b *box) error {
 	}
 	start := time.Now()
 	err = s.transition(ctx, id, opResume, func(ctx context.Context) (state.Change, error) {
-		vm, err := s.mgr.Resume(ctx, t, sb.SnapshotDir, s.diskOf(id))
+		vm, err := s.resumeVM(ctx, sb, t, s.diskOf(id))
 		if err != nil {
 			return state.Change{}, err // the snapshot is untouched: still resumable
 		}

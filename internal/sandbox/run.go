@@ -8,6 +8,7 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/network"
 )
 
 // Streams receive a run's output as it is produced. Nil writers discard.
@@ -31,6 +32,10 @@ type RunRequest struct {
 	Cold bool
 	// Mounts show host directories read-only in the guest (cold boot).
 	Mounts []Mount
+	// Network, if it lets anything out, runs the program in a VM with a
+	// network device under this policy; nil (the default) in one with
+	// no network interface at all.
+	Network *network.Policy
 	// RunCmd, if set, replaces the language's run command (Args are still
 	// appended) and CompileCmd its compile command: none if empty. The
 	// language still picks the image and snapshot.
@@ -103,7 +108,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 		files[0].Path = e.File
 	}
 
-	vm, pooled, err := m.take(ctx, e, req.Cold, req.Mounts)
+	vm, pooled, err := m.takeForRun(ctx, e, &req)
 	if err != nil {
 		return nil, err
 	}

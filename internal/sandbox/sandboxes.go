@@ -123,6 +123,7 @@ type box struct {
 	vm       *VM    // the live VM while the record says running
 	release  func() // frees vm's memory reservation
 	lastUsed atomic.Int64
+	netMu    sync.Mutex // serialises network policy changes (network.go)
 	// stopOps is cancelled by Delete so running execs end promptly.
 	opsCtx  context.Context
 	stopOps context.CancelFunc

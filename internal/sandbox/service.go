@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/firesandbox/firesandbox/internal/network"
 	"github.com/firesandbox/firesandbox/internal/state"
 )
 
@@ -50,6 +51,8 @@ type ServiceConfig struct {
 	// Directory, if set, shares the sandboxes with other hosts (see
 	// SandboxesConfig.Directory).
 	Directory Directory `json:"-" toml:"-"`
+	// Network gives VMs network devices (see network.go); nil: none.
+	Network *NetworkConfig `json:"network,omitempty" toml:"network"`
 }
 
 func (c *ServiceConfig) setDefaults(mgr *Manager) {
@@ -91,6 +94,9 @@ func (c *ServiceConfig) Validate() error {
 			return fmt.Errorf("pool %s: %w", lang, err)
 		}
 	}
+	if c.Network != nil {
+		return c.Network.Validate()
+	}
 	return nil
 }
 
@@ -106,6 +112,9 @@ type Service struct {
 	Memory    *MemoryBudget
 	cfg       ServiceConfig
 	cancel    context.CancelFunc
+
+	// Network makes the VMs' networks; nil where VMs get none.
+	Network *network.Host
 }
 
 // OpenService opens the state database (reconciling what a previous
@@ -122,12 +131,18 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("open service: %w", err)
 	}
-	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
+	nh, err := openNetwork(cfg.Network, log.With("component", "network"))
 	if err != nil {
 		return nil, err
 	}
+	mgr.UseNetwork(nh)
+	db, err := state.Open(filepath.Join(cfg.StateDir, "state.db"))
+	if err != nil {
+		closeNetwork(mgr, nh)
+		return nil, err
+	}
 	svc := &Service{Manager: mgr, DB: db, cfg: cfg, Limiter: NewLimiter(cfg.MaxVMs, cfg.Queue, cfg.QueueWait),
-		Memory: NewMemoryBudget(cfg.MemoryBudgetMiB)}
+		Memory: NewMemoryBudget(cfg.MemoryBudgetMiB), Network: nh}
 	svc.Sandboxes, err = OpenSandboxes(mgr, db, SandboxesConfig{
 		Dir: filepath.Join(cfg.StateDir, "sandboxes"), IdleTimeout: cfg.IdleHibernate, HibernatedTTL: cfg.HibernatedTTL,
 		Timeout: cfg.SandboxTimeout, MaxTimeout: cfg.MaxSandboxTimeout, MaxForks: cfg.MaxForks,
@@ -135,6 +150,7 @@ func OpenService(mgr *Manager, cfg ServiceConfig, log *slog.Logger) (*Service, e
 	}, svc.Limiter, svc.Memory, log.With("component", "sandboxes"))
 	if err != nil {
 		db.Close()
+		closeNetwork(mgr, nh)
 		return nil, err
 	}
 	base, cancel := context.WithCancel(context.Background())
@@ -163,6 +179,9 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	if err := s.DB.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close state: %w", err))
+	}
+	if err := closeNetwork(s.Manager, s.Network); err != nil {
+		errs = append(errs, fmt.Errorf("close network: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -33,6 +33,11 @@ type Shape struct {
 	// guest is freed on the host) instead of tmpfs in guest memory. Each
 	// disk size has its own snapshot, which holds the pristine disk.
 	DiskMiB int `json:"disk_mib,omitempty"`
+	// Network gives the VM a network device (see network.go): its own
+	// namespace and tap, what it may reach set by its policy. Templates
+	// with one have their own snapshots; without it (the default) a VM
+	// has no interface at all, and costs nothing for it.
+	Network bool `json:"network,omitempty"`
 }
 
 // Validate checks a requested shape.

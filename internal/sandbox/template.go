@@ -120,6 +120,7 @@ func (m *Manager) newTemplate(ctx context.Context, e *image.Entry, shape Shape, 
 	if pe := m.prewarmEntry(e); pe != nil {
 		t.Spec.Runtime = pe.RuntimeID()
 	}
+	t.Spec.Network = m.networkSpec(shape)
 	var disks []vmm.Disk
 	var refs []string
 	for i, l := range layers {

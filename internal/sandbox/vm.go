@@ -36,6 +36,7 @@ type VM struct {
 	volumes  []string // packed mounts, removed with the VM
 	// identity is what the guest was last told it is (Resync).
 	identity string
+	net      *vmNet // its network, if its template has a device (network.go)
 }
 
 // Timings are the parts of a VM's start.
@@ -60,6 +61,7 @@ func (v *VM) Close() error {
 	if v.Machine != nil {
 		err = v.Machine.Stop(context.Background())
 	}
+	err = errors.Join(err, v.closeNetwork())
 	if v.owner != "" {
 		os.Remove(v.owner)
 	}
@@ -183,6 +185,9 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		return fail(err)
 	}
 	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	if err == nil {
+		err = m.attachNetwork(ctx, vm, t, &cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -193,6 +198,9 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	vm.Machine = mach
 	vm.Timings.Start = time.Since(start)
 	if err := m.connect(ctx, vm, timeout); err != nil {
+		return fail(err)
+	}
+	if err := m.configureGuestNetwork(ctx, vm); err != nil {
 		return fail(err)
 	}
 	vm.Ready = time.Since(start)
@@ -228,6 +236,9 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 		return nil, err
 	}
 	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if err == nil {
+		err = m.attachNetwork(ctx, vm, t, &cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}

@@ -27,6 +27,12 @@ type Spec struct {
 	// DiskMiB is the size of the writable disk image a hibernated sandbox
 	// carries in its snapshot; zero for snapshots without one (templates).
 	DiskMiB int `json:"disk_mib,omitempty"`
+	// Network describes the machine's network device, if it has one, as
+	// the guest sees it (its address, gateway, MACs, MTU): a restore must
+	// bring the device, and the guest has exactly this configuration.
+	// Empty without a device, so those snapshots keep the keys they had
+	// before it existed.
+	Network string `json:"network,omitempty"`
 }
 
 // Bounds on what a Spec can ask for; they bound how much a snapshot's
@@ -97,6 +103,7 @@ func (s Spec) Diff(host Spec) []Change {
 	add("disk MiB", s.DiskMiB, host.DiskMiB)
 	add("agent protocol", s.AgentProtocol, host.AgentProtocol)
 	add("runtime", s.Runtime, host.Runtime)
+	add("network device", s.Network, host.Network)
 	return d
 }
 

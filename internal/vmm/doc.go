@@ -28,6 +28,10 @@
 // left is taken over. Each VMM's pid and start time are recorded in its
 // RunDir, so vmmproc.Sweep can kill exactly the VMMs a killed daemon left.
 //
+// A Config may carry a network device (NetDevice): a virtio-net device on
+// a tap that internal/network made in the VM's own namespace. A snapshot
+// records it, so a restore needs one exactly when its snapshot had one.
+//
 // Version and Capabilities are fixed when a driver is built and cost
 // nothing to ask; Capabilities carries the accelerator (a snapshot's Spec
 // records it) and a description of the VMM's confinement.

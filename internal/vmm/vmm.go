@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -53,6 +54,44 @@ type Disk struct {
 	ReadOnly bool   `json:"read_only"`
 }
 
+// NetDevice is a machine's network interface: a virtio-net device on a
+// tap that already exists on the host (internal/network makes it, in the
+// VM's own network namespace, and enforces the policy there; the driver
+// only attaches the VMM to it). QEMU gets the tap as an open descriptor;
+// Firecracker runs in Netns (the jailer's --netns) and opens Tap itself.
+//
+// A snapshot records the device: a restore needs a NetDevice exactly when
+// the snapshot's machine had one, with the same MAC (the guest's driver
+// state is in the snapshot). Tap names may repeat across namespaces, so
+// every VM can use the same one and a snapshot restores anywhere.
+type NetDevice struct {
+	// MAC is the guest's Ethernet address: unicast, as aa:bb:cc:dd:ee:ff.
+	MAC string `json:"mac"`
+	// Tap is the tap device's name inside Netns.
+	Tap string `json:"tap"`
+	// Netns is the network namespace holding the tap, as a path
+	// (/run/netns/NAME); empty means this process's own.
+	Netns string `json:"netns,omitempty"`
+}
+
+func (n *NetDevice) validate() []string {
+	var errs []string
+	if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 {
+		errs = append(errs, fmt.Sprintf("net mac %q: want a unicast Ethernet address", n.MAC))
+	}
+	if n.Tap == "" || len(n.Tap) > 15 || strings.ContainsAny(n.Tap, "/ \t\n:") || n.Tap == "." || n.Tap == ".." {
+		errs = append(errs, fmt.Sprintf("net tap %q: want an interface name of 1-15 bytes", n.Tap))
+	}
+	if n.Netns != "" && !filepath.IsAbs(n.Netns) {
+		errs = append(errs, fmt.Sprintf("net netns %q: want an absolute path", n.Netns))
+	} else if n.Netns != "" {
+		if _, err := os.Stat(n.Netns); err != nil {
+			errs = append(errs, fmt.Sprintf("net netns: %v", err))
+		}
+	}
+	return errs
+}
+
 // Config describes one machine. It is plain data: it can be logged,
 // stored, and recorded in a snapshot manifest.
 type Config struct {
@@ -67,6 +106,9 @@ type Config struct {
 	VCPUs     int      `json:"vcpus"`
 	MemoryMiB int      `json:"memory_mib"`
 	Disks     []Disk   `json:"disks"`
+	// Net, if set, gives the machine a network interface; nil (the
+	// default) gives it none, so the guest has no network at all.
+	Net *NetDevice `json:"net,omitempty"`
 	// RunDir is a directory the driver creates for this machine's sockets
 	// and logs and removes in Stop. Keep it short: unix socket paths are
 	// limited to 107 bytes.
@@ -103,6 +145,9 @@ func (c *Config) Validate() error {
 		if _, err := os.Stat(d.Path); err != nil {
 			errs = append(errs, fmt.Sprintf("disk %s: %v", d.ID, err))
 		}
+	}
+	if c.Net != nil {
+		errs = append(errs, c.Net.validate()...)
 	}
 	if c.RunDir == "" {
 		errs = append(errs, "run dir not set")
@@ -182,7 +227,10 @@ type Driver interface {
 	// Restore starts a machine from a snapshot directory written by
 	// Machine.Snapshot of the same driver. cfg gives the new machine's
 	// ID, RunDir and disks (the paths may differ from the snapshot's;
-	// the disks' contents must match). The machine runs when it returns.
+	// the disks' contents must match), and its network device, which
+	// must be there exactly when the snapshot's machine had one (its tap
+	// may be another, in another namespace). The machine runs when it
+	// returns.
 	Restore(ctx context.Context, snapshotDir string, cfg Config) (Machine, error)
 }
 

@@ -2,7 +2,6 @@ package e2b
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -216,59 +215,50 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	req.Network = policy
 	sb, err := h.deps.Sandboxes.Create(r.Context(), req)
 	if err != nil {
 		h.fail(w, r, err)
 		return
-	}
-	if policy != "" {
-		// CreateRequest has no network field yet: the policy goes to the
-		// record right after, before anyone can use the sandbox.
-		if err := h.deps.DB.SetNetwork(context.WithoutCancel(r.Context()), sb.ID, policy); err != nil {
-			_ = h.deps.Sandboxes.Delete(context.WithoutCancel(r.Context()), sb.Tenant, sb.ID)
-			h.fail(w, r, err)
-			return
-		}
 	}
 	h.log.Info("e2b sandbox created", "op", "create", "sandbox", sb.ID, "template", in.TemplateID, "language", sb.Language)
 	writeJSON(w, http.StatusCreated, h.createdOf(sb))
 }
 
 // createRequest checks a NewSandbox and turns it into the sandbox
-// request and the network policy to store ("" for the default).
-func (h *Handler) createRequest(r *http.Request, in *newSandbox) (sandbox.CreateRequest, string, error) {
+// request and its network policy. Without allow_internet_access and
+// network the policy is E2B's default, the internet, where this server
+// gives sandboxes a network, and none where it does not (asking for it
+// explicitly there is refused).
+func (h *Handler) createRequest(r *http.Request, in *newSandbox) (sandbox.CreateRequest, *network.Policy, error) {
 	var none sandbox.CreateRequest
 	switch {
 	case len(bytes.TrimSpace(in.MCP)) > 0 && string(bytes.TrimSpace(in.MCP)) != "null":
-		return none, "", fmt.Errorf("%w: mcp (the MCP gateway)", errUnsupported)
+		return none, nil, fmt.Errorf("%w: mcp (the MCP gateway)", errUnsupported)
 	case in.IAM != nil && len(in.IAM.Tokens) > 0:
-		return none, "", fmt.Errorf("%w: iam (workload identity tokens)", errUnsupported)
+		return none, nil, fmt.Errorf("%w: iam (workload identity tokens)", errUnsupported)
 	case len(in.VolumeMounts) > 0:
-		return none, "", fmt.Errorf("%w: volumeMounts", errUnsupported)
+		return none, nil, fmt.Errorf("%w: volumeMounts", errUnsupported)
 	case in.AutoPauseMemory != nil && !*in.AutoPauseMemory:
-		return none, "", fmt.Errorf("%w: autoPauseMemory false (filesystem-only pauses): pauses always keep memory", errUnsupported)
+		return none, nil, fmt.Errorf("%w: autoPauseMemory false (filesystem-only pauses): pauses always keep memory", errUnsupported)
 	case in.AutoResume != nil && in.AutoResume.Enabled && (in.AutoPause == nil || !*in.AutoPause):
-		return none, "", badRequest("autoResume needs autoPause")
+		return none, nil, badRequest("autoResume needs autoPause")
 	}
 	e, err := h.template(in.TemplateID)
 	if err != nil {
-		return none, "", err
+		return none, nil, err
 	}
 	d, err := h.lifetime(in.Timeout)
 	if err != nil {
-		return none, "", err
+		return none, nil, err
 	}
-	var policy string
-	if in.AllowInternetAccess != nil || in.Network != nil {
+	var policy *network.Policy
+	if in.AllowInternetAccess != nil || in.Network != nil || h.deps.Sandboxes.HasNetwork() {
 		p, err := network.FromE2B(in.AllowInternetAccess, in.Network)
 		if err != nil {
-			return none, "", err
+			return none, nil, err
 		}
-		b, err := json.Marshal(p)
-		if err != nil {
-			return none, "", err
-		}
-		policy = string(b)
+		policy = &p
 	}
 	onTimeout := sandbox.OnTimeoutKill
 	if in.AutoPause != nil && *in.AutoPause {
@@ -535,11 +525,7 @@ func (h *Handler) updateNetwork(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	b, err := json.Marshal(p)
-	if err == nil {
-		err = h.deps.DB.SetNetwork(r.Context(), sb.ID, string(b))
-	}
-	if err != nil {
+	if _, err := h.deps.Sandboxes.SetNetwork(r.Context(), sb.Tenant, sb.ID, p); err != nil {
 		h.fail(w, r, err)
 		return
 	}

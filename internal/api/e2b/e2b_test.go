@@ -19,6 +19,8 @@ import (
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/image"
+	"github.com/firesandbox/firesandbox/internal/network"
+	"github.com/firesandbox/firesandbox/internal/network/nettest"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/firesandbox/firesandbox/internal/state"
 	"github.com/firesandbox/firesandbox/internal/testutil"
@@ -38,12 +40,18 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, sandbox.ServiceConfig{MaxVMs: 8})
+}
+
+// newFixtureWith is newFixture on a Service configured by scfg.
+func newFixtureWith(t *testing.T, scfg sandbox.ServiceConfig) *fixture {
+	t.Helper()
 	d := vmmfake.New()
 	m, err := sandbox.New(sandbox.Config{DataDir: testutil.FakeDataDir(t, "code-interpreter", "python"), RunDir: t.TempDir()}, sandbox.WithDriver(d))
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := sandbox.OpenService(m, sandbox.ServiceConfig{MaxVMs: 8}, nil)
+	svc, err := sandbox.OpenService(m, scfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +64,8 @@ func newFixture(t *testing.T) *fixture {
 				return http.StatusBadRequest
 			case errors.Is(err, sandbox.ErrSandboxBusy), errors.Is(err, state.ErrConflict):
 				return http.StatusConflict
+			case errors.Is(err, sandbox.ErrNoNetwork):
+				return http.StatusNotImplemented
 			}
 			return http.StatusInternalServerError
 		},
@@ -400,11 +410,36 @@ func TestFork(t *testing.T) {
 	}
 }
 
-func TestNetworkPolicyStoredAndValidated(t *testing.T) {
+// Without a network on the server, E2B's default (the internet) quietly
+// becomes none, and asking for network explicitly is refused.
+func TestNetworkWithoutNetwork(t *testing.T) {
 	f := newFixture(t)
+	c := f.create("acme", map[string]any{"templateID": "python"})
+	if sb, err := f.svc.DB.Get(context.Background(), c.SandboxID); err != nil || sb.Network != "" {
+		t.Fatalf("default policy on a server without network: %q %v", sb.Network, err)
+	}
+	r := f.do("POST", "/v2/sandboxes", "acme", strings.NewReader(`{"templateID":"python","allow_internet_access":true}`), nil)
+	if r.status != 501 || !strings.Contains(string(r.body), "network") {
+		t.Fatalf("internet asked for on a server without network: %d %s", r.status, r.body)
+	}
+	if r := f.do("PUT", "/sandboxes/"+c.SandboxID+"/network", "acme", strings.NewReader(`{"allowOut":["example.org"]}`), nil); r.status != 501 {
+		t.Fatalf("update on a server without network: %d %s", r.status, r.body)
+	}
+}
+
+func TestNetworkPolicyStoredAndValidated(t *testing.T) {
+	w := nettest.New(t)
+	f := newFixtureWith(t, sandbox.ServiceConfig{MaxVMs: 8, Network: &sandbox.NetworkConfig{Mode: sandbox.NetworkOn, Config: network.Config{
+		RunDir: t.TempDir(), Prefix: "fe", UplinkNetns: w.Uplink(), DNSUpstreams: []string{w.DNS()}}}})
 	r := f.do("POST", "/v2/sandboxes", "acme", strings.NewReader(`{"templateID":"python","network":{"denyOut":["example.com"]}}`), nil)
 	if r.status != 400 || r.code(t) != 400 || !strings.Contains(string(r.body), "denyOut") {
 		t.Fatalf("domain in denyOut: %d %s", r.status, r.body)
+	}
+	// E2B's default is the internet (the ranges every policy denies stay
+	// denied: network's rules, not this entry, keep them out).
+	d := f.create("acme", map[string]any{"templateID": "python"})
+	if sb, err := f.svc.DB.Get(context.Background(), d.SandboxID); err != nil || sb.Network != `{"allow_out":["0.0.0.0/0"]}` {
+		t.Fatalf("default policy %q %v, want the public internet", sb.Network, err)
 	}
 	c := f.create("acme", map[string]any{"templateID": "python", "allow_internet_access": false,
 		"network": map[string]any{"allowOut": []string{"pypi.org", "10.1.2.3/32"}}})

@@ -19,8 +19,9 @@
 // does, the error carries the end of its output. It then configures, in this order: the logger
 // (vmm.log), machine-config, boot-source (the ELF vmlinux, the initramfs,
 // DefaultBootArgs + the caller's Cmdline + fs.channel=vsock:PORT +
-// fs.modules=<vsock modules>), the drives, the vsock device (guest CID 3),
-// and sends InstanceStart. The VMM runs in its own process group; a request's
+// fs.modules=<vsock modules>, and net for a network device), the drives,
+// the network interface (network-interfaces/net0, host_dev_name the
+// device's tap), the vsock device (guest CID 3), and sends InstanceStart. The VMM runs in its own process group; a request's
 // context bounds Boot, never the VM, and one goroutine owns the wait for it.
 //
 // DialAgent connects to RunDir/v.sock and performs Firecracker's
@@ -65,7 +66,11 @@
 // giving them to root and group GID (0640) so that any jailed VMM can
 // restore them. Keep ChrootBase on the filesystem of the disks and
 // snapshots. The jailer runs in a new network namespace (NetNS "", or joins
-// the one NetNS names; "host" keeps ours), drops to UID:GID, and forks
+// the one NetNS names; "host" keeps ours; a machine with a network device
+// always runs in the device's namespace, whose tap the driver first gives
+// to UID:GID, since an unprivileged VMM may attach only to a tap it owns;
+// without the jailer the driver starts Firecracker inside that namespace),
+// drops to UID:GID, and forks
 // Firecracker into its own PID namespace and exits (unless HostPIDNS); the
 // driver then follows Firecracker through a pidfd.
 //

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -334,16 +335,21 @@ func firstLine(s string) string {
 }
 
 // bootArgs is the kernel command line: base arguments, the caller's,
-// then the agent's channel and the modules it needs for it (last, so
-// they win over a caller's stray fs.channel).
+// then the agent's channel (last, so it wins over a caller's stray
+// fs.channel) and one fs.modules with the caller's groups and those the
+// devices need: vsock for the channel, net for a network device.
 func (d *Driver) bootArgs(cfg vmm.Config) string {
 	base := d.cfg.BootArgs
 	if base == nil {
 		base = DefaultBootArgs()
 	}
 	args := append(append([]string{}, base...), cfg.Cmdline...)
-	args = append(args, agentproto.Boot{Channel: agentproto.VsockChannel(d.cfg.VsockPort), Modules: agentModules}.MustArgs()...)
-	return strings.Join(args, " ")
+	args = append(args, agentproto.Boot{Channel: agentproto.VsockChannel(d.cfg.VsockPort)}.MustArgs()...)
+	mods := agentModules
+	if cfg.Net != nil {
+		mods = append(slices.Clone(mods), agentproto.NetModules)
+	}
+	return strings.Join(agentproto.WithModules(args, mods...), " ")
 }
 
 // DiskDevice is the guest device of the i-th disk in vmm.Config.Disks:

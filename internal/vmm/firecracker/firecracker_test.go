@@ -618,6 +618,14 @@ func TestDiagnoseReportsEverything(t *testing.T) {
 	}
 }
 
+// TestNetworkWithoutJailer: without the jailer the driver starts the VMM
+// inside the device's namespace itself, where it opens the tap as root.
+func TestNetworkWithoutJailer(t *testing.T) {
+	fx := fixture(t, "fx", "root")
+	vmmtest.Network(t, func(t *testing.T) vmm.Driver { return fakeDriver(t, Config{NoJailer: true}) }, vmmtest.Fixtures{
+		Kernel: fx.Kernel, Initrd: fx.Initrd, Layers: []string{fx.Disks[0].Path}, RootFS: "squashfs", HostGuest: true})
+}
+
 // TestConformanceWithFake runs the shared suite against the driver and the
 // fake, jailed as by default. The fake's guest is the agent on this host,
 // so its files are host files (HostGuest), but every driver path the suite

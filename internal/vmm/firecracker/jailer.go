@@ -28,6 +28,7 @@ const (
 	drivesDir     = "drives"
 	snapshotIn    = "snapshot"     // a snapshot being restored
 	snapshotOut   = "snapshot-out" // a jailed VMM writes snapshots here
+	netIfaceID    = "net0"         // the network interface's id (a snapshot records it)
 	jailerPIDFile = ".pid"         // suffix: <exec file name>.pid
 )
 

@@ -106,6 +106,13 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 			IsReadOnly:   boolPtr(disk.ReadOnly),
 		}})
 	}
+	if n := cfg.Net; n != nil {
+		// The tap is opened by Firecracker, by name, in the namespace it
+		// runs in (start put it in n.Netns).
+		steps = append(steps, step{"/network-interfaces/" + netIfaceID, &models.NetworkInterface{
+			IfaceID: strPtr(netIfaceID), HostDevName: strPtr(n.Tap), GuestMac: n.MAC,
+		}})
+	}
 	cid := int64(GuestCID)
 	steps = append(steps,
 		step{"/vsock", &models.Vsock{GuestCid: &cid, UdsPath: strPtr(vsockName)}},
@@ -277,6 +284,23 @@ func (m *machine) placeDisks() error {
 // it, and waits for its API socket.
 func (m *machine) start(ctx context.Context, cu *vmmproc.Cleanup) error {
 	dc := m.d.cfg
+	// A machine with a network device runs where its tap is: the
+	// device's namespace replaces the configured one (an empty one of
+	// its own by default, which holds no tap).
+	netns := ""
+	if n := m.cfg.Net; n != nil {
+		dc.NetNS, netns = n.Netns, n.Netns
+		if n.Netns == "" {
+			dc.NetNS = NetNSHost
+		}
+		if dc.jailed() {
+			// The jailed VMM, unprivileged, may attach only to a tap of
+			// its own.
+			if err := vmmproc.GiveTap(n.Netns, n.Tap, dc.UID, dc.GID); err != nil {
+				return fmt.Errorf("network device: %w", err)
+			}
+		}
+	}
 	fcArgs := append([]string{"--api-sock", m.lay.apiSock()}, dc.ExtraArgs...)
 	var cmd *exec.Cmd
 	// Its own process group: a signal meant for the daemon's terminal
@@ -296,7 +320,15 @@ func (m *machine) start(ctx context.Context, cu *vmmproc.Cleanup) error {
 		cmd.Dir = m.lay.root
 	}
 	cmd.SysProcAttr = attr
-	proc, err := vmmproc.Start(cmd, m.console, m.stderr)
+	var proc *vmmproc.Process
+	err := func() error {
+		if dc.jailed() {
+			return startProc(&proc, cmd, m)
+		}
+		// Without the jailer the VMM is started from inside the
+		// namespace, which it inherits.
+		return vmmproc.InNetns(netns, func() error { return startProc(&proc, cmd, m) })
+	}()
 	if err != nil {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
@@ -341,6 +373,12 @@ func (m *machine) start(ctx context.Context, cu *vmmproc.Cleanup) error {
 	cu.Add(m.api.close)
 	logger := &models.Logger{LogPath: strPtr(vmmLogName), Level: strPtr(models.LoggerLevelInfo)}
 	return m.call(ctx, http.MethodPut, "/logger", logger, m.d.apiTimeout)
+}
+
+func startProc(p **vmmproc.Process, cmd *exec.Cmd, m *machine) error {
+	proc, err := vmmproc.Start(cmd, m.console, m.stderr)
+	*p = proc
+	return err
 }
 
 // followNewPIDNS waits for the jailer to fork Firecracker into its own PID

@@ -317,7 +317,7 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 		"-m", strconv.Itoa(cfg.MemoryMiB) + "M",
 		"-kernel", fds.path(kernel),
 		"-initrd", fds.path(initrd),
-		"-append", strings.Join(append(d.BaseCmdline(), cfg.Cmdline...), " "),
+		"-append", strings.Join(d.cmdline(cfg), " "),
 		// The console is QEMU's stdout, which a bounded ring drains.
 		"-chardev", "stdio,id=con,signal=off",
 		"-serial", "chardev:con",
@@ -380,6 +380,20 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 			drive += ",readonly=on"
 		}
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, disk.ID))
+	}
+	if n := cfg.Net; n != nil {
+		// After the disks, always: a snapshot's device state follows
+		// the command line's order, which a restore repeats.
+		// QEMU never needs the namespace: a confined QEMU sits in an
+		// empty one of its own and moves frames through this descriptor.
+		tap, err := vmmproc.OpenTap(n.Netns, n.Tap)
+		if err != nil {
+			return nil, fmt.Errorf("network device: %w", err)
+		}
+		// No vnet_hdr=: with fd= QEMU refuses it and reads the header
+		// mode from the descriptor, which OpenTap opened with one.
+		a = append(a, "-netdev", fmt.Sprintf("tap,id=net0,fd=%d", fds.add(tap)),
+			"-device", "virtio-net-device,netdev=net0,mac="+n.MAC)
 	}
 	if !d.cfg.Unconfined {
 		// An empty directory nobody can write: QEMU chroots into it once

@@ -258,6 +258,16 @@ func (d *Driver) BaseCmdline() []string {
 	return args
 }
 
+// cmdline is a machine's kernel command line: the base, the caller's
+// arguments, and the module group its network device needs.
+func (d *Driver) cmdline(cfg *vmm.Config) []string {
+	args := append(d.BaseCmdline(), cfg.Cmdline...)
+	if cfg.Net != nil {
+		args = agentproto.WithModules(args, agentproto.NetModules)
+	}
+	return args
+}
+
 func hostTSCKHz() int {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {

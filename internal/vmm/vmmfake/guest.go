@@ -231,6 +231,31 @@ func (g *Guest) Serve(conn net.Conn) {
 					}
 				}
 			}
+		case agentproto.MsgNetConfig:
+			var r agentproto.NetConfigRequest
+			if err = agentproto.DecodeJSON(f, &r); err != nil {
+				break
+			}
+			// As the real agent: the interface is found by MAC, so a
+			// machine without the device (or with another) refuses.
+			_, perr := r.Parse()
+			g.m.mu.Lock()
+			dev := g.m.cfg.Net
+			if perr == nil && (dev == nil || !strings.EqualFold(dev.MAC, r.MAC)) {
+				perr = fmt.Errorf("no interface with MAC %s: the VM has no virtio-net device", r.MAC)
+			}
+			g.m.mu.Unlock()
+			if perr == nil {
+				c := r
+				c.ID = 0
+				b, _ := json.Marshal(c)
+				g.m.mem.write(netConfigFile, b)
+			}
+			if perr != nil {
+				err = w.WriteJSON(agentproto.MsgError, agentproto.ErrorMsg{ID: r.ID, Code: agentproto.CodeInvalid, Message: perr.Error()})
+			} else {
+				err = w.WriteJSON(agentproto.MsgFileData, agentproto.FileData{ID: r.ID})
+			}
 		case agentproto.MsgPrewarm:
 			var r agentproto.PrewarmRequest
 			if err = agentproto.DecodeJSON(f, &r); err == nil {

@@ -5,7 +5,10 @@
 // file system that a fake agent serves over agentproto. Snapshot writes
 // that memory into the snapshot directory and Restore reads it back, so a
 // file written before a hibernation or a fork is there afterwards, as on a
-// real VM.
+// real VM. A machine with a network device holds its tap open while it
+// runs (so a missing tap fails, as with a real VMM), restores only with
+// the device its snapshot had, and its guest takes ConfigureNetwork for
+// that device's MAC only, keeping it in its memory.
 //
 // Each function field of Driver, when set, runs first and may fail the
 // call, so a test can make a boot fail, a restore hang or a machine die:
@@ -26,7 +29,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
+	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
 )
 
 // Driver is a fake vmm.Driver. Its zero value is not usable: use New.
@@ -108,8 +113,21 @@ func (d *Driver) Restore(ctx context.Context, dir string, cfg vmm.Config) (vmm.M
 	if err := json.Unmarshal(b, &mem.files); err != nil {
 		return nil, fmt.Errorf("%w: snapshot memory: %v", vmm.ErrIncompatible, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, vmm.SnapshotStateFile)); err != nil {
+	st, err := os.ReadFile(filepath.Join(dir, vmm.SnapshotStateFile))
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", vmm.ErrIncompatible, err)
+	}
+	// A restore needs the snapshot's devices, as QEMU's and Firecracker's
+	// do: the guest's drivers are in the snapshot.
+	var saved vmm.Config
+	if err := json.Unmarshal(st, &saved); err != nil {
+		return nil, fmt.Errorf("%w: snapshot state: %v", vmm.ErrIncompatible, err)
+	}
+	switch {
+	case (saved.Net == nil) != (cfg.Net == nil):
+		return nil, fmt.Errorf("%w: the snapshot's machine had network device %v, the restore has %v", vmm.ErrIncompatible, saved.Net != nil, cfg.Net != nil)
+	case saved.Net != nil && saved.Net.MAC != cfg.Net.MAC:
+		return nil, fmt.Errorf("%w: network device MAC %s, the snapshot's is %s", vmm.ErrIncompatible, cfg.Net.MAC, saved.Net.MAC)
 	}
 	m, err := d.start(ctx, cfg, mem)
 	if err == nil {
@@ -130,15 +148,26 @@ func (d *Driver) start(ctx context.Context, cfg vmm.Config, mem *memory) (*Machi
 			return nil, fmt.Errorf("%w: disk %s: %v", vmm.ErrInvalidConfig, disk.ID, err)
 		}
 	}
+	var tap *os.File
+	if n := cfg.Net; n != nil {
+		// Held while the machine runs, as a VMM holds its tap: a tap that
+		// is not there, or is another machine's, fails the start.
+		var err error
+		if tap, err = vmmproc.OpenTap(n.Netns, n.Tap); err != nil {
+			return nil, fmt.Errorf("network device: %w", err)
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old := d.machines[cfg.ID]; old != nil && old.State() != vmm.StateStopped {
+		closeFile(tap)
 		return nil, fmt.Errorf("%w: machine %s exists", vmm.ErrInvalidConfig, cfg.ID)
 	}
 	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		closeFile(tap)
 		return nil, err
 	}
-	m := &Machine{d: d, cfg: cfg, mem: mem, state: vmm.StateRunning, exited: make(chan struct{})}
+	m := &Machine{d: d, cfg: cfg, mem: mem, tap: tap, state: vmm.StateRunning, exited: make(chan struct{})}
 	m.resumed = sync.NewCond(&m.mu)
 	d.machines[cfg.ID] = m
 	return m, nil
@@ -156,6 +185,32 @@ type Machine struct {
 	conns   []net.Conn
 	exited  chan struct{}
 	crashed bool
+	tap     *os.File // the network device's tap, held until Stop
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
+}
+
+// netConfigFile holds, in the fake guest's memory, the network
+// configuration it was given: like a real guest's, it survives a snapshot
+// and comes back with every restore.
+const netConfigFile = "/.fake-netconfig"
+
+// NetConfig is the network configuration the guest has (agentproto's
+// ConfigureNetwork, here or before the snapshot it came from), or nil.
+func (m *Machine) NetConfig() *agentproto.NetConfigRequest {
+	b, err := m.mem.read(netConfigFile)
+	if err != nil {
+		return nil
+	}
+	var r agentproto.NetConfigRequest
+	if json.Unmarshal(b, &r) != nil {
+		return nil
+	}
+	return &r
 }
 
 // Config returns the configuration the machine started with.
@@ -252,6 +307,8 @@ func (m *Machine) stopLocked() {
 		c.Close()
 	}
 	m.conns = nil
+	closeFile(m.tap)
+	m.tap = nil
 	close(m.exited)
 	m.resumed.Broadcast()
 	os.RemoveAll(m.cfg.RunDir)

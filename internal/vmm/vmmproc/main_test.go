@@ -25,11 +25,14 @@ func TestMain(m *testing.M) {
 
 // helperMain: "sleep", "ignore-term" (sleeps, ignoring SIGTERM), "exit N",
 // "flood N" (writes N bytes to stdout and stderr, then exits),
-// "listen PATH DELAY" (listens on a unix socket after DELAY, then sleeps).
+// "netns" (prints its network namespace), "listen PATH DELAY" (listens on a unix socket after DELAY, then sleeps).
 func helperMain(args []string) int {
 	switch args[0] {
 	case "sleep":
 		time.Sleep(time.Minute)
+	case "netns":
+		ns, _ := os.Readlink("/proc/self/ns/net")
+		fmt.Println(ns)
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")

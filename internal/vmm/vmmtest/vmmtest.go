@@ -9,7 +9,8 @@
 // It proves what vmm/doc.go promises: the lifecycle and its state checks,
 // snapshots that restore (twice over), a context that bounds Boot but
 // never the machine, Stop in every state, Wait after the VMM died,
-// DialAgent while paused, and a run directory that is already in use.
+// DialAgent while paused, a run directory that is already in use, and a
+// network device (which a snapshot records and a restore must bring).
 // Against a real VMM it boots few VMs, and waits for the agent in fewer.
 package vmmtest
 
@@ -358,6 +359,7 @@ func Run(t *testing.T, newDriver Factory, fx Fixtures) {
 		}
 		stop(t, boot(t, d, stale), stale.RunDir)
 	})
+	t.Run("Network", func(t *testing.T) { network(t, newDriver(t), fx, runBase(t)) })
 	t.Run("RestoreRejectsMissingSnapshot", func(t *testing.T) {
 		d, base := newDriver(t), runBase(t)
 		if !d.Capabilities().Snapshot {

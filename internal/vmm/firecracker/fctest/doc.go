@@ -20,6 +20,10 @@
 //     process, and a failed load ends the process, as Firecracker does;
 //   - the vsock socket is bound at PUT /vsock (and again at load, at the
 //     path the snapshot recorded), so a stale socket fails as it would;
+//   - a network interface opens its tap (host_dev_name) when it is put,
+//     in the namespace the process runs in, and holds it: a tap that is
+//     missing or held by another VMM is refused, and a snapshot load
+//     opens its interfaces' taps again by name;
 //   - files are opened as Firecracker opens them (writable drives
 //     read-write), as the user the fake runs as;
 //   - jailed (started by the fake jailer), every path resolves inside the
@@ -30,8 +34,9 @@
 // refuses what would hide a driver bug (an --id after "--"); it builds the
 // jail as the real one does (a copy of the exec file in
 // <base>/<exec>/<id>/root, the root handed to --uid:--gid), and running as
-// root it really drops to those ids and forks into a new PID namespace, so
-// a file the jailed VMM cannot read or write is refused. It records what it
+// root it really joins --netns, drops to those ids and forks into a new
+// PID namespace, so a file the jailed VMM cannot read or write, or a tap
+// that is not in its namespace, is refused. It records what it
 // did and saw (JailRecord) beside the jail's root.
 //
 // The guest answers vsock CONNECT requests for the port named by

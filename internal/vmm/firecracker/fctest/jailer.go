@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,7 +57,7 @@ var (
 // It cannot pivot_root into the jail (test binaries are not static), so
 // the fake Firecracker starts in the root as its working directory and
 // resolves every path inside it, refusing one that leads out. Running as
-// root, it really drops to --uid:--gid (so files the VMM must read or
+// root, it really joins --netns, drops to --uid:--gid (so files the VMM must read or
 // write but cannot are refused, as they would be), forks with --new-pid-ns
 // into a new PID namespace and writes <root>/<exec name>.pid; not root, it
 // keeps its ids and uses a new session instead. It execs the copy with
@@ -168,6 +169,20 @@ func JailerMain(args []string) int {
 		if err := os.Chown(root, int(uid), int(gid)); err != nil {
 			return fail("chown the jail root: %v", err)
 		}
+		// The jailer makes the devices the VMM opens inside the jail,
+		// owned by the VMM's ids: /dev/net/tun for its taps.
+		if err := makeDevice(filepath.Join(root, "dev", "net", "tun"), 10, 200, int(uid), int(gid)); err != nil {
+			return fail("create /dev/net/tun in the jail: %v", err)
+		}
+		if ns := one("--netns", ""); ns != "" {
+			// As the real jailer does before it execs Firecracker: this
+			// thread joins the namespace, and the VMM forked from it is
+			// born there (so it sees the taps in it, and nothing else).
+			if err := joinNetns(ns); err != nil {
+				return fail("join --netns %s: %v", ns, err)
+			}
+			netns, _ = os.Readlink("/proc/thread-self/ns/net")
+		}
 	}
 	rec := JailRecord{Args: args, UID: int(uid), GID: int(gid), Dropped: root0, NetNS: netns, HostNetNS: hostNetNS, NewPIDNS: newPIDNS}
 	if b, err := json.Marshal(rec); err == nil {
@@ -219,6 +234,29 @@ func JailerMain(args []string) int {
 		return fail("%v", err)
 	}
 	return 0
+}
+
+// makeDevice creates a character device node owned by uid:gid, 0600.
+func makeDevice(path string, major, minor uint32, uid, gid int) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mknod(path, unix.S_IFCHR|0o600, int(unix.Mkdev(major, minor))); err != nil {
+		return err
+	}
+	return os.Chown(path, uid, gid)
+}
+
+// joinNetns moves the calling goroutine's thread, locked to it for the
+// rest of the process, into the network namespace at path.
+func joinNetns(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	runtime.LockOSThread() // never unlocked: this thread now belongs to the namespace
+	return unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 }
 
 // linkOrCopy hard-links src to dst, or copies it (mode 0755) across

@@ -36,6 +36,15 @@ type Drive struct {
 	Socket       *string         `json:"socket,omitempty"`
 }
 
+// NetworkInterface is PUT /network-interfaces/{id}.
+type NetworkInterface struct {
+	IfaceID       *string         `json:"iface_id"`
+	HostDevName   *string         `json:"host_dev_name"`
+	GuestMac      *string         `json:"guest_mac,omitempty"`
+	RxRateLimiter json.RawMessage `json:"rx_rate_limiter,omitempty"`
+	TxRateLimiter json.RawMessage `json:"tx_rate_limiter,omitempty"`
+}
+
 // Vsock is PUT /vsock.
 type Vsock struct {
 	GuestCid *int64  `json:"guest_cid"`
@@ -99,4 +108,7 @@ type savedState struct {
 	Boot    BootSource    `json:"boot"`
 	Drives  []Drive       `json:"drives"`
 	Vsock   *Vsock        `json:"vsock,omitempty"`
+	// Net are the network interfaces: a load opens their taps again, by
+	// name, in the loading process's namespace.
+	Net []NetworkInterface `json:"net,omitempty"`
 }

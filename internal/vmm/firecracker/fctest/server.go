@@ -57,6 +57,8 @@ type Server struct {
 	machine  *MachineConfig
 	boot     *BootSource
 	drives   []Drive // in PUT order; a PUT of a known id updates in place
+	nets     []NetworkInterface
+	taps     []*os.File // nets' taps, held open as Firecracker holds them
 	vsock    *Vsock
 	logger   bool
 	serial   bool
@@ -106,6 +108,10 @@ func (s *Server) Close() {
 	for c := range s.conns {
 		c.Close()
 	}
+	for _, t := range s.taps {
+		t.Close()
+	}
+	s.taps = nil
 	s.mu.Unlock()
 	s.wg.Wait()
 }
@@ -183,6 +189,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		err = s.putBootSource(r.Body)
 	case strings.HasPrefix(route, "PUT /drives/"):
 		err = s.putDrive(strings.TrimPrefix(r.URL.Path, "/drives/"), r.Body)
+	case strings.HasPrefix(route, "PUT /network-interfaces/"):
+		err = s.putNetworkInterface(strings.TrimPrefix(r.URL.Path, "/network-interfaces/"), r.Body)
 	case route == "PUT /vsock":
 		err = s.putVsock(r.Body)
 	case route == "PUT /logger":

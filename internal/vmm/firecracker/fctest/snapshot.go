@@ -30,7 +30,7 @@ func (s *Server) createSnapshot(body io.Reader) error {
 	if !s.paused {
 		return badRequest("Cannot create snapshot: the microVM is not paused.")
 	}
-	st := savedState{Magic: stateMagic, Version: s.opts.Version, Machine: *s.machine, Boot: *s.boot, Drives: s.drives, Vsock: s.vsock}
+	st := savedState{Magic: stateMagic, Version: s.opts.Version, Machine: *s.machine, Boot: *s.boot, Drives: s.drives, Vsock: s.vsock, Net: s.nets}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -70,7 +70,7 @@ func (s *Server) loadSnapshot(body io.Reader) error {
 	if err := decode(body, &sl); err != nil {
 		return err
 	}
-	if s.started || s.machine != nil || s.boot != nil || len(s.drives) > 0 || s.vsock != nil || s.serial {
+	if s.started || s.machine != nil || s.boot != nil || len(s.drives) > 0 || len(s.nets) > 0 || s.vsock != nil || s.serial {
 		return badRequest("Loading a microVM snapshot not allowed after configuring boot-specific resources.")
 	}
 	if sl.SnapshotPath == nil {
@@ -134,6 +134,12 @@ func (s *Server) loadSnapshot(body io.Reader) error {
 		if err := s.mustOpen("Load snapshot error: drive "+*d.DriveID, *d.PathOnHost, driveFlag(d)); err != nil {
 			return err
 		}
+	}
+	if len(sl.NetworkOverrides) > 0 && string(sl.NetworkOverrides) != "null" {
+		return badRequest("fctest: network_overrides are not faked (every VM's tap has the snapshot's name)")
+	}
+	if err := s.openTaps(st.Net); err != nil {
+		return err
 	}
 	if st.Vsock != nil {
 		uds := *st.Vsock.UdsPath
