@@ -62,6 +62,9 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 	p("run will use: %s (--driver %s)", orNone(dg.Chosen), dg.Configured)
 	if dg.Chosen != "" {
 		p("    accelerator: %s: %s", orNone(dg.Accel), dg.AccelReason)
+		if f := image.Slowdown(dg.Accel); f > 1 {
+			p("    default time limits x%g: software emulation runs guests 10-50x slower than KVM (limits a request sets are kept exactly)", f)
+		}
 	}
 	for _, w := range dg.Warnings {
 		p("WARNING: %s", w)

@@ -3,6 +3,7 @@
 package api
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -119,8 +120,9 @@ func (s *Server) capDefault(l agentproto.Limits, e *image.Entry) agentproto.Limi
 		return l
 	}
 	def := agentproto.DefaultLimits.WallMillis
-	if e != nil && e.Limits.WallMillis > 0 {
-		def = e.Limits.WallMillis
+	if e != nil {
+		// The language's default, scaled to this host's accelerator.
+		def = e.StepLimits(s.mgr.Slowdown(context.Background(), e)).WallMillis
 	}
 	if maxWall := s.cfg.MaxTimeout.Milliseconds(); def > maxWall {
 		l.WallMillis = maxWall

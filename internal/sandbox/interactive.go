@@ -106,7 +106,7 @@ func (it *Interactive) Compile(ctx context.Context, stdout, stderr io.Writer) (*
 		return nil, fmt.Errorf("%w: compile runs once", ErrBadRequest)
 	}
 	req := agentproto.ExecRequest{Argv: it.prog.Compile, Env: it.prog.Env, Dir: workDir, Files: files,
-		Limits: merge(it.req.CompileLimits, it.prog.Limits)}
+		Limits: stepLimits(it.vm, it.prog, it.req.CompileLimits)}
 	p, err := it.startStage(ctx, req, stdout, stderr, false)
 	if err != nil {
 		return nil, fmt.Errorf("compile %s: %w", it.prog.Name, err)
@@ -134,7 +134,7 @@ func (it *Interactive) Start(ctx context.Context, stdout, stderr io.Writer) erro
 	}
 	req := agentproto.ExecRequest{
 		Argv: append(append([]string{}, it.prog.Run...), it.req.Args...), Env: it.prog.Env, Dir: workDir,
-		Files: files, Stdin: it.req.Stdin, OpenStdin: true, Limits: merge(it.req.RunLimits, it.prog.Limits),
+		Files: files, Stdin: it.req.Stdin, OpenStdin: true, Limits: stepLimits(it.vm, it.prog, it.req.RunLimits),
 		Prewarmed: it.prog.Prewarm != nil,
 	}
 	start := time.Now()

@@ -116,7 +116,7 @@ func (s *Sandboxes) Create(ctx context.Context, req CreateRequest) (state.Sandbo
 	if err := shape.Validate(); err != nil {
 		return state.Sandbox{}, err
 	}
-	shape = s.mgr.shape(shape)
+	shape = s.mgr.shapeFor(e, shape)
 	policy, device, err := s.createNetwork(&req)
 	if err != nil {
 		return state.Sandbox{}, err

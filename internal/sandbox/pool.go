@@ -12,7 +12,8 @@ import (
 	"github.com/firesandbox/firesandbox/internal/pool"
 )
 
-// pools are the warm pools, by language; guarded by poolsMu.
+// pools are the warm pools, by language version (Entry.Key); guarded by
+// poolsMu.
 type pools struct {
 	poolsMu sync.Mutex
 	byLang  map[string]*pool.Pool[*VM]
@@ -78,28 +79,38 @@ func (m *Manager) StartPool(ctx context.Context, language string, size PoolRange
 	if m.byLang == nil {
 		m.byLang = map[string]*pool.Pool[*VM]{}
 	}
-	if old := m.byLang[e.Name]; old != nil {
+	if old := m.byLang[e.Key()]; old != nil {
 		old.Close()
-		delete(m.byLang, e.Name)
+		delete(m.byLang, e.Key())
 	}
 	if size.Max == 0 {
 		return nil
 	}
-	opts := pool.Options{Log: m.log.With("pool", e.Name)}
+	opts := pool.Options{Log: m.log.With("pool", e.Key())}
 	if warm {
 		opts.Warm = func(ctx context.Context, it pool.Item) error { return m.warm(ctx, it.(*VM), e) }
 	}
 	p := pool.NewRange(size.Min, size.Max, func(ctx context.Context) (*VM, error) { return m.Acquire(ctx, e, false) }, opts)
-	m.byLang[e.Name] = p
+	m.byLang[e.Key()] = p
 	go p.Populate(context.WithoutCancel(ctx))
 	return nil
 }
 
 // Pool returns a language's pool, or nil.
 func (m *Manager) Pool(language string) *pool.Pool[*VM] {
+	e, err := m.catalog.Lookup(language, "")
+	if err != nil {
+		return nil
+	}
+	return m.poolOf(e)
+}
+
+// poolOf returns the pool of one version of a language, or nil: a run of
+// python 3.13 never gets a 3.11 VM.
+func (m *Manager) poolOf(e *image.Entry) *pool.Pool[*VM] {
 	m.poolsMu.Lock()
 	defer m.poolsMu.Unlock()
-	return m.byLang[language]
+	return m.byLang[e.Key()]
 }
 
 // PoolStats reports every pool.
@@ -127,7 +138,7 @@ func (m *Manager) Close() error {
 // take returns a VM for one run: from the pool when one waits, else a
 // fresh restore (or boot).
 func (m *Manager) take(ctx context.Context, e *image.Entry, cold bool, mounts []Mount) (*VM, bool, error) {
-	if p := m.Pool(e.Name); p != nil && !cold && len(mounts) == 0 {
+	if p := m.poolOf(e); p != nil && !cold && len(mounts) == 0 {
 		return p.Get(ctx)
 	}
 	t, err := m.Template(ctx, e, Shape{})

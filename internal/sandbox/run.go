@@ -137,7 +137,7 @@ func (m *Manager) execProgram(ctx context.Context, vm *VM, e *image.Entry, dir s
 	if len(e.Compile) > 0 {
 		res.Compile, err = execBounded(ctx, vm, agentproto.ExecRequest{
 			Argv: e.Compile, Env: e.Env, Dir: dir, Files: files,
-			Limits: merge(compileLim, e.Limits),
+			Limits: stepLimits(vm, e, compileLim),
 		}, orDiscard(out.CompileStdout), orDiscard(out.CompileStderr))
 		if err != nil {
 			return nil, fmt.Errorf("compile %s: %w", e.Name, err)
@@ -149,7 +149,7 @@ func (m *Manager) execProgram(ctx context.Context, vm *VM, e *image.Entry, dir s
 	}
 	res.Run, err = execBounded(ctx, vm, agentproto.ExecRequest{
 		Argv: append(append([]string{}, e.Run...), args...), Env: e.Env, Dir: dir,
-		Files: files, Stdin: stdin, Limits: merge(runLim, e.Limits),
+		Files: files, Stdin: stdin, Limits: stepLimits(vm, e, runLim),
 		Prewarmed: e.Prewarm != nil, // the agent runs it normally if there is no runtime
 	}, orDiscard(out.Stdout), orDiscard(out.Stderr))
 	if err != nil {

@@ -51,14 +51,35 @@ func (s Shape) Validate() error {
 	return nil
 }
 
-func (m *Manager) shape(s Shape) Shape {
+// shapeFor fills a shape's zero fields for language e: the Manager's
+// defaults, raised to what the language needs (a JVM wants 1 GiB).
+func (m *Manager) shapeFor(e *image.Entry, s Shape) Shape {
+	def := e.Shape(image.Shape{VCPUs: m.cfg.VCPUs, MemoryMiB: m.cfg.MemoryMiB})
 	if s.VCPUs == 0 {
-		s.VCPUs = m.cfg.VCPUs
+		s.VCPUs = def.VCPUs
 	}
 	if s.MemoryMiB == 0 {
-		s.MemoryMiB = m.cfg.MemoryMiB
+		s.MemoryMiB = def.MemoryMiB
 	}
 	return s
+}
+
+// Slowdown is how much slower than KVM this host's guests run (10 under
+// TCG, 1 on KVM): the language's default time limits are scaled by it, so
+// a program that takes seconds on KVM does not hit its limit under
+// emulation. Limits a request sets are kept exactly.
+func (m *Manager) Slowdown(ctx context.Context, e *image.Entry) float64 {
+	t, err := m.Template(ctx, e, Shape{})
+	if err != nil {
+		return 1
+	}
+	return image.Slowdown(t.Driver.Capabilities().Accel)
+}
+
+// stepLimits is what a compile or run step of vm's language gets: the
+// request's limits over the language's defaults, scaled to the accelerator.
+func stepLimits(vm *VM, e *image.Entry, req agentproto.Limits) agentproto.Limits {
+	return merge(req, e.StepLimits(image.Slowdown(vm.Template.Driver.Capabilities().Accel)))
 }
 
 // Acquire returns a ready VM for a language: restored from its snapshot

@@ -67,7 +67,7 @@ func (m *Manager) Template(ctx context.Context, e *image.Entry, shape Shape) (*T
 	if err := shape.Validate(); err != nil {
 		return nil, err
 	}
-	shape = m.shape(shape)
+	shape = m.shapeFor(e, shape)
 	key := templateKey{e.Name, e.Version, shape}
 	m.tmpl.mu.Lock()
 	defer m.tmpl.mu.Unlock()
@@ -162,7 +162,7 @@ func (m *Manager) probeBoot(ctx context.Context, d vmm.Driver, k *guestkernel.Ke
 	if err != nil {
 		return err
 	}
-	t, err := m.newTemplate(ctx, e, m.shape(Shape{}), k, img, d)
+	t, err := m.newTemplate(ctx, e, m.shapeFor(e, Shape{}), k, img, d)
 	if err != nil {
 		return err
 	}
