@@ -142,6 +142,14 @@ func (srv *Server) launch(s *session, id uint32, req *agentproto.ExecRequest) (*
 		}
 		stdinR, outR, outW, errR, errW := fs[0], fs[2], fs[3], fs[4], fs[5]
 		stdinW = fs[1]
+		// The program's ends belong to its user, so it may reopen them
+		// (/dev/stdin, /proc/self/fd/0, as sqlite's .import does); a pipe
+		// the agent made is root's and 0600 otherwise.
+		if u.uid >= 0 {
+			for _, f := range []*os.File{stdinR, outW, errW} {
+				_ = f.Chown(u.uid, u.gid)
+			}
+		}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
 		childEnd = append(childEnd, stdinR, outW, errW)
 		p.stdin = stdinW

@@ -27,7 +27,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const sbx = await Sandbox.create(slow);
 out.id = sbx.sandboxId;
-await step("run", async () => { const r = await sbx.commands.run("echo hi; echo err >&2; echo $0 $HOME", slow); return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr }; });
+await step("run", async () => { const r = await sbx.commands.run("echo hi; echo err >&2; echo $0 $HOME $(whoami)", slow); return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr }; });
 await step("exit3", async () => { await sbx.commands.run("exit 3", slow); return "no error"; });
 await step("background", async () => {
   const bg = await sbx.commands.run("sleep 600", { background: true, ...slow });
@@ -210,7 +210,7 @@ func TestE2BSDKs(t *testing.T) {
 			t.Errorf("%s: not as E2B does it (see the SDK results above)", what)
 		}
 	}
-	check("commands.run", got.Run.ExitCode == 0 && got.Run.Stdout == "hi\n/bin/bash /home/sandbox\n" && got.Run.Stderr == "err\n")
+	check("commands.run", got.Run.ExitCode == 0 && got.Run.Stdout == "hi\n/bin/bash /home/user user\n" && got.Run.Stderr == "err\n")
 	check("CommandExitError", got.Exit3.Thrown == "CommandExitError" && got.Exit3.ExitCode == 3)
 	check("background then kill", got.Background.Listed && got.Background.Killed && got.Background.End == "CommandExitError")
 	check("stdin", got.Stdin == "hello stdin\n")

@@ -209,3 +209,20 @@ func TestRunWithMount(t *testing.T) {
 		}
 	}
 }
+
+// A program may reopen its own standard streams by name (sqlite's
+// `.import "|cat -"`, shell `< /dev/stdin`): they belong to its user.
+func TestStdinReopensAsUser(t *testing.T) {
+	m, _ := newTestManager(t)
+	defer noLeftovers(t, m)
+	var out, errb bytes.Buffer
+	code := "import os\nprint(open('/dev/stdin').read().strip(), os.getuid(), flush=True)\nopen('/proc/self/fd/1', 'w').write('via fd 1\\n')"
+	res, err := m.Run(context.Background(), RunRequest{Language: "python", Files: []agentproto.File{{Content: []byte(code)}},
+		Stdin: []byte("from stdin\n")}, Streams{Stdout: &out, Stderr: &errb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Run.Code != 0 || out.String() != "from stdin 1000\nvia fd 1\n" {
+		t.Fatalf("stdout %q stderr %q result %+v", out.String(), errb.String(), res.Run)
+	}
+}

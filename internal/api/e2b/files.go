@@ -54,9 +54,19 @@ func userOf(r *http.Request) (string, error) {
 	return u, nil
 }
 
+// e2bHomes are the languages whose images give E2B's user its own home
+// (the code-interpreter template: what Sandbox.create() gets); others keep
+// firesandbox's work directory.
+var e2bHomes = map[string]string{"code-interpreter": "/home/user"}
+
 // homeOf is the E2B home and default working directory of a sandbox's
 // default user.
-func homeOf(state.Sandbox) string { return sandbox.WorkDir }
+func homeOf(sb state.Sandbox) string {
+	if h, ok := e2bHomes[sb.Language]; ok {
+		return h
+	}
+	return sandbox.WorkDir
+}
 
 // guestPath resolves a path the SDK sent: absolute, or relative to the
 // user's home.
