@@ -321,6 +321,11 @@ func TestOptionsReachTheRun(t *testing.T) {
 	if got[2] != `nasm '-g' 'it'\''s' -f elf64 -o main.o main.asm && ld -o main main.o` {
 		t.Fatalf("script options: %q", got[2])
 	}
+	// A script of several lines (java's) takes them as "$@", after $0.
+	got = withOptions([]string{"sh", "-ec", "a=1\njavac \"$@\" *.java"}, []string{"-g", "it's"})
+	if !slices.Equal(got, []string{"sh", "-ec", "a=1\njavac \"$@\" *.java", "sh", "-g", "it's"}) {
+		t.Fatalf("multi-line script options: %q", got)
+	}
 	// A language's own needs beat Judge0's defaults when left to the server.
 	e.await(e.submit(`{"source_code":"out x","language_id":62}`), "")
 	java := e.runner.requests()[1]

@@ -76,13 +76,21 @@ func compilerOptionsAt(argv []string) int {
 
 func isShellScript(argv []string) bool {
 	b := path.Base(argv[0])
-	return len(argv) >= 3 && (b == "sh" || b == "bash") && argv[1] == "-c"
+	return len(argv) >= 3 && (b == "sh" || b == "bash") && strings.HasPrefix(argv[1], "-") &&
+		!strings.HasPrefix(argv[1], "--") && strings.HasSuffix(argv[1], "c")
 }
 
 // withOptions inserts compiler options into a compile command.
 func withOptions(argv, opts []string) []string {
 	if len(opts) == 0 || len(argv) == 0 {
 		return argv
+	}
+	if isShellScript(argv) && strings.Contains(strings.TrimSpace(argv[2]), "\n") {
+		// A script of several commands takes the options as its
+		// positional parameters: it puts "$@" where they belong.
+		out := append([]string{}, argv[:3]...)
+		out = append(out, path.Base(argv[0]))
+		return append(out, opts...)
 	}
 	if isShellScript(argv) {
 		quoted := make([]string, len(opts))
