@@ -110,7 +110,9 @@ func (g *globalFlags) connectAPI(ctx context.Context) (*apiConn, error) {
 	// Sandboxes made from the command line without a serve live as long as
 	// any may (unless their own --timeout says less): they are hibernated
 	// between commands and would otherwise expire between two of them.
-	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{SandboxTimeout: sandbox.DefaultMaxTimeout, Network: g.networkConfig("")}, g.logger())
+	netc := g.networkConfig("")
+	netc.Quiet = true
+	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{SandboxTimeout: sandbox.DefaultMaxTimeout, Network: netc}, g.logger())
 	if err != nil {
 		release()
 		return nil, err

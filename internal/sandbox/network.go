@@ -455,6 +455,11 @@ type NetworkConfig struct {
 	// one, else none, with a warning saying why), "on" (fail to start
 	// without one) or "off".
 	Mode string `json:"mode" toml:"mode"`
+	// Quiet reports, in auto mode, a host that cannot give VMs a network
+	// at Info rather than Warn. The CLI's in-process commands set it: a
+	// warning on every command would mix into the program's stderr, and a
+	// sandbox that asks for a network is refused with the reason anyway.
+	Quiet bool `json:"-" toml:"-"`
 	// Host configures the VM networks; zero fields take
 	// internal/network's defaults.
 	network.Config
@@ -495,11 +500,15 @@ func openNetwork(c *NetworkConfig, log *slog.Logger) (*network.Host, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	lvl := slog.LevelWarn
+	if c.Quiet {
+		lvl = slog.LevelInfo
+	}
 	if dg := network.Diagnose(ctx, c.Config); !dg.Usable {
 		if c.Mode == NetworkOn {
 			return nil, fmt.Errorf("open network: %w: %s (see firesandbox doctor)", network.ErrUnavailable, strings.Join(dg.Problems, "; "))
 		}
-		log.Warn("VMs get no network on this host (sandboxes and runs that ask for one are refused); see firesandbox doctor", "problems", dg.Problems)
+		log.Log(ctx, lvl, "VMs get no network on this host (sandboxes and runs that ask for one are refused); see firesandbox doctor", "problems", dg.Problems)
 		return nil, nil
 	}
 	h, err := network.New(c.Config, network.WithLogger(log))
@@ -507,7 +516,7 @@ func openNetwork(c *NetworkConfig, log *slog.Logger) (*network.Host, error) {
 		if c.Mode == NetworkOn {
 			return nil, fmt.Errorf("open network: %w (see firesandbox doctor)", err)
 		}
-		log.Warn("VMs get no network on this host (sandboxes and runs that ask for one are refused); see firesandbox doctor", "err", err)
+		log.Log(ctx, lvl, "VMs get no network on this host (sandboxes and runs that ask for one are refused); see firesandbox doctor", "err", err)
 		return nil, nil
 	}
 	rep, err := h.Sweep()
