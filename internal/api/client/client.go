@@ -85,6 +85,9 @@ func (c *Client) do(ctx context.Context, method, path string, in any, accept str
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // the caller's cancel, not the server's failure
+		}
 		return nil, err
 	}
 	if resp.StatusCode >= 400 {
