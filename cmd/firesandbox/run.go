@@ -264,8 +264,15 @@ func (g *globalFlags) runThrough(cmd *cobra.Command, f *runFlags) (sock, note st
 }
 
 // describeRun is run -v's line about how the run went: where it ran, how
-// its VM was obtained, and every part of the VM's start the result has.
+// its VM was had, and every part of the VM's start the result has. A
+// pooled VM's start happened before the run asked for it, so it is told
+// apart from the run's own time.
 func describeRun(res *client.RunResult, sock string, elapsed time.Duration) string {
+	where := "in-process"
+	if sock != "" {
+		where = "via serve " + sock
+	}
+	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
 	how := "cold boot"
 	switch {
 	case res.Pooled:
@@ -276,23 +283,21 @@ func describeRun(res *client.RunResult, sock string, elapsed time.Duration) stri
 	if res.Prewarmed {
 		how += ", prewarmed runtime"
 	}
-	where := "in-process"
-	if sock != "" {
-		where = "via serve " + sock
+	parts := make([]string, len(res.Timings))
+	for i, t := range res.Timings {
+		parts[i] = fmt.Sprintf("%s %.1fms", t.Name, t.Millis)
 	}
-	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
-	line := fmt.Sprintf("firesandbox: %s %s %s: VM ready in %s (%s), total %s, command %s",
-		res.Language, res.Version, where, ms(res.ReadyMillis), how, ms(res.TotalMillis), elapsed.Round(time.Millisecond))
-	if len(res.Timings) > 0 {
-		parts := make([]string, len(res.Timings))
-		for i, t := range res.Timings {
-			parts[i] = fmt.Sprintf("%s %.1fms", t.Name, t.Millis)
+	line := fmt.Sprintf("firesandbox: %s %s %s: ", res.Language, res.Version, where)
+	if res.Pooled {
+		line += fmt.Sprintf("VM %s, total %s, command %s; the pool had made it in %s", how, ms(res.TotalMillis), elapsed.Round(time.Millisecond), ms(res.ReadyMillis))
+		if len(parts) > 0 {
+			line += ": " + strings.Join(parts, ", ")
 		}
-		when := ""
-		if res.Pooled {
-			when = " (when the pool made it)"
-		}
-		line += fmt.Sprintf("; VM start%s: %s", when, strings.Join(parts, ", "))
+		return line
+	}
+	line += fmt.Sprintf("VM ready in %s (%s), total %s, command %s", ms(res.ReadyMillis), how, ms(res.TotalMillis), elapsed.Round(time.Millisecond))
+	if len(parts) > 0 {
+		line += "; VM start: " + strings.Join(parts, ", ")
 	}
 	return line
 }

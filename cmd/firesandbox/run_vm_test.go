@@ -151,7 +151,7 @@ func TestCLIRunBothWays(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		r := runCLI(t, bin, data, "", "-v", "run", "python", "-c", "print(1)")
-		if r.code != 0 || r.stdout != "1\n" || !strings.Contains(r.stderr, "via serve "+sock) || !strings.Contains(r.stderr, "VM start") {
+		if r.code != 0 || r.stdout != "1\n" || !strings.Contains(r.stderr, "via serve "+sock) || !strings.Contains(r.stderr, "hello ") {
 			t.Fatalf("-v does not say it went through serve: %+v", r)
 		}
 		each(t)
