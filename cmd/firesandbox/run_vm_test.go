@@ -63,6 +63,18 @@ func runCases(t *testing.T) []runCase {
 					t.Errorf("got %+v; want gcc's message on stderr, then ours, exit 1", r)
 				}
 			}},
+		{name: "unknown language", args: []string{"cobolx", "-c", "x"},
+			check: func(t *testing.T, r, _ cliResult) {
+				if r.code != exitInternal || r.stdout != "" || !strings.Contains(r.stderr, "known languages: ") {
+					t.Errorf("got %+v; want 125 and the known languages", r)
+				}
+			}},
+		{name: "image not built", args: []string{"ruby", "-c", "puts 1"},
+			check: func(t *testing.T, r, _ cliResult) {
+				if r.code != exitInternal || r.stdout != "" || !strings.Contains(r.stderr, "image build ruby") {
+					t.Errorf("got %+v; want 125 and how to build the image", r)
+				}
+			}},
 		{name: "--json", args: []string{"--json", "python", "-c", "print(1)"}, timed: true,
 			check: func(t *testing.T, r, other cliResult) {
 				var res, ores map[string]any
