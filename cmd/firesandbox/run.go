@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -197,6 +198,10 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 	elapsed := time.Since(start)
 	flushOut()
 	flushErr()
+	if err != nil && cmd.Context().Err() != nil {
+		// Said the same whichever way it ran and wherever it was stopped.
+		return errors.New("interrupted: the run was stopped and its VM removed")
+	}
 	if err != nil {
 		return err
 	}
