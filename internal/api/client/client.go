@@ -6,6 +6,7 @@
 //	c := client.New("unix:///run/firesandbox/api.sock", "")
 //	sb, err := c.CreateSandbox(ctx, client.CreateIn{Language: "python"})
 //	res, err := c.Exec(ctx, sb.ID, client.ExecIn{Cmd: []string{"ls"}}, os.Stdout, os.Stderr)
+//	run, err := c.Run(ctx, client.RunIn{Language: "python", Files: []client.FileIn{{Content: "print(1)"}}}, os.Stdout, os.Stderr, os.Stderr)
 package client
 
 import (
