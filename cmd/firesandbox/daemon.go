@@ -81,6 +81,19 @@ func listenSocket(p string) (net.Listener, error) {
 	return ln, nil
 }
 
+// liveSocket returns the socket of this data directory's serve if one
+// answers on it, else "": none was started, or the one that was is gone
+// and left its socket behind (a connection to it is refused at once).
+func (g *globalFlags) liveSocket() string {
+	sock := g.socketPath()
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return ""
+	}
+	c.Close()
+	return sock
+}
+
 // apiConn is a client of the native API: a running serve's, or one this
 // command serves itself until done.
 type apiConn struct {
@@ -93,9 +106,7 @@ type apiConn struct {
 // socket) for the length of the command. Either way the command speaks
 // the same API and prints the same.
 func (g *globalFlags) connectAPI(ctx context.Context) (*apiConn, error) {
-	sock := g.socketPath()
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-		c.Close()
+	if sock := g.liveSocket(); sock != "" {
 		return &apiConn{Client: client.New("unix://"+sock, ""), close: func() error { return nil }}, nil
 	}
 	release, err := g.serviceLock(30 * time.Second)

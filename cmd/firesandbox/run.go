@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,21 +12,24 @@ import (
 	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/api"
+	"github.com/firesandbox/firesandbox/internal/api/client"
 	"github.com/firesandbox/firesandbox/internal/sandbox"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
 
 type runFlags struct {
-	stdin     string
-	stdinFile string
-	timeout   time.Duration
-	outLimit  int64
-	memMiB    int64
-	procs     int64
-	jsonOut   bool
-	cold      bool
-	mounts    []string
+	stdin      string
+	stdinFile  string
+	timeout    time.Duration
+	outLimit   int64
+	memMiB     int64
+	procs      int64
+	jsonOut    bool
+	cold       bool
+	standalone bool
+	mounts     []string
 }
 
 func newRunCmd(g *globalFlags) *cobra.Command {
@@ -38,7 +44,14 @@ ARGs after it are passed to the program. stdout and stderr stay separate,
 and the program's exit code becomes firesandbox's exit code.
 
 Exit codes: the program's own; 128+N if it died of signal N; 124 if it
-was killed at its time limit; 125 if firesandbox itself failed.`,
+was killed at its time limit; 125 if firesandbox itself failed.
+
+If a serve of this data directory is running, run goes through its unix
+socket and takes a VM from its warm pool; otherwise (or with --standalone)
+it starts the VM itself. Output, exit codes and --json are the same either
+way. Flags that set up this process's VMs (--cold, --mount, --driver,
+--accel, --memory, --vcpus, --image-format, --no-jailer, --config) make it
+run in-process even with a serve running; -v says which way it went.`,
 		Example: `  firesandbox run python -c 'print(6*7)'
   firesandbox run python script.py arg1 arg2
   echo 'print(1)' | firesandbox run python -
@@ -61,7 +74,8 @@ was killed at its time limit; 125 if firesandbox itself failed.`,
 	fl.Int64Var(&f.procs, "procs", 0, "limit on processes and threads alive at once (default 64)")
 	fl.StringArrayVar(&f.mounts, "mount", nil, "show a host directory read-only in the guest, as it is at start: /host/dir:/guest/dir (repeatable; boots cold)")
 	fl.BoolVar(&f.cold, "cold", false, "boot a fresh VM instead of restoring the language's snapshot")
-	fl.BoolVar(&f.jsonOut, "json", false, "print the result (status, exit code, timings) as JSON on stderr at the end")
+	fl.BoolVar(&f.jsonOut, "json", false, "print the result (stage, status, exit code, timings) as JSON on stderr at the end: /v1/run/stream's result")
+	fl.BoolVar(&f.standalone, "standalone", false, "run in this process even if a serve of this data directory is running")
 	return cmd
 }
 
@@ -114,7 +128,6 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		return err
 	}
 	var src []byte
-	name := ""
 	switch {
 	case file == "-":
 		if src, err = io.ReadAll(io.LimitReader(os.Stdin, sandbox.MaxRunBytes+1)); err != nil {
@@ -148,31 +161,47 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		}
 		mounts = append(mounts, mt)
 	}
-	mgr, err := g.manager()
-	if err != nil {
-		return err
+	limits := agentproto.Limits{
+		WallMillis:  f.timeout.Milliseconds(),
+		OutputBytes: f.outLimit,
+		MemoryBytes: f.memMiB << 20,
+		Procs:       f.procs,
 	}
-	req := sandbox.RunRequest{
-		Mounts:   mounts,
-		Language: lang,
-		Files:    []agentproto.File{{Path: name, Content: src}},
-		Stdin:    stdin,
-		Args:     progArgs,
-		Cold:     f.cold,
-		RunLimits: agentproto.Limits{
-			WallMillis:  f.timeout.Milliseconds(),
-			OutputBytes: f.outLimit,
-			MemoryBytes: f.memMiB << 20,
-			Procs:       f.procs,
-		},
+	sock, note := g.runThrough(cmd, f)
+	if note != "" && g.verbose {
+		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", note)
 	}
 	stdout, flushOut := guestWriter(os.Stdout)
 	stderr, flushErr := guestWriter(os.Stderr)
-	res, err := mgr.Run(cmd.Context(), req, sandbox.Streams{
-		Stdout: stdout, Stderr: stderr, CompileStdout: stderr, CompileStderr: stderr,
-	})
+	start := time.Now()
+	var res *client.RunResult
+	if sock != "" {
+		res, err = client.New("unix://"+sock, "").Run(cmd.Context(), client.RunIn{
+			Language: lang,
+			Files:    []client.FileIn{{Content: base64.StdEncoding.EncodeToString(src), Encoding: "base64"}},
+			Stdin:    string(stdin),
+			Args:     progArgs,
+			Limits: client.Limits{TimeoutMillis: limits.WallMillis, MemoryBytes: limits.MemoryBytes,
+				OutputBytes: limits.OutputBytes, Procs: limits.Procs},
+		}, stdout, stderr, stderr)
+	} else {
+		res, err = runInProcess(cmd.Context(), g, sandbox.RunRequest{
+			Mounts:    mounts,
+			Language:  lang,
+			Files:     []agentproto.File{{Content: src}},
+			Stdin:     stdin,
+			Args:      progArgs,
+			Cold:      f.cold,
+			RunLimits: limits,
+		}, sandbox.Streams{Stdout: stdout, Stderr: stderr, CompileStdout: stderr, CompileStderr: stderr})
+	}
+	elapsed := time.Since(start)
 	flushOut()
 	flushErr()
+	if err != nil && cmd.Context().Err() != nil {
+		// Said the same whichever way it ran and wherever it was stopped.
+		return errors.New("interrupted: the run was stopped and its VM removed")
+	}
 	if err != nil {
 		return err
 	}
@@ -181,26 +210,101 @@ func runRun(cmd *cobra.Command, g *globalFlags, f *runFlags, args []string) erro
 		fmt.Fprintln(os.Stderr, string(b))
 	}
 	if g.verbose {
-		how := "cold boot"
-		switch {
-		case res.Pooled:
-			how = "from the warm pool"
-		case res.Restored:
-			how = "restored from snapshot"
-		}
-		if res.Run != nil && res.Run.Prewarmed {
-			how += ", prewarmed runtime"
-		}
-		fmt.Fprintf(os.Stderr, "firesandbox: %s %s: VM ready in %s (%s), total %s\n", res.Language, res.Version, res.Ready.Round(time.Millisecond), how, res.Total.Round(time.Millisecond))
+		fmt.Fprintln(os.Stderr, describeRun(res, sock, elapsed))
 	}
-	r := res.Run
-	if r == nil { // compilation failed
-		r = res.Compile
+	r := &agentproto.ExitResult{Code: res.ExitCode, Signal: res.Signal, Status: agentproto.Status(res.Status), Message: res.Message}
+	if res.Stage == "compile" {
 		fmt.Fprintf(os.Stderr, "firesandbox: compilation failed%s\n", describe(r))
 	} else if r.Status != agentproto.StatusOK && r.Status != agentproto.StatusRuntimeError {
 		fmt.Fprintf(os.Stderr, "firesandbox: %s\n", strings.TrimPrefix(describe(r), ": "))
 	}
 	return exitError{code: exitCode(r)}
+}
+
+// runInProcess runs req with a Manager of this process and returns its
+// result as serve would send it, so that what is printed of it does not
+// depend on where it ran.
+func runInProcess(ctx context.Context, g *globalFlags, req sandbox.RunRequest, out sandbox.Streams) (*client.RunResult, error) {
+	mgr, err := g.manager()
+	if err != nil {
+		return nil, err
+	}
+	res, err := mgr.Run(ctx, req, out)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(api.ResultOf(res))
+	if err != nil {
+		return nil, err
+	}
+	var r client.RunResult
+	return &r, json.Unmarshal(b, &r)
+}
+
+// inProcessFlags are the flags that set up a Manager or a VM of this
+// process: a serve has its own, and its API takes a language, a program
+// and limits. Given explicitly, they make run skip the serve.
+var inProcessFlags = []string{"cold", "mount", "driver", "accel", "memory", "vcpus", "image-format", "no-jailer", "config"}
+
+// runThrough returns the socket of the serve a run goes through, or ""
+// to run in-process; note says why a live serve is skipped.
+func (g *globalFlags) runThrough(cmd *cobra.Command, f *runFlags) (sock, note string) {
+	if f.standalone {
+		return "", ""
+	}
+	sock = g.liveSocket()
+	if sock == "" {
+		return "", ""
+	}
+	var given []string
+	for _, name := range inProcessFlags {
+		if fl := cmd.Flags().Lookup(name); fl != nil && fl.Changed {
+			given = append(given, "--"+name)
+		}
+	}
+	if len(given) > 0 {
+		return "", fmt.Sprintf("%s: running in this process, not through serve %s", strings.Join(given, ", "), sock)
+	}
+	return sock, ""
+}
+
+// describeRun is run -v's line about how the run went: where it ran, how
+// its VM was had, and every part of the VM's start the result has. A
+// pooled VM's start happened before the run asked for it, so it is told
+// apart from the run's own time.
+func describeRun(res *client.RunResult, sock string, elapsed time.Duration) string {
+	where := "in-process"
+	if sock != "" {
+		where = "via serve " + sock
+	}
+	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+	how := "cold boot"
+	switch {
+	case res.Pooled:
+		how = "from the warm pool"
+	case res.Restored:
+		how = "restored from snapshot"
+	}
+	if res.Prewarmed {
+		how += ", prewarmed runtime"
+	}
+	parts := make([]string, len(res.Timings))
+	for i, t := range res.Timings {
+		parts[i] = fmt.Sprintf("%s %.1fms", t.Name, t.Millis)
+	}
+	line := fmt.Sprintf("firesandbox: %s %s %s: ", res.Language, res.Version, where)
+	if res.Pooled {
+		line += fmt.Sprintf("VM %s, total %s, command %s; the pool had made it in %s", how, ms(res.TotalMillis), elapsed.Round(time.Millisecond), ms(res.ReadyMillis))
+		if len(parts) > 0 {
+			line += ": " + strings.Join(parts, ", ")
+		}
+		return line
+	}
+	line += fmt.Sprintf("VM ready in %s (%s), total %s, command %s", ms(res.ReadyMillis), how, ms(res.TotalMillis), elapsed.Round(time.Millisecond))
+	if len(parts) > 0 {
+		line += "; VM start: " + strings.Join(parts, ", ")
+	}
+	return line
 }
 
 func describe(r *agentproto.ExitResult) string {

@@ -20,7 +20,7 @@
 //	GET    /metrics                          Prometheus text format
 //	GET    /v1/languages                     the catalog
 //	POST   /v1/run                           one-shot run, JSON result
-//	POST   /v1/run/stream                    same, output as NDJSON (or SSE)
+//	POST   /v1/run/stream                    same, output as NDJSON (or SSE); "encoding": "base64" makes it byte-exact (stdin and output data in base64)
 //	POST   /v1/sandboxes                     create a long-lived sandbox (restored from its shape's snapshot)
 //	GET    /v1/sandboxes                     list; ?metadata=k=v and ?state=S (repeatable) filter
 //	GET    /v1/sandboxes/{id}                one
@@ -58,6 +58,11 @@
 // sandbox does not time out; a resume starts a new lifetime. The create's
 // idle_timeout_s (first named timeout_s, still accepted) pauses it after
 // that long unused, transparently: the next call resumes it.
+//
+// Requests over serve's owner-only unix socket need no key, and a run
+// over it may ask for any limits up to the agent's maxima (as a run the
+// same user makes in-process may): --max-timeout and the output cap are
+// for TCP clients. `firesandbox run` goes through it when serve runs.
 //
 // When an API key is configured every endpoint but /healthz needs it, as
 // "Authorization: Bearer KEY" or "X-API-Key: KEY".

@@ -77,6 +77,7 @@ func newFakeServer(t testing.TB, cfg Config, scfg sandbox.ServiceConfig) *fakeSe
 //	flood N          print N bytes of 'x' as fast as possible, alternating stdout and stderr
 //	print TEXT       print TEXT
 //	sleep MS         sleep
+//	bytes            stdin to stdout, then bytes that are not UTF-8 to stderr and stdout; exit 3
 func fakeExec(ctx context.Context, g *vmmfake.Guest, req agentproto.ExecRequest, stdout, stderr io.Writer) agentproto.ExitResult {
 	prog := strings.Join(req.Argv, " ")
 	if len(req.Argv) > 0 && req.Argv[0] == "python3" && len(req.Files) > 0 {
@@ -111,6 +112,11 @@ func fakeExec(ctx context.Context, g *vmmfake.Guest, req agentproto.ExecRequest,
 		}
 	case "print":
 		io.WriteString(stdout, arg+"\n")
+	case "bytes":
+		stdout.Write(req.Stdin)
+		stderr.Write([]byte{0xff, 0x00, 0xc3})
+		stdout.Write([]byte{0xa9, '\n'}) // the end of the é stderr began: in another stream, so no rune
+		return agentproto.ExitResult{Code: 3, Status: agentproto.StatusRuntimeError}
 	case "sleep":
 		ms, _ := strconv.Atoi(arg)
 		select {

@@ -32,7 +32,7 @@ func FuzzRunRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r := httptest.NewRequest("POST", "/v1/run", nil)
 		r.Body = &heldBody{Reader: bytes.NewReader(body), b: body}
-		req, e, err := fs.srv.parseRun(r)
+		req, e, _, err := fs.srv.parseRun(r)
 		if err != nil {
 			if st, _ := statusOf(err); st >= 500 {
 				t.Fatalf("a request body made a %d: %v", st, err)

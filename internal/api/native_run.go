@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 
@@ -51,13 +52,37 @@ type RunIn struct {
 	// Network, if it allows something, runs the program in a VM with a
 	// network device under this policy; without it the VM has none.
 	Network *NetworkIn `json:"network,omitempty"`
+	// Encoding "base64" (/v1/run/stream only) makes the run byte-exact:
+	// Stdin is base64, and output events carry the program's bytes in
+	// base64 (with "encoding":"base64") as they came, instead of text
+	// where invalid UTF-8 becomes U+FFFD. The CLI runs through it.
+	Encoding string `json:"encoding,omitempty"`
 }
 
-func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, error) {
+// parseRun reads a run request; binary says its output is to be streamed
+// byte-exact (Encoding base64).
+func (s *Server) parseRun(r *http.Request) (req sandbox.RunRequest, e *image.Entry, binary bool, err error) {
 	var in RunIn
 	if err := decodeJSON(r, &in, true /* strict */); err != nil {
-		return sandbox.RunRequest{}, nil, err
+		return sandbox.RunRequest{}, nil, false, err
 	}
+	stdin := []byte(in.Stdin)
+	switch in.Encoding {
+	case "", "utf8", "utf-8":
+	case "base64":
+		if stdin, err = base64.StdEncoding.DecodeString(in.Stdin); err != nil {
+			return sandbox.RunRequest{}, nil, false, fmt.Errorf("%w: stdin is not valid base64: %v", sandbox.ErrBadRequest, err)
+		}
+		binary = true
+	default:
+		return sandbox.RunRequest{}, nil, false, fmt.Errorf("%w: encoding %q: want utf8 or base64", sandbox.ErrBadRequest, in.Encoding)
+	}
+	req, e, err = s.runRequest(r, in, stdin)
+	return req, e, binary, err
+}
+
+// runRequest checks in and makes it a run request.
+func (s *Server) runRequest(r *http.Request, in RunIn, stdin []byte) (sandbox.RunRequest, *image.Entry, error) {
 	if in.Language == "" {
 		return sandbox.RunRequest{}, nil, fmt.Errorf("%w: language is required (see GET /v1/languages)", sandbox.ErrBadRequest)
 	}
@@ -78,11 +103,15 @@ func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, er
 	default:
 		return sandbox.RunRequest{}, nil, fmt.Errorf("%w: no program: give code or files", sandbox.ErrBadRequest)
 	}
-	runLim, err := s.limits("limits", in.Limits, s.vmMemoryBytes())
+	limits, capDefault := s.limits, s.capDefault
+	if isLocal(r) {
+		limits, capDefault = localLimits, func(l agentproto.Limits, _ *image.Entry) agentproto.Limits { return l }
+	}
+	runLim, err := limits("limits", in.Limits, s.vmMemoryBytes())
 	if err != nil {
 		return sandbox.RunRequest{}, nil, err
 	}
-	compLim, err := s.limits("compile_limits", in.CompileLimits, s.vmMemoryBytes())
+	compLim, err := limits("compile_limits", in.CompileLimits, s.vmMemoryBytes())
 	if err != nil {
 		return sandbox.RunRequest{}, nil, err
 	}
@@ -91,8 +120,8 @@ func (s *Server) parseRun(r *http.Request) (sandbox.RunRequest, *image.Entry, er
 		return sandbox.RunRequest{}, nil, err
 	}
 	req := sandbox.RunRequest{
-		Language: e.Name, Version: e.Version, Files: placeMain(files, e), Stdin: []byte(in.Stdin), Args: in.Args,
-		RunLimits: s.capDefault(runLim, e), CompileLimits: s.capDefault(compLim, e), Network: policy,
+		Language: e.Name, Version: e.Version, Files: placeMain(files, e), Stdin: stdin, Args: in.Args,
+		RunLimits: capDefault(runLim, e), CompileLimits: capDefault(compLim, e), Network: policy,
 	}
 	if err := runFits(req, e); err != nil {
 		return sandbox.RunRequest{}, nil, err
@@ -110,7 +139,8 @@ func runOut(res *sandbox.RunResult, c *capture, ts *textStream) RunOut {
 		return c.text(ts, st)
 	}
 	out := RunOut{Language: res.Language, Version: res.Version, Stage: "run",
-		ReadyMillis: res.Ready.Milliseconds(), TotalMillis: res.Total.Milliseconds(), Restored: res.Restored, Pooled: res.Pooled}
+		ReadyMillis: res.Ready.Milliseconds(), TotalMillis: res.Total.Milliseconds(), Restored: res.Restored, Pooled: res.Pooled,
+		Timings: timingsOut(res.Timings)}
 	out.Compile = stepOut(res.Compile, text(compileStdout), text(compileStderr))
 	switch {
 	case res.Run != nil:
@@ -121,8 +151,16 @@ func runOut(res *sandbox.RunResult, c *capture, ts *textStream) RunOut {
 	return out
 }
 
+// ResultOf is the result event /v1/run/stream ends with for res (its
+// output having been streamed): what the CLI prints for a run it made
+// in-process, so that it prints the same as for one made through serve.
+func ResultOf(res *sandbox.RunResult) RunOut { return runOut(res, nil, nil) }
+
 func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
-	req, e, err := s.parseRun(r)
+	req, e, binary, err := s.parseRun(r)
+	if err == nil && binary {
+		err = fmt.Errorf("%w: encoding base64 is for /v1/run/stream", sandbox.ErrBadRequest)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -138,7 +176,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
-	req, _, err := s.parseRun(r)
+	req, _, binary, err := s.parseRun(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -146,6 +184,7 @@ func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	es := newEventStream(w, r, cancel)
+	es.binary = binary
 	res, err := s.runWithSlot(ctx, "native", req, sandbox.Streams{
 		Stdout: es.writer("run", "stdout"), Stderr: es.writer("run", "stderr"),
 		CompileStdout: es.writer("compile", "stdout"), CompileStderr: es.writer("compile", "stderr"),

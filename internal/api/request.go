@@ -112,6 +112,32 @@ func (s *Server) limits(field string, l LimitsIn, memCapBytes int64) (agentproto
 	return s.capDefault(out, nil), nil
 }
 
+// localLimits checks l as a request over the owner-only unix socket gets
+// it checked: against the agent's maxima only, as for a run the same user
+// makes in-process. serve's own caps (--max-timeout, the output cap) are
+// for its TCP clients; the CLI goes through the socket and must accept
+// the limits it accepts without a serve.
+func localLimits(field string, l LimitsIn, _ int64) (agentproto.Limits, error) {
+	m := agentproto.MaxLimits
+	for _, c := range []struct {
+		name     string
+		v, limit int64
+	}{
+		{"timeout_ms", l.TimeoutMillis, m.WallMillis},
+		{"memory_bytes", l.MemoryBytes, m.MemoryBytes},
+		{"output_bytes", l.OutputBytes, m.OutputBytes},
+		{"procs", l.Procs, m.Procs},
+	} {
+		if c.v < 0 {
+			return agentproto.Limits{}, fmt.Errorf("%w: %s.%s is %d: must not be negative", sandbox.ErrBadRequest, field, c.name, c.v)
+		}
+		if c.v > c.limit {
+			return agentproto.Limits{}, fmt.Errorf("%w: %s.%s is %d: at most %d", sandbox.ErrBadRequest, field, c.name, c.v, c.limit)
+		}
+	}
+	return agentproto.Limits{WallMillis: l.TimeoutMillis, MemoryBytes: l.MemoryBytes, OutputBytes: l.OutputBytes, Procs: l.Procs}, nil
+}
+
 // capDefault sets the wall-clock limit a request left to the default
 // (the language's, else the agent's) to the server's maximum when that
 // default is longer.

@@ -25,6 +25,8 @@ type StepOut struct {
 	WallMillis  int64  `json:"wall_ms"`
 	CPUMillis   int64  `json:"cpu_ms"`
 	MemoryBytes int64  `json:"memory_bytes"`
+	// Prewarmed says the program ran as a fork of a prewarmed runtime.
+	Prewarmed bool `json:"prewarmed,omitempty"`
 }
 
 func stepOut(r *agentproto.ExitResult, stdout, stderr string) *StepOut {
@@ -32,7 +34,8 @@ func stepOut(r *agentproto.ExitResult, stdout, stderr string) *StepOut {
 		return nil
 	}
 	return &StepOut{Stdout: stdout, Stderr: stderr, ExitCode: r.Code, Signal: r.Signal, Status: string(r.Status),
-		Message: r.Message, OK: r.Status == agentproto.StatusOK, WallMillis: r.WallMillis, CPUMillis: r.CPUMillis, MemoryBytes: r.MemoryBytes}
+		Message: r.Message, OK: r.Status == agentproto.StatusOK, WallMillis: r.WallMillis, CPUMillis: r.CPUMillis, MemoryBytes: r.MemoryBytes,
+		Prewarmed: r.Prewarmed}
 }
 
 // RunOut is /v1/run's answer: the run step's fields at the top, the
@@ -48,6 +51,25 @@ type RunOut struct {
 	TotalMillis int64    `json:"total_ms"`
 	Restored    bool     `json:"restored"`
 	Pooled      bool     `json:"pooled"`
+	// Timings break ReadyMillis down: the parts of the VM's start (for a
+	// pooled VM, when the pool made it), in order.
+	Timings []TimingOut `json:"timings,omitempty"`
+}
+
+// TimingOut is one part of a VM's start.
+type TimingOut struct {
+	Name   string  `json:"name"`
+	Millis float64 `json:"ms"`
+}
+
+// timingsOut lists every part sandbox.Timings has, so a part added there
+// is sent without a change here.
+func timingsOut(t sandbox.Timings) []TimingOut {
+	var out []TimingOut
+	for _, p := range t.Parts() {
+		out = append(out, TimingOut{Name: p.Name, Millis: float64(p.D.Microseconds()) / 1000})
+	}
+	return out
 }
 
 // The streams a capture keeps.

@@ -545,6 +545,9 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 // localConnKey marks requests that came over the owner-only unix socket.
 type localConnKey struct{}
 
+// isLocal says r came over the owner-only unix socket.
+func isLocal(r *http.Request) bool { return r.Context().Value(localConnKey{}) != nil }
+
 // tenantOf is the tenant a request acts for, as the middleware
 // authenticated it: tenant.Default unless its key says otherwise.
 func tenantOf(r *http.Request) string {

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -50,6 +51,8 @@ type eventStream struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 	carry   map[[2]string][]byte // incomplete UTF-8 at the end of a chunk
+	// binary sends output as it came, in base64, instead of as text.
+	binary bool
 }
 
 // Event is one line of a stream.
@@ -58,9 +61,12 @@ type Event struct {
 	Stage  string `json:"stage,omitempty"`
 	Stream string `json:"stream,omitempty"`
 	Data   string `json:"data,omitempty"`
-	Result any    `json:"result,omitempty"`
-	Error  string `json:"error,omitempty"`
-	Code   string `json:"code,omitempty"`
+	// Encoding is "base64" when Data is the output's bytes in base64
+	// (a request asked for it); empty when Data is text.
+	Encoding string `json:"encoding,omitempty"`
+	Result   any    `json:"result,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Code     string `json:"code,omitempty"`
 }
 
 // newEventStream returns a stream answering r on w; cancel stops the run
@@ -214,6 +220,12 @@ func (w streamWriter) Write(b []byte) (int, error) {
 	defer e.mu.Unlock()
 	if e.failed || e.sealed || e.ending {
 		return len(b), nil // late output of a finished answer: dropped
+	}
+	if e.binary {
+		if len(b) > 0 {
+			e.enqueueLocked(Event{Type: "output", Stage: w.stage, Stream: w.name, Data: base64.StdEncoding.EncodeToString(b), Encoding: "base64"})
+		}
+		return len(b), nil
 	}
 	k := [2]string{w.stage, w.name}
 	data := append(e.carry[k], b...)

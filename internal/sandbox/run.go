@@ -53,6 +53,9 @@ type RunResult struct {
 	Restored bool                   `json:"restored"`
 	Pooled   bool                   `json:"pooled"`
 	Total    time.Duration          `json:"total_ns"`
+	// Timings break Ready down: how the VM was started (for a pooled VM,
+	// when the pool made it).
+	Timings Timings `json:"timings"`
 }
 
 // workDir is where a run's files live in the guest; compile and run share it.
@@ -123,7 +126,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest, out Streams) (*RunRes
 	if err != nil {
 		return nil, err
 	}
-	res.Ready, res.Restored, res.Pooled = vm.Ready, vm.Restored, pooled
+	res.Ready, res.Restored, res.Pooled, res.Timings = vm.Ready, vm.Restored, pooled, vm.Timings
 	res.Total = time.Since(start)
 	return res, nil
 }

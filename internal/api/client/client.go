@@ -6,12 +6,14 @@
 //	c := client.New("unix:///run/firesandbox/api.sock", "")
 //	sb, err := c.CreateSandbox(ctx, client.CreateIn{Language: "python"})
 //	res, err := c.Exec(ctx, sb.ID, client.ExecIn{Cmd: []string{"ls"}}, os.Stdout, os.Stderr)
+//	run, err := c.Run(ctx, client.RunIn{Language: "python", Files: []client.FileIn{{Content: "print(1)"}}}, os.Stdout, os.Stderr, os.Stderr)
 package client
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +38,9 @@ func (e *Error) Error() string { return e.Message }
 var ErrNotFound = errors.New("not found")
 
 // Is lets errors.Is(err, ErrNotFound) match a 404.
-func (e *Error) Is(target error) bool { return target == ErrNotFound && e.Status == http.StatusNotFound }
+func (e *Error) Is(target error) bool {
+	return target == ErrNotFound && e.Status == http.StatusNotFound
+}
 
 // Client is a connection to one server.
 type Client struct {
@@ -82,6 +86,9 @@ func (c *Client) do(ctx context.Context, method, path string, in any, accept str
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // the caller's cancel, not the server's failure
+		}
 		return nil, err
 	}
 	if resp.StatusCode >= 400 {
@@ -224,46 +231,149 @@ type Result struct {
 // Exec runs a command in a sandbox, streaming its output to stdout and
 // stderr as it comes.
 func (c *Client) Exec(ctx context.Context, id string, in ExecIn, stdout, stderr io.Writer) (*Result, error) {
-	resp, err := c.do(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/exec/stream", in, "application/x-ndjson")
+	var r Result
+	err := c.stream(ctx, "exec", "/v1/sandboxes/"+url.PathEscape(id)+"/exec/stream", in, func(_, stream string) io.Writer {
+		if stream == "stderr" {
+			return stderr
+		}
+		return stdout
+	}, &r)
 	if err != nil {
 		return nil, err
 	}
+	return &r, nil
+}
+
+// stream posts in to a streaming endpoint and writes its output events to
+// the writer out picks for their stage and stream (nil drops them), until
+// the result event, decoded into result.
+func (c *Client) stream(ctx context.Context, what, path string, in any, out func(stage, stream string) io.Writer, result any) error {
+	resp, err := c.do(ctx, "POST", path, in, "application/x-ndjson")
+	if err != nil {
+		return err
+	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 8<<20)
+	sc.Buffer(make([]byte, 64<<10), maxEvent)
 	for sc.Scan() {
 		var ev struct {
-			Type, Stream, Data, Error, Code string
-			Result                          json.RawMessage
+			Type, Stage, Stream, Data, Encoding, Error, Code string
+			Result                                           json.RawMessage
 		}
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("exec: bad event: %w", err)
+			return fmt.Errorf("%s: bad event: %w", what, err)
 		}
 		switch ev.Type {
 		case "output":
-			w := stdout
-			if ev.Stream == "stderr" {
-				w = stderr
+			data := []byte(ev.Data)
+			if ev.Encoding == "base64" {
+				if data, err = base64.StdEncoding.DecodeString(ev.Data); err != nil {
+					return fmt.Errorf("%s: bad output event: %w", what, err)
+				}
 			}
-			if w != nil {
-				if _, err := io.WriteString(w, ev.Data); err != nil {
-					return nil, err
+			if w := out(ev.Stage, ev.Stream); w != nil {
+				if _, err := w.Write(data); err != nil {
+					return err
 				}
 			}
 		case "result":
-			var r Result
-			if err := json.Unmarshal(ev.Result, &r); err != nil {
-				return nil, fmt.Errorf("exec: bad result: %w", err)
+			if err := json.Unmarshal(ev.Result, result); err != nil {
+				return fmt.Errorf("%s: bad result: %w", what, err)
 			}
-			return &r, nil
+			return nil
 		case "error":
-			return nil, &Error{Status: http.StatusInternalServerError, Code: ev.Code, Message: ev.Error}
+			return &Error{Status: http.StatusInternalServerError, Code: ev.Code, Message: ev.Error}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("exec: %w", err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return nil, errors.New("exec: the stream ended without a result")
+	return fmt.Errorf("%s: the stream ended without a result", what)
+}
+
+// maxEvent bounds one event of a stream: the server sends output in the
+// chunks the guest's agent delivers, far smaller.
+const maxEvent = 8 << 20
+
+// RunIn is a one-shot run (POST /v1/run/stream). Files' first is the
+// program.
+type RunIn struct {
+	Language string   `json:"language"`
+	Version  string   `json:"version,omitempty"`
+	Files    []FileIn `json:"files"`
+	Stdin    string   `json:"stdin,omitempty"`
+	Args     []string `json:"args,omitempty"`
+	Limits   Limits   `json:"limits"`
+}
+
+// Limits are a run's limits; zero fields are the defaults.
+type Limits struct {
+	TimeoutMillis int64 `json:"timeout_ms,omitempty"`
+	MemoryBytes   int64 `json:"memory_bytes,omitempty"`
+	OutputBytes   int64 `json:"output_bytes,omitempty"`
+	Procs         int64 `json:"procs,omitempty"`
+}
+
+// Step is how one step (compile or run) of a run ended.
+type Step struct {
+	ExitCode    int    `json:"exit_code"`
+	Signal      string `json:"signal,omitempty"`
+	Status      string `json:"status,omitempty"`
+	Message     string `json:"message,omitempty"`
+	OK          bool   `json:"ok"`
+	WallMillis  int64  `json:"wall_ms"`
+	CPUMillis   int64  `json:"cpu_ms"`
+	MemoryBytes int64  `json:"memory_bytes"`
+	Prewarmed   bool   `json:"prewarmed,omitempty"`
+}
+
+// RunResult is how a run ended: the run step's fields at the top, or the
+// compile step's if compilation failed (Stage "compile").
+type RunResult struct {
+	Language string `json:"language"`
+	Version  string `json:"version"`
+	Stage    string `json:"stage"`
+	Step
+	Compile     *Step    `json:"compile,omitempty"`
+	ReadyMillis int64    `json:"ready_ms"`
+	TotalMillis int64    `json:"total_ms"`
+	Restored    bool     `json:"restored"`
+	Pooled      bool     `json:"pooled"`
+	Timings     []Timing `json:"timings,omitempty"`
+}
+
+// Timing is one part of a VM's start.
+type Timing struct {
+	Name   string  `json:"name"`
+	Millis float64 `json:"ms"`
+}
+
+// Run runs a program once, byte-exact: stdin and the files go as base64,
+// and the program's stdout and stderr reach stdout and stderr as it wrote
+// them, as they come. The compile step's output goes to compileOut.
+func (c *Client) Run(ctx context.Context, in RunIn, stdout, stderr, compileOut io.Writer) (*RunResult, error) {
+	body := struct {
+		RunIn
+		Encoding string `json:"encoding"`
+	}{in, "base64"}
+	body.Stdin = base64.StdEncoding.EncodeToString([]byte(in.Stdin))
+	var r RunResult
+	err := c.stream(ctx, "run", "/v1/run/stream", body, func(stage, stream string) io.Writer {
+		switch {
+		case stage == "compile":
+			return compileOut
+		case stream == "stderr":
+			return stderr
+		}
+		return stdout
+	}, &r)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 // FileIn is a file to upload.
