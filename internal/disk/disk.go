@@ -80,9 +80,10 @@ func Pack(ctx context.Context, hostDir, p string) error {
 	return nil
 }
 
-// RemoveVM removes every disk file of VM id in dir.
+// RemoveVM removes every disk file of VM id in dir: its writable disk,
+// stored as an image or layered (see Layerer), and its packed mounts.
 func RemoveVM(dir, id string) {
-	os.Remove(WritablePath(dir, id))
+	remove(WritablePath(dir, id))
 	vols, _ := filepath.Glob(filepath.Join(dir, id+"-m*.squashfs"))
 	for _, v := range vols {
 		os.Remove(v)

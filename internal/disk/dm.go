@@ -112,6 +112,9 @@ func (m *Mapper) Available(ctx context.Context) error {
 	if _, err := os.Stat("/dev/mapper/control"); err != nil {
 		return fmt.Errorf("%w: /dev/mapper/control: %v (load dm-mod)", ErrNoDeviceMapper, err)
 	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		return fmt.Errorf("%w: no loop devices: /dev/loop-control: %v (load loop)", ErrNoDeviceMapper, err)
+	}
 	for _, tool := range []string{"dmsetup", "losetup"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%w: %s not installed", ErrNoDeviceMapper, tool)
