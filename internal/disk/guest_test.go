@@ -145,6 +145,8 @@ func TestDeviceMapperInGuest(t *testing.T) {
 		t.Fatal("tests failed in the guest")
 	case !strings.Contains(con, "--- PASS: TestGuestLayeredDisks"):
 		t.Fatal("the layering test did not run in the guest")
+	case !strings.Contains(con, "--- PASS: TestGuestDMLayers"):
+		t.Fatal("the Layerer suite did not run in the guest")
 	}
 }
 

@@ -102,7 +102,7 @@ var ErrLayeredDisk = errors.New("disk is layered with device-mapper")
 // Choose returns the Layerer for want on this host: DM where
 // device-mapper, its targets and loop devices are usable (always, for
 // "dm": else an error saying why), Clone otherwise. root is the data
-// directory: DM keeps shared bases in root/disks/bases and names its
+// directory: DM keeps shared bases in root/disk-bases and names its
 // devices after root, so two data directories on one host never sweep
 // each other's devices.
 func Choose(ctx context.Context, want Layering, root string) (Layerer, error) {
@@ -262,7 +262,7 @@ func NewDMLayers(root string) (*DMLayers, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(abs))
-	return &DMLayers{Mapper: NewMapper(), BasesDir: filepath.Join(abs, "disks", "bases"),
+	return &DMLayers{Mapper: NewMapper(), BasesDir: filepath.Join(abs, "disk-bases"),
 		Prefix: hex.EncodeToString(sum[:4]), Root: abs}, nil
 }
 
