@@ -181,3 +181,26 @@ func TestManagerSweepsDeadVMsDisks(t *testing.T) {
 		}
 	}
 }
+
+// disk_layering = "dm" on a host without device-mapper is refused at
+// start, saying why; "auto" falls back to clones there.
+func TestDMLayeringNeedsDeviceMapper(t *testing.T) {
+	if err := disk.NewMapper().Available(context.Background()); err == nil {
+		t.Skip("SKIP: this host has device-mapper")
+	}
+	data, run := testutil.FakeDataDir(t, "python"), t.TempDir()
+	_, err := New(Config{DataDir: data, RunDir: run, DiskLayering: "dm"}, WithDriver(vmmfake.New()))
+	if err == nil || !strings.Contains(err.Error(), "device-mapper") {
+		t.Fatalf("dm layering without device-mapper: %v", err)
+	}
+	m, err := New(Config{DataDir: data, RunDir: run}, WithDriver(vmmfake.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := m.layers.Kind(); k != disk.LayeringClone {
+		t.Fatalf("auto chose %s on a host without device-mapper", k)
+	}
+	if _, err := New(Config{DataDir: data, RunDir: run, DiskLayering: "overlay"}); err == nil {
+		t.Fatal("an unknown disk layering was accepted")
+	}
+}
