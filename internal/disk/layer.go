@@ -548,3 +548,23 @@ func trimNL(b []byte) []byte {
 	}
 	return b
 }
+
+// StoredAllocated is how many bytes of the host's disk the disk stored at
+// p takes, whichever way it is layered (its shared base not counted).
+func StoredAllocated(p string) (int64, error) {
+	var n int64
+	found := false
+	for _, f := range []string{p, cowOf(p), metaOf(p)} {
+		a, err := Allocated(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return 0, err
+		}
+		n, found = n+a, true
+	}
+	if !found {
+		return 0, fmt.Errorf("no disk at %s: %w", p, os.ErrNotExist)
+	}
+	return n, nil
+}

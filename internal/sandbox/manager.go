@@ -207,6 +207,9 @@ func (m *Manager) Catalog() *image.Catalog { return m.catalog }
 // Images returns the image store.
 func (m *Manager) Images() *image.Store { return m.images }
 
+// DiskLayering is how this Manager makes VMs' writable disks.
+func (m *Manager) DiskLayering() disk.Layering { return m.layers.Kind() }
+
 // Config returns the effective configuration.
 func (m *Manager) Config() Config { return m.cfg }
 
