@@ -139,3 +139,21 @@ func TestDMSweepDetachesIdleLoops(t *testing.T) {
 		t.Fatalf("the sweep touched a loop device outside its data directory: %v", left)
 	}
 }
+
+// TestLoopLayers runs the suite on the loop-device Layerer the VM tests
+// use on hosts without device-mapper.
+func TestLoopLayers(t *testing.T) {
+	if os.Getpid() == 1 {
+		t.Skip("host test")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: loop devices need root")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("SKIP: no loop devices: %v", err)
+	}
+	disktest.Run(t, disktest.Harness{
+		New:       func(*testing.T, string) disk.Layerer { return &disktest.LoopLayers{} },
+		Leftovers: func(_ *testing.T, root string) []string { return disktest.LoopsUnder(root) },
+	})
+}
