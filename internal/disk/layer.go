@@ -79,8 +79,19 @@ type Layerer interface {
 	// Remove removes the disk stored at p. It must not be attached.
 	Remove(p string) error
 	// Sweep removes what killed processes left attached: the devices of
-	// every VM for which alive is false.
-	Sweep(ctx context.Context, alive func(vm string) bool) error
+	// every VM whose owner is dead.
+	Sweep(ctx context.Context, s SweepScope) error
+}
+
+// SweepScope says what a Sweep may take for a dead process's.
+type SweepScope struct {
+	// Alive says whether VM vm's owner lives: its devices stay.
+	Alive func(vm string) bool
+	// Alone says that no other live process attaches disks under this
+	// data directory, so loop devices that no device holds are leftovers
+	// too (of a process killed between its losetup and its dmsetup).
+	// With another one running they might be its attach in progress.
+	Alone bool
 }
 
 // Attached is a disk in use by one VM.
@@ -175,7 +186,7 @@ func (CloneLayers) Exists(p string) bool { return exists(p) }
 func (CloneLayers) Remove(p string) error { return remove(p) }
 
 // Sweep has nothing to do: a cloned disk is only a file.
-func (CloneLayers) Sweep(context.Context, func(string) bool) error { return nil }
+func (CloneLayers) Sweep(context.Context, SweepScope) error { return nil }
 
 // fileAttached is an image file used as it is.
 type fileAttached struct{ p string }
@@ -457,10 +468,11 @@ func (a *dmAttached) Close(ctx context.Context) error {
 var dmSuffixRe = regexp.MustCompile(`-(base|l\d+)$`)
 
 // Sweep removes the device stacks of dead VMs (named with Prefix), top
-// first, then every loop device that is backed by a file under Root and
-// that no device holds any more: what a killed process left between its
-// losetup and its dmsetup, or after its VMs.
-func (l *DMLayers) Sweep(ctx context.Context, alive func(vm string) bool) error {
+// first, then, if s.Alone, every loop device that is backed by a file
+// under Root and that no device holds any more: what a killed process
+// left between its losetup and its dmsetup, or under the stacks just
+// removed.
+func (l *DMLayers) Sweep(ctx context.Context, s SweepScope) error {
 	out, err := l.Mapper.Run(ctx, "dmsetup", "ls")
 	if err != nil {
 		return fmt.Errorf("sweep layered disks: %w", err)
@@ -474,7 +486,7 @@ func (l *DMLayers) Sweep(ctx context.Context, alive func(vm string) bool) error 
 			continue
 		}
 		vm := dmSuffixRe.ReplaceAllString(name[len(prefix):], "")
-		if !alive(vm) {
+		if !s.Alive(vm) {
 			dead[vm] = append(dead[vm], name)
 		}
 	}
@@ -485,6 +497,9 @@ func (l *DMLayers) Sweep(ctx context.Context, alive func(vm string) bool) error 
 				errs = append(errs, err)
 			}
 		}
+	}
+	if !s.Alone {
+		return errors.Join(errs...)
 	}
 	for _, dev := range l.idleLoops() {
 		if err := l.Mapper.detachLoop(ctx, dev); err != nil {

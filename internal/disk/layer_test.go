@@ -129,7 +129,7 @@ func TestDMSweepDetachesIdleLoops(t *testing.T) {
 		}
 		return run(ctx, name, args...)
 	}
-	if err := l.Sweep(context.Background(), func(string) bool { return false }); err != nil {
+	if err := l.Sweep(context.Background(), disk.SweepScope{Alive: func(string) bool { return false }, Alone: true}); err != nil {
 		t.Fatal(err)
 	}
 	if left := loopsUnder(root); len(left) > 0 {

@@ -140,11 +140,11 @@ func attachedUnder(t *testing.T, data string) []string {
 // sweepRecorder is a Layerer that records whom its Sweep was asked about.
 type sweepRecorder struct {
 	disk.CloneLayers
-	alive func(string) bool
+	scope *disk.SweepScope
 }
 
-func (r *sweepRecorder) Sweep(_ context.Context, alive func(string) bool) error {
-	r.alive = alive
+func (r *sweepRecorder) Sweep(_ context.Context, s disk.SweepScope) error {
+	r.scope = &s
 	return nil
 }
 
@@ -172,13 +172,27 @@ func TestManagerSweepsDeadVMsDisks(t *testing.T) {
 	if _, err := New(Config{DataDir: data, RunDir: run}, WithDriver(d), WithLayerer(rec)); err != nil {
 		t.Fatal(err)
 	}
-	if rec.alive == nil {
+	if rec.scope == nil {
 		t.Fatal("the Manager did not sweep layered disks")
 	}
 	for vm, want := range map[string]bool{"vm-0000000001": true, "vm-0000000002": false, "vm-0000000003": false, "../owners": false} {
-		if got := rec.alive(vm); got != want {
+		if got := rec.scope.Alive(vm); got != want {
 			t.Errorf("alive(%s) = %v, want %v", vm, got, want)
 		}
+	}
+	if !rec.scope.Alone {
+		t.Error("with only this process's VMs alive, the sweep was not told it is alone")
+	}
+	// Another live process (our parent stands in for a second serve)
+	// may be attaching: idle loop devices are not the sweep's then.
+	other, _ := m.claim("vm-0000000004")
+	defer os.Remove(other)
+	os.WriteFile(other, []byte(strconv.Itoa(os.Getppid())), 0o600)
+	if _, err := New(Config{DataDir: data, RunDir: run}, WithDriver(d), WithLayerer(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if rec.scope.Alone {
+		t.Error("with another live owner, the sweep was told it is alone")
 	}
 }
 

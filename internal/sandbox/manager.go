@@ -268,9 +268,26 @@ func (m *Manager) sweep() {
 	// gone, the ones just swept included.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := m.layers.Sweep(ctx, m.ownerAlive); err != nil {
+	if err := m.layers.Sweep(ctx, disk.SweepScope{Alive: m.ownerAlive, Alone: !m.othersOwnVMs()}); err != nil {
 		m.log.Warn("sweep layered disks", "err", err)
 	}
+}
+
+// othersOwnVMs says whether another live process owns VMs here (a
+// second serve, or a command run beside it).
+func (m *Manager) othersOwnVMs() bool {
+	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
+	for _, o := range owners {
+		b, err := os.ReadFile(o)
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // ownerAlive says whether VM id's owner (this process or another) lives.

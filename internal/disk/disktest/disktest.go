@@ -260,7 +260,7 @@ func Run(t *testing.T, h Harness) {
 			t.Fatal(err)
 		}
 		_ = dead // its process was killed: nobody closes it
-		if err := f.l.Sweep(ctx, func(vm string) bool { return vm == "live" }); err != nil {
+		if err := f.l.Sweep(ctx, disk.SweepScope{Alive: func(vm string) bool { return vm == "live" }, Alone: true}); err != nil {
 			t.Fatal(err)
 		}
 		writeAt(t, live.Path(), 0, []byte("live"))

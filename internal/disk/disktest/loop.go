@@ -45,11 +45,11 @@ func (l *LoopLayers) Attach(ctx context.Context, vm, p string) (disk.Attached, e
 }
 
 // Sweep detaches the devices of the VMs alive says are dead.
-func (l *LoopLayers) Sweep(ctx context.Context, alive func(string) bool) error {
+func (l *LoopLayers) Sweep(ctx context.Context, s disk.SweepScope) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for vm, a := range l.attached {
-		if !alive(vm) {
+		if !s.Alive(vm) {
 			if err := a.Close(ctx); err != nil {
 				return err
 			}
