@@ -254,6 +254,12 @@ func remove(p string) error {
 // VM's own sparse file. A new disk costs an empty file; a copy costs what
 // the VM wrote. Bases are hard links in BasesDir named by digest, so a
 // stored disk keeps its base when the snapshot it came from is evicted.
+//
+// A fork copies the parent's CoW file (Save) rather than freezing it into
+// a shared layer (Mapper.Freeze): every disk then stands on the base
+// alone and belongs to one sandbox, so deleting a parent never pulls a
+// layer from under its children, and no layer needs a reference count.
+// The copy costs what the parent wrote, as a clone's sparse copy does.
 type DMLayers struct {
 	Mapper *Mapper
 	// BasesDir holds the shared bases, <digest>.
