@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -74,6 +75,10 @@ type Layerer interface {
 	// name, unique among the host's live VMs). On error nothing of the
 	// attachment stays.
 	Attach(ctx context.Context, vm, p string) (Attached, error)
+	// Flatten writes the disk stored at p, which no VM writes meanwhile,
+	// to dst as one sparse image that needs no base (to move it to
+	// another host). A layered disk is attached as VM vm to be read.
+	Flatten(ctx context.Context, vm, p, dst string) error
 	// Exists says whether a disk is stored at p.
 	Exists(p string) bool
 	// Remove removes the disk stored at p. It must not be attached.
@@ -179,6 +184,9 @@ func (CloneLayers) Attach(ctx context.Context, vm, p string) (Attached, error) {
 	return attachFile(p)
 }
 
+// Flatten clones the image at p; a layered disk is refused.
+func (l CloneLayers) Flatten(ctx context.Context, vm, p, dst string) error { return l.Copy(ctx, p, dst) }
+
 // Exists says whether p holds a disk.
 func (CloneLayers) Exists(p string) bool { return exists(p) }
 
@@ -224,6 +232,10 @@ type layerMeta struct {
 }
 
 var digestRe = regexp.MustCompile(`^[0-9a-f]{16,128}$`)
+
+// Layered says whether the disk stored at p is layered (needs its base
+// and device-mapper), rather than an image.
+func Layered(p string) bool { return layered(p) }
 
 func layered(p string) bool {
 	_, err := os.Stat(metaOf(p))
@@ -417,6 +429,78 @@ func (l *DMLayers) Attach(ctx context.Context, vm, p string) (Attached, error) {
 		return nil, err
 	}
 	return &dmAttached{l: l, dev: dev, p: p, meta: m}, nil
+}
+
+// Flatten reads a layered disk through its device stack into a sparse
+// image; an image is cloned.
+func (l *DMLayers) Flatten(ctx context.Context, vm, p, dst string) error {
+	if !layered(p) {
+		_, err := Clone(ctx, p, dst)
+		return err
+	}
+	a, err := l.Attach(ctx, vm, p)
+	if err != nil {
+		return err
+	}
+	err = copySparse(ctx, a.Path(), dst)
+	if cerr := a.Close(ctx); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("flatten disk %s: %w", p, err)
+	}
+	return nil
+}
+
+// copySparse copies src (a block device: no SEEK_DATA) to dst, leaving
+// blocks of zeros as holes.
+func copySparse(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	size, err := in.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := in.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+			return err
+		}
+		for b := 0; b < n; b += 4096 {
+			blk := buf[b:min(b+4096, n)]
+			if !allZero(blk) {
+				if _, err := out.WriteAt(blk, off+int64(b)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return out.Close()
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Exists says whether p holds a disk, layered or an image.

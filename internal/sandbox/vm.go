@@ -348,3 +348,24 @@ func indent(s string) string {
 	}
 	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
 }
+
+// portableDisk returns the disk stored at p as an image that needs
+// nothing else on this host (to push it to another): p itself, or for a
+// layered disk, a flattened copy beside it, which done removes.
+func (m *Manager) portableDisk(ctx context.Context, p string) (image string, done func(), err error) {
+	if !disk.Layered(p) {
+		return p, func() {}, nil
+	}
+	id := newID("vm-") // the attach is a VM's, as a sweep tells them
+	owner, err := m.claim(id)
+	if err != nil {
+		return "", nil, err
+	}
+	defer os.Remove(owner)
+	image = p + ".image"
+	os.Remove(image)
+	if err := m.layers.Flatten(ctx, id, p, image); err != nil {
+		return "", nil, err
+	}
+	return image, func() { os.Remove(image) }, nil
+}

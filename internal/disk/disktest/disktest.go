@@ -193,6 +193,36 @@ func Run(t *testing.T, h Harness) {
 			t.Fatal("the child does not read the base")
 		}
 	})
+	t.Run("FlattenIsAnImageOfItsOwn", func(t *testing.T) {
+		f := newFixture(t, h)
+		p := f.create("a")
+		a := f.attach("a", p)
+		writeAt(t, a.Path(), 4096, []byte("written"))
+		writeAt(t, a.Path(), 6*mib, []byte("far out"))
+		if err := a.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		flat := filepath.Join(f.root, "flat.img")
+		if err := f.l.Flatten(ctx, "flatten", p, flat); err != nil {
+			t.Fatal(err)
+		}
+		f.noLeftovers("after Flatten")
+		fi, err := os.Stat(flat)
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() != diskSize {
+			t.Fatalf("the flattened disk: %v, %v; want a %d-byte file", fi, err, diskSize)
+		}
+		want := append(append([]byte(nil), f.data...), make([]byte, diskSize-mib)...)
+		copy(want[4096:], "written")
+		copy(want[6*mib:], "far out")
+		if got := readAt(t, flat, 0, diskSize); !bytes.Equal(got, want) {
+			t.Fatal("the flattened disk does not hold the disk's data")
+		}
+		// It is an image: any Layerer attaches it as it is.
+		b := f.attach("b", flat)
+		if got := string(readAt(t, b.Path(), 4096, 7)); got != "written" {
+			t.Fatalf("the flattened disk, attached, reads %q", got)
+		}
+	})
 	t.Run("CloseAndRemoveLeaveNothing", func(t *testing.T) {
 		f := newFixture(t, h)
 		p := f.create("a")
