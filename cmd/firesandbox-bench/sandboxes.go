@@ -209,12 +209,19 @@ func layeringName(mgr *sandbox.Manager, dir string) string {
 func layeringTable(ctx context.Context, cfg sandbox.Config, lang string, n, diskMiB int) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "\ndisk layering (%d MiB disk)\tcreate, restored, median\tidle sandbox on disk, after create\tbeyond 1 MiB the guest wrote\t\n", diskMiB)
-	defer tw.Flush()
+	var notes []string
+	defer func() {
+		tw.Flush()
+		for _, n := range notes {
+			fmt.Println(n)
+		}
+	}()
 	for _, l := range []disk.Layering{disk.LayeringClone, disk.LayeringDM} {
 		cfg.DiskLayering = string(l)
 		mgr, err := sandbox.New(cfg)
 		if err != nil {
-			fmt.Fprintf(tw, "%s\tnot measured: %v\t\t\t\n", l, err)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t\n", l)
+			notes = append(notes, fmt.Sprintf("%s: not measured: %v", l, err))
 			continue
 		}
 		if err := func() error {
@@ -261,7 +268,8 @@ func layeringTable(ctx context.Context, cfg sandbox.Config, lang string, n, disk
 			fmt.Fprintf(tw, "%s\t%s\t%.0f KiB\t%.0f KiB\t\n", l, ms(create.q(0.5)), float64(fresh)/float64(n)/1024, float64(extra)/float64(n)/1024)
 			return nil
 		}(); err != nil {
-			fmt.Fprintf(tw, "%s\tfailed: %v\t\t\t\n", l, err)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t\n", l)
+			notes = append(notes, fmt.Sprintf("%s: failed: %v", l, err))
 		}
 	}
 	return nil
