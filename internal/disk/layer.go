@@ -555,7 +555,12 @@ func (a *dmAttached) Close(ctx context.Context) error {
 	return a.l.Mapper.Detach(context.WithoutCancel(ctx), a.dev)
 }
 
-var dmSuffixRe = regexp.MustCompile(`-(base|l\d+)$`)
+var (
+	dmSuffixRe = regexp.MustCompile(`-(base|l\d+)$`)
+	lineRe     = regexp.MustCompile(`\r?\n`)
+	fieldRe    = regexp.MustCompile(`\s+`)
+	deletedRe  = regexp.MustCompile(` \(deleted\)$`)
+)
 
 // Sweep removes the device stacks of dead VMs (named with Prefix), top
 // first, then, if s.Alone, every loop device that is backed by a file
@@ -569,8 +574,8 @@ func (l *DMLayers) Sweep(ctx context.Context, s SweepScope) error {
 	}
 	prefix := "fs-" + l.Prefix + "-"
 	dead := map[string][]string{}
-	for _, line := range regexp.MustCompile(`\r?\n`).Split(string(out), -1) {
-		f := regexp.MustCompile(`\s+`).Split(line, 2)
+	for _, line := range lineRe.Split(string(out), -1) {
+		f := fieldRe.Split(line, 2)
 		name := f[0]
 		if len(name) <= len(prefix) || name[:len(prefix)] != prefix {
 			continue
@@ -635,7 +640,7 @@ func (l *DMLayers) idleLoops() []string {
 		if err != nil {
 			continue // not attached
 		}
-		back := regexp.MustCompile(` \(deleted\)$`).ReplaceAllString(string(trimNL(b)), "")
+		back := deletedRe.ReplaceAllString(string(trimNL(b)), "")
 		if rel, err := filepath.Rel(l.Root, back); err != nil || rel == ".." || len(rel) > 2 && rel[:3] == "../" || filepath.IsAbs(rel) {
 			continue
 		}
