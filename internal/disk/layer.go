@@ -185,7 +185,9 @@ func (CloneLayers) Attach(ctx context.Context, vm, p string) (Attached, error) {
 }
 
 // Flatten clones the image at p; a layered disk is refused.
-func (l CloneLayers) Flatten(ctx context.Context, vm, p, dst string) error { return l.Copy(ctx, p, dst) }
+func (l CloneLayers) Flatten(ctx context.Context, vm, p, dst string) error {
+	return l.Copy(ctx, p, dst)
+}
 
 // Exists says whether p holds a disk.
 func (CloneLayers) Exists(p string) bool { return exists(p) }
