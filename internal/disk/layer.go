@@ -2,6 +2,7 @@ package disk
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -340,15 +341,21 @@ func (l *DMLayers) keepBase(ctx context.Context, base Base) error {
 	if err := os.MkdirAll(l.BasesDir, 0o700); err != nil {
 		return fmt.Errorf("keep disk base: %w", err)
 	}
-	tmp := fmt.Sprintf("%s.tmp-%d", dst, os.Getpid())
-	os.Remove(tmp)
+	// Concurrent first creates over one base each link their own, and
+	// the last rename wins: same content.
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := dst + ".tmp-" + hex.EncodeToString(rnd[:])
 	if err := os.Link(base.Path, tmp); err != nil {
 		if _, cerr := Clone(ctx, base.Path, tmp); cerr != nil {
 			return fmt.Errorf("keep disk base: %w", errors.Join(err, cerr))
 		}
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
+	err := os.Rename(tmp, dst)
+	// A rename onto another link of the same file does nothing: the
+	// temporary stays unless removed.
+	os.Remove(tmp)
+	if err != nil {
 		return fmt.Errorf("keep disk base: %w", err)
 	}
 	return nil
@@ -597,6 +604,10 @@ func (l *DMLayers) Sweep(ctx context.Context, s SweepScope) error {
 	}
 	if !s.Alone {
 		return errors.Join(errs...)
+	}
+	tmps, _ := filepath.Glob(filepath.Join(l.BasesDir, "*.tmp-*")) // a killed keepBase's
+	for _, t := range tmps {
+		os.Remove(t)
 	}
 	for _, dev := range l.idleLoops() {
 		if err := l.Mapper.detachLoop(ctx, dev); err != nil {

@@ -157,3 +157,41 @@ func TestLoopLayers(t *testing.T) {
 		Leftovers: func(_ *testing.T, root string) []string { return disktest.LoopsUnder(root) },
 	})
 }
+
+// Many first creates over one base at once (sandboxes created right after
+// their template's snapshot) all succeed and share one kept base.
+func TestDMCreatesShareTheBase(t *testing.T) {
+	if os.Getpid() == 1 {
+		t.Skip("host test")
+	}
+	root := t.TempDir()
+	l, err := disk.NewDMLayers(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(root, "base.ext4")
+	if err := os.WriteFile(base, []byte("pristine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := disk.Base{Path: base, Digest: strings.Repeat("ab", 32)}
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			errs <- l.Create(context.Background(), b, 1<<20, filepath.Join(root, "d"+string(rune('0'+i))))
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept, _ := os.ReadDir(l.BasesDir)
+	if len(kept) != 1 || kept[0].Name() != b.Digest {
+		t.Fatalf("bases kept: %v", kept)
+	}
+	for i := range 8 {
+		if p := filepath.Join(root, "d"+string(rune('0'+i))); !disk.Layered(p) {
+			t.Fatalf("%s is not a layered disk", p)
+		}
+	}
+}
