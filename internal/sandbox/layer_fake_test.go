@@ -12,6 +12,7 @@ import (
 	"github.com/firesandbox/firesandbox/internal/disk"
 	"github.com/firesandbox/firesandbox/internal/disk/disktest"
 	"github.com/firesandbox/firesandbox/internal/testutil"
+	"github.com/firesandbox/firesandbox/internal/testutil/guesttest"
 	"github.com/firesandbox/firesandbox/internal/vmm/vmmfake"
 )
 
@@ -22,39 +23,64 @@ import (
 // device-mapper (the guest test in internal/disk covers the layering
 // itself everywhere).
 func TestLayeredDiskSandboxes(t *testing.T) {
+	if guesttest.InGuest() {
+		t.Skip("host test: see TestGuestDMSandboxes")
+	}
 	for _, kind := range []disk.Layering{disk.LayeringClone, disk.LayeringDM} {
-		t.Run(string(kind), func(t *testing.T) {
-			data := testutil.FakeDataDir(t, "python")
-			inner, err := disk.Choose(context.Background(), kind, data)
-			if err != nil {
-				t.Skipf("SKIP: %v", err)
-			}
-			tr := disktest.NewTracked(inner, t.TempDir())
-			d := vmmfake.New()
-			d.Exec = diskExec
-			m, err := New(Config{DataDir: data, RunDir: t.TempDir(), DiskLayering: string(kind)}, WithDriver(d), WithLayerer(tr))
-			if err != nil {
-				t.Fatal(err)
-			}
-			svc, err := OpenService(m, ServiceConfig{}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer svc.Close(context.Background())
-			testLayeredDisks(t, svc.Sandboxes, tr)
-			svc.Close(context.Background())
-			if open := tr.Open(); len(open) > 0 {
-				t.Fatalf("disks still attached after the sandboxes are gone: %v", open)
-			}
-			if kind == disk.LayeringDM {
-				if left := attachedUnder(t, data); len(left) > 0 {
-					t.Fatalf("devices left: %v", left)
-				}
-			}
-			if left, _ := filepath.Glob(filepath.Join(m.disksDir(), "*")); len(left) != 0 {
-				t.Fatalf("disks left: %v", left)
-			}
-		})
+		t.Run(string(kind), func(t *testing.T) { layeredDiskSandboxes(t, kind) })
+	}
+}
+
+// TestGuestDMSandboxes is TestLayeredDiskSandboxes's dm case on a real
+// device-mapper, in the guest TestDMSandboxesInGuest boots.
+func TestGuestDMSandboxes(t *testing.T) {
+	if !guesttest.InGuest() {
+		t.Skip("runs inside a guest VM: see TestDMSandboxesInGuest")
+	}
+	layeredDiskSandboxes(t, disk.LayeringDM)
+}
+
+// TestDMSandboxesInGuest boots a guest with device-mapper, loop devices
+// and mkfs.ext4 that runs this package's TestGuest* tests.
+func TestDMSandboxesInGuest(t *testing.T) {
+	guesttest.Run(t, guesttest.Options{
+		Modules: []string{"drivers/md/dm-mod.ko.xz", "drivers/md/dm-bufio.ko.xz", "drivers/md/dm-snapshot.ko.xz",
+			"drivers/md/dm-zero.ko.xz", "drivers/block/loop.ko.xz"},
+		Tools: []string{"dmsetup", "losetup", "mkfs.ext4"}, Run: "^TestGuest", MustPass: []string{"TestGuestDMSandboxes"},
+		MemoryMiB: 1024,
+	})
+}
+
+func layeredDiskSandboxes(t *testing.T, kind disk.Layering) {
+	data := testutil.FakeDataDir(t, "python")
+	inner, err := disk.Choose(context.Background(), kind, data)
+	if err != nil {
+		t.Skipf("SKIP: %v", err)
+	}
+	tr := disktest.NewTracked(inner, t.TempDir())
+	d := vmmfake.New()
+	d.Exec = diskExec
+	m, err := New(Config{DataDir: data, RunDir: t.TempDir(), DiskLayering: string(kind)}, WithDriver(d), WithLayerer(tr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := OpenService(m, ServiceConfig{MemoryBudgetMiB: 16 << 10 /* fake VMs; the guest has little memory */}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(context.Background())
+	testLayeredDisks(t, svc.Sandboxes, tr)
+	svc.Close(context.Background())
+	if open := tr.Open(); len(open) > 0 {
+		t.Fatalf("disks still attached after the sandboxes are gone: %v", open)
+	}
+	if kind == disk.LayeringDM {
+		if left := attachedUnder(t, data); len(left) > 0 {
+			t.Fatalf("devices left: %v", left)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(m.disksDir(), "*")); len(left) != 0 {
+		t.Fatalf("disks left: %v", left)
 	}
 }
 
@@ -64,9 +90,12 @@ func testLayeredDisks(t *testing.T, s *Sandboxes, tr *disktest.Tracked) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := execOut(t, s, "", parent.ID, "dpath"); !strings.HasPrefix(p, tr.DevDir+"/") {
+	p := execOut(t, s, "", parent.ID, "dpath")
+	if !strings.HasPrefix(p, tr.DevDir+"/") {
 		t.Fatalf("the VM's disk is %s, not the attached disk in %s", p, tr.DevDir)
 	}
+	dev, _ := os.Readlink(p)
+	t.Logf("the VM's disk: %s", dev)
 	execOut(t, s, "", parent.ID, "dwrite", "before the fork")
 	kids, err := s.Fork(ctx, "", parent.ID, ForkRequest{Count: 2})
 	if err != nil {
