@@ -38,6 +38,7 @@ func TestGuestDMSandboxes(t *testing.T) {
 		t.Skip("runs inside a guest VM: see TestDMSandboxesInGuest")
 	}
 	layeredDiskSandboxes(t, disk.LayeringDM)
+	t.Run("SweepAfterKill", dmSweepAfterKill)
 }
 
 // TestDMSandboxesInGuest boots a guest with device-mapper, loop devices
@@ -46,7 +47,7 @@ func TestDMSandboxesInGuest(t *testing.T) {
 	guesttest.Run(t, guesttest.Options{
 		Modules: []string{"drivers/md/dm-mod.ko.xz", "drivers/md/dm-bufio.ko.xz", "drivers/md/dm-snapshot.ko.xz",
 			"drivers/md/dm-zero.ko.xz", "drivers/block/loop.ko.xz"},
-		Tools: []string{"dmsetup", "losetup", "mkfs.ext4"}, Run: "^TestGuest", MustPass: []string{"TestGuestDMSandboxes"},
+		Tools: []string{"dmsetup", "losetup", "mkfs.ext4"}, Run: "^TestGuest", MustPass: []string{"TestGuestDMSandboxes", "TestGuestDMSandboxes/SweepAfterKill"},
 		MemoryMiB: 1024,
 	})
 }
@@ -245,5 +246,69 @@ func TestDMLayeringNeedsDeviceMapper(t *testing.T) {
 	}
 	if _, err := New(Config{DataDir: data, RunDir: run, DiskLayering: "overlay"}); err == nil {
 		t.Fatal("an unknown disk layering was accepted")
+	}
+}
+
+// TestDMSweepAfterKill is dmSweepAfterKill on this host's device-mapper,
+// where it has one (TestGuestDMSandboxes runs it in a guest).
+func TestDMSweepAfterKill(t *testing.T) {
+	if guesttest.InGuest() {
+		t.Skip("host test: see TestGuestDMSandboxes")
+	}
+	if err := disk.NewMapper().Available(context.Background()); err != nil {
+		t.Skipf("SKIP: %v; TestDMSandboxesInGuest runs this in a guest", err)
+	}
+	dmSweepAfterKill(t)
+}
+
+// dmSweepAfterKill: the owner of a VM with a layered disk dies without a
+// word (kill -9 of serve); the next Manager on the data directory removes
+// the VM's device stack and loop devices, and the sandbox's files stay.
+func dmSweepAfterKill(t *testing.T) {
+	data, run := testutil.FakeDataDir(t, "python"), t.TempDir()
+	cfg := Config{DataDir: data, RunDir: run, DiskLayering: string(disk.LayeringDM)}
+	d := vmmfake.New()
+	d.Exec = diskExec
+	m, err := New(cfg, WithDriver(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := OpenService(m, ServiceConfig{MemoryBudgetMiB: 16 << 10}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(context.Background()) // its VM's devices are gone by then: errors only
+	s := svc.Sandboxes
+	sb, err := s.Create(context.Background(), CreateRequest{Language: "python", DiskMiB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOut(t, s, "", sb.ID, "dwrite", "before the kill")
+	if len(attachedUnder(t, data)) == 0 {
+		t.Fatal("a dm sandbox has no devices")
+	}
+	s.mu.Lock()
+	vm := s.boxes[sb.ID].vm
+	s.mu.Unlock()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := exec.Command(self, "-test.run=^$") // a process that ends (the guest has no "true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	// Its owner is dead now, as if serve had been killed.
+	if err := os.WriteFile(vm.owner, []byte(strconv.Itoa(gone.ProcessState.Pid())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, WithDriver(vmmfake.New())); err != nil {
+		t.Fatal(err)
+	}
+	if left := attachedUnder(t, data); len(left) > 0 {
+		t.Fatalf("after the next start's sweep, still attached: %v", left)
+	}
+	if !disk.Layered(s.diskOf(sb.ID)) {
+		t.Fatal("the sweep took the sandbox's disk")
 	}
 }
