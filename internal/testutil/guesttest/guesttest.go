@@ -157,7 +157,7 @@ func Run(t *testing.T, o Options) {
 	if mem == 0 {
 		mem = 768
 	}
-	m, err := d.Boot(ctx, vmm.Config{ID: "guest-test", Kernel: fx.Kernel.Vmlinux, Initrd: initrd,
+	m, err := d.Boot(ctx, vmm.Config{ID: fmt.Sprintf("guest-test-%d", os.Getpid()), Kernel: fx.Kernel.Vmlinux, Initrd: initrd,
 		VCPUs: 1, MemoryMiB: mem, RunDir: run,
 		Cmdline: []string{"--", "-test.run=" + o.Run, "-test.v", "-test.timeout=8m"}})
 	if err != nil {
