@@ -2,7 +2,6 @@ package disk
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -38,8 +37,8 @@ func ParseLayering(s string) (Layering, error) {
 
 // Base is a pristine disk that layers share and nobody writes: a
 // template snapshot's disk. Digest names its content (the snapshot
-// manifest's digest of the file), so a hibernated disk finds its base
-// again whatever happened to the snapshot since.
+// manifest's digest of the file); a layered disk records it, so what it
+// stands on can be told (and checked) without reading the base.
 type Base struct {
 	Path   string
 	Digest string
@@ -119,9 +118,8 @@ var ErrLayeredDisk = errors.New("disk is layered with device-mapper")
 // Choose returns the Layerer for want on this host: DM where
 // device-mapper, its targets and loop devices are usable (always, for
 // "dm": else an error saying why), Clone otherwise. root is the data
-// directory: DM keeps shared bases in root/disk-bases and names its
-// devices after root, so two data directories on one host never sweep
-// each other's devices.
+// directory: DM names its devices after it, so two data directories on
+// one host never sweep each other's devices.
 func Choose(ctx context.Context, want Layering, root string) (Layerer, error) {
 	if want == LayeringClone {
 		return CloneLayers{}, nil
@@ -225,6 +223,7 @@ func (fileAttached) Close(context.Context) error { return nil }
 // The files of a layered disk stored at p.
 func cowOf(p string) string  { return p + ".cow" }
 func metaOf(p string) string { return p + ".json" }
+func baseOf(p string) string { return p + ".base" }
 
 // layerMeta is a layered disk's p+".json": which base is under its CoW
 // file, and the disk's size. It is written last, so a disk without it
@@ -255,7 +254,7 @@ func exists(p string) bool {
 
 func remove(p string) error {
 	var errs []error
-	for _, f := range []string{metaOf(p), cowOf(p), p} {
+	for _, f := range []string{metaOf(p), cowOf(p), baseOf(p), p} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -267,8 +266,10 @@ func remove(p string) error {
 // target over a read-only loop device on the shared base, a zero target
 // up to the disk's size, and a snapshot target whose CoW store is the
 // VM's own sparse file. A new disk costs an empty file; a copy costs what
-// the VM wrote. Bases are hard links in BasesDir named by digest, so a
-// stored disk keeps its base when the snapshot it came from is evicted.
+// the VM wrote. Each disk keeps its base as a hard link, p+".base", to
+// the snapshot's pristine disk: the same blocks for all of them, which
+// stay while any disk needs them, whatever the snapshot store evicts, and
+// go with the last disk without any reference count of ours.
 //
 // A fork copies the parent's CoW file (Save) rather than freezing it into
 // a shared layer (Mapper.Freeze): every disk then stands on the base
@@ -277,8 +278,6 @@ func remove(p string) error {
 // The copy costs what the parent wrote, as a clone's sparse copy does.
 type DMLayers struct {
 	Mapper *Mapper
-	// BasesDir holds the shared bases, <digest>.
-	BasesDir string
 	// Prefix starts every device's name (after Mapper's "fs-"): it
 	// carries the data directory, so Sweep only touches its own.
 	Prefix string
@@ -294,15 +293,13 @@ func NewDMLayers(root string) (*DMLayers, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(abs))
-	return &DMLayers{Mapper: NewMapper(), BasesDir: filepath.Join(abs, "disk-bases"),
-		Prefix: hex.EncodeToString(sum[:4]), Root: abs}, nil
+	return &DMLayers{Mapper: NewMapper(), Prefix: hex.EncodeToString(sum[:4]), Root: abs}, nil
 }
 
 // Kind is LayeringDM.
 func (*DMLayers) Kind() Layering { return LayeringDM }
 
-// Create links base into BasesDir (once per digest) and makes p an empty
-// CoW file over it.
+// Create links base beside p and makes p an empty CoW file over it.
 func (l *DMLayers) Create(ctx context.Context, base Base, sizeBytes int64, p string) error {
 	if !digestRe.MatchString(base.Digest) {
 		return fmt.Errorf("create layered disk: base digest %q", base.Digest)
@@ -318,45 +315,27 @@ func (l *DMLayers) Create(ctx context.Context, base Base, sizeBytes int64, p str
 	if exists(p) {
 		return fmt.Errorf("create layered disk: %s exists", p)
 	}
-	if err := l.keepBase(ctx, base); err != nil {
+	if err := linkBase(ctx, base.Path, baseOf(p)); err != nil {
 		return err
 	}
-	if err := NewCoW(cowOf(p), sizeBytes); err != nil {
-		return err
+	err = NewCoW(cowOf(p), sizeBytes)
+	if err == nil {
+		err = writeMeta(p, layerMeta{Base: base.Digest, SizeBytes: sizeBytes})
 	}
-	if err := writeMeta(p, layerMeta{Base: base.Digest, SizeBytes: sizeBytes}); err != nil {
-		os.Remove(cowOf(p))
+	if err != nil {
+		remove(p)
 		return err
 	}
 	return nil
 }
 
-// keepBase makes BasesDir/<digest> the base: a hard link, or a copy where
-// the snapshot is on another file system.
-func (l *DMLayers) keepBase(ctx context.Context, base Base) error {
-	dst := filepath.Join(l.BasesDir, base.Digest)
-	if _, err := os.Stat(dst); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(l.BasesDir, 0o700); err != nil {
-		return fmt.Errorf("keep disk base: %w", err)
-	}
-	// Concurrent first creates over one base each link their own, and
-	// the last rename wins: same content.
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := dst + ".tmp-" + hex.EncodeToString(rnd[:])
-	if err := os.Link(base.Path, tmp); err != nil {
-		if _, cerr := Clone(ctx, base.Path, tmp); cerr != nil {
+// linkBase makes dst another name of the base src: a hard link, or a
+// copy where they are on different file systems.
+func linkBase(ctx context.Context, src, dst string) error {
+	if err := os.Link(src, dst); err != nil {
+		if _, cerr := Clone(ctx, src, dst); cerr != nil {
 			return fmt.Errorf("keep disk base: %w", errors.Join(err, cerr))
 		}
-	}
-	err := os.Rename(tmp, dst)
-	// A rename onto another link of the same file does nothing: the
-	// temporary stays unless removed.
-	os.Remove(tmp)
-	if err != nil {
-		return fmt.Errorf("keep disk base: %w", err)
 	}
 	return nil
 }
@@ -410,11 +389,15 @@ func copyLayered(ctx context.Context, src, dst string) error {
 	if exists(dst) {
 		return fmt.Errorf("copy layered disk: %s exists", dst)
 	}
-	if _, err := Clone(ctx, cowOf(src), cowOf(dst)); err != nil {
+	if err := linkBase(ctx, baseOf(src), baseOf(dst)); err != nil {
 		return err
 	}
-	if err := writeMeta(dst, m); err != nil {
-		os.Remove(cowOf(dst))
+	_, err = Clone(ctx, cowOf(src), cowOf(dst))
+	if err == nil {
+		err = writeMeta(dst, m)
+	}
+	if err != nil {
+		remove(dst)
 		return err
 	}
 	return nil
@@ -429,7 +412,7 @@ func (l *DMLayers) Attach(ctx context.Context, vm, p string) (Attached, error) {
 	if err != nil {
 		return nil, err
 	}
-	base := filepath.Join(l.BasesDir, m.Base)
+	base := baseOf(p)
 	if _, err := os.Stat(base); err != nil {
 		return nil, fmt.Errorf("attach disk %s: its base is gone: %w", p, err)
 	}
@@ -604,10 +587,6 @@ func (l *DMLayers) Sweep(ctx context.Context, s SweepScope) error {
 	}
 	if !s.Alone {
 		return errors.Join(errs...)
-	}
-	tmps, _ := filepath.Glob(filepath.Join(l.BasesDir, "*.tmp-*")) // a killed keepBase's
-	for _, t := range tmps {
-		os.Remove(t)
 	}
 	for _, dev := range l.idleLoops() {
 		if err := l.Mapper.detachLoop(ctx, dev); err != nil {

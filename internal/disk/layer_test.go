@@ -158,8 +158,10 @@ func TestLoopLayers(t *testing.T) {
 	})
 }
 
-// Many first creates over one base at once (sandboxes created right after
-// their template's snapshot) all succeed and share one kept base.
+// Many creates over one base at once (sandboxes created right after
+// their template's snapshot) all succeed, each disk holding the base's
+// blocks under a name of its own, so that the base outlives its snapshot
+// as long as any disk needs it.
 func TestDMCreatesShareTheBase(t *testing.T) {
 	if os.Getpid() == 1 {
 		t.Skip("host test")
@@ -169,29 +171,47 @@ func TestDMCreatesShareTheBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := filepath.Join(root, "base.ext4")
+	base := filepath.Join(root, "snapshot", "disk.ext4")
+	os.MkdirAll(filepath.Dir(base), 0o700)
 	if err := os.WriteFile(base, []byte("pristine"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	b := disk.Base{Path: base, Digest: strings.Repeat("ab", 32)}
 	errs := make(chan error, 8)
-	for i := range 8 {
-		go func() {
-			errs <- l.Create(context.Background(), b, 1<<20, filepath.Join(root, "d"+string(rune('0'+i))))
-		}()
+	disks := make([]string, 8)
+	for i := range disks {
+		disks[i] = filepath.Join(root, "d"+string(rune('0'+i)), "disk.ext4")
+		os.MkdirAll(filepath.Dir(disks[i]), 0o700)
+		go func() { errs <- l.Create(context.Background(), b, 1<<20, disks[i]) }()
 	}
-	for range 8 {
+	for range disks {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	kept, _ := os.ReadDir(l.BasesDir)
-	if len(kept) != 1 || kept[0].Name() != b.Digest {
-		t.Fatalf("bases kept: %v", kept)
-	}
-	for i := range 8 {
-		if p := filepath.Join(root, "d"+string(rune('0'+i))); !disk.Layered(p) {
+	orig, _ := os.Stat(base)
+	os.RemoveAll(filepath.Dir(base)) // the snapshot store evicts the template
+	for _, p := range disks {
+		if !disk.Layered(p) {
 			t.Fatalf("%s is not a layered disk", p)
+		}
+		fi, err := os.Stat(p + ".base")
+		if err != nil || !os.SameFile(fi, orig) {
+			t.Fatalf("%s does not keep the base's blocks: %v", p, err)
+		}
+	}
+	// A fork's copy keeps them too; removing every disk frees them.
+	child := filepath.Join(root, "child", "disk.ext4")
+	os.MkdirAll(filepath.Dir(child), 0o700)
+	if err := l.Copy(context.Background(), disks[0], child); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(disks, child) {
+		if err := l.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if left, _ := filepath.Glob(p + "*"); len(left) > 0 {
+			t.Fatalf("Remove left %v", left)
 		}
 	}
 }

@@ -223,6 +223,27 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("the flattened disk, attached, reads %q", got)
 		}
 	})
+	t.Run("TheBaseOutlivesItsSnapshot", func(t *testing.T) {
+		f := newFixture(t, h)
+		// A template snapshot of its own, which the store then evicts.
+		snap := disk.Base{Path: filepath.Join(f.root, "evicted", "disk.ext4"), Digest: f.base.Digest}
+		os.MkdirAll(filepath.Dir(snap.Path), 0o700)
+		if err := os.WriteFile(snap.Path, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(f.root, "a", "disk.ext4")
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := f.l.Create(ctx, snap, diskSize, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(filepath.Dir(snap.Path)); err != nil {
+			t.Fatal(err)
+		}
+		a := f.attach("a", p)
+		if got := readAt(t, a.Path(), 0, mib); !bytes.Equal(got, f.data) {
+			t.Fatal("after its snapshot went, the disk does not read the base's data")
+		}
+	})
 	t.Run("CloseAndRemoveLeaveNothing", func(t *testing.T) {
 		f := newFixture(t, h)
 		p := f.create("a")
