@@ -155,7 +155,7 @@ func sandboxTable(ctx context.Context, mgr *sandbox.Manager, lang string, n int)
 			return err
 		}
 		dp := filepath.Join(stateDir, "sandboxes", sb.ID, "disk.ext4")
-		a, err := disk.Allocated(dp)
+		a, err := disk.StoredAllocated(dp)
 		if err != nil {
 			return err
 		}
@@ -164,7 +164,7 @@ func sandboxTable(ctx context.Context, mgr *sandbox.Manager, lang string, n int)
 			return err
 		}
 		time.Sleep(time.Second) // the guest's writeback and discards settle
-		b, _ := disk.Allocated(dp)
+		b, _ := disk.StoredAllocated(dp)
 		extra += b - a - 1<<20
 		defer s.Delete(ctx, "", sb.ID)
 	}
@@ -173,8 +173,8 @@ func sandboxTable(ctx context.Context, mgr *sandbox.Manager, lang string, n int)
 		snapDisk, _ = disk.Allocated(filepath.Join(snap.Dir, "disk.ext4"))
 	}
 
-	fmt.Printf("\nSandboxes (%s; %d runs per row, median; disk-backed rows: %d MiB disk; per-VM disk copies: %s):\n",
-		lang, n, diskMiB, cloneMethod(stateDir))
+	fmt.Printf("\nSandboxes (%s; %d runs per row, median; disk-backed rows: %d MiB disk; per-VM disks: %s):\n",
+		lang, n, diskMiB, layeringName(mgr, stateDir))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "what\tmedian\tp95\tvs restored create\t")
 	base := restored.q(0.5)
@@ -193,6 +193,85 @@ func sandboxTable(ctx context.Context, mgr *sandbox.Manager, lang string, n int)
 	tw.Flush()
 	fmt.Printf("\nHost disk per idle sandbox (%d MiB disk, mean of %d): %.0f KiB right after create; %.0f KiB beyond 1 MiB the guest wrote (goal <= 1024 KiB). The shape's pristine disk, shared by the snapshot: %.0f KiB.\n",
 		diskMiB, idle, float64(fresh)/idle/1024, float64(extra)/idle/1024, float64(snapDisk)/1024)
+	return layeringTable(ctx, mgr.Config(), lang, n, diskMiB)
+}
+
+func layeringName(mgr *sandbox.Manager, dir string) string {
+	if l := mgr.DiskLayering(); l != disk.LayeringClone {
+		return string(l)
+	}
+	return "clone, " + cloneMethod(dir)
+}
+
+// layeringTable compares the disk layerings side by side: a restored
+// create and the host disk an idle sandbox takes, each under a Manager
+// of its own over the same data (and snapshots).
+func layeringTable(ctx context.Context, cfg sandbox.Config, lang string, n, diskMiB int) error {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "\ndisk layering (%d MiB disk)\tcreate, restored, median\tidle sandbox on disk, after create\tbeyond 1 MiB the guest wrote\t\n", diskMiB)
+	var notes []string
+	defer func() {
+		tw.Flush()
+		for _, n := range notes {
+			fmt.Println(n)
+		}
+	}()
+	for _, l := range []disk.Layering{disk.LayeringClone, disk.LayeringDM} {
+		cfg.DiskLayering = string(l)
+		mgr, err := sandbox.New(cfg)
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t\n", l)
+			notes = append(notes, fmt.Sprintf("%s: not measured: %v", l, err))
+			continue
+		}
+		if err := func() error {
+			defer mgr.Close()
+			stateDir, err := os.MkdirTemp(cfg.DataDir, ".bench-layering-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(stateDir)
+			svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{StateDir: stateDir}, nil)
+			if err != nil {
+				return err
+			}
+			defer svc.Close(ctx)
+			s := svc.Sandboxes
+			create := &series{name: string(l)}
+			var fresh, extra int64
+			for i := 0; i < n; i++ {
+				start := time.Now()
+				sb, err := s.Create(ctx, sandbox.CreateRequest{Language: lang, DiskMiB: diskMiB})
+				if err != nil {
+					return err
+				}
+				create.add(time.Since(start))
+				dp := filepath.Join(stateDir, "sandboxes", sb.ID, "disk.ext4")
+				a, err := disk.StoredAllocated(dp)
+				if err != nil {
+					return err
+				}
+				res, err := s.Exec(ctx, "", sb.ID, agentproto.ExecRequest{Argv: []string{"sh", "-c", "head -c 1048576 /dev/urandom > one-mib && sync"}}, nil, nil)
+				if err == nil && res.Code != 0 {
+					err = fmt.Errorf("write 1 MiB: exit %d %s", res.Code, res.Message)
+				}
+				if err != nil {
+					return err
+				}
+				time.Sleep(time.Second) // the guest's writeback and discards settle
+				b, _ := disk.StoredAllocated(dp)
+				fresh, extra = fresh+a, extra+b-a-1<<20
+				if err := s.Delete(ctx, "", sb.ID); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f KiB\t%.0f KiB\t\n", l, ms(create.q(0.5)), float64(fresh)/float64(n)/1024, float64(extra)/float64(n)/1024)
+			return nil
+		}(); err != nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t\n", l)
+			notes = append(notes, fmt.Sprintf("%s: failed: %v", l, err))
+		}
+	}
 	return nil
 }
 

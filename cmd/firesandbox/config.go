@@ -28,6 +28,7 @@ const DefaultConfigFile = "/etc/firesandbox/config.toml"
 //	accel = "auto"                  # QEMU: auto | kvm | tcg
 //	vcpus = 1
 //	memory_mib = 512
+//	disk_layering = "auto"          # auto | clone | dm (see sandbox.Config)
 //
 //	[qemu]                          # see internal/vmm/qemu.Config
 //	tb_size_mib = 64
@@ -60,6 +61,9 @@ type fileConfig struct {
 	Snapshots snapshot.Config `toml:"snapshots"`
 	Serve     serveConfig     `toml:"serve"`
 	Cluster   clusterConfig   `toml:"cluster"`
+
+	// DiskLayering is sandbox.Config.DiskLayering.
+	DiskLayering string `toml:"disk_layering"`
 }
 
 // serveConfig is the [serve] table: the HTTP side and the service behind it.
@@ -137,6 +141,7 @@ func (g *globalFlags) applyConfig(cmd *cobra.Command) error {
 	setS(&g.driver, c.Driver, "driver", "FIRESANDBOX_DRIVER")
 	setS(&g.accel, c.Accel, "accel", "")
 	setS(&g.format, c.ImageFormat, "image-format", "")
+	setS(&g.layering, c.DiskLayering, "disk-layering", "")
 	setI(&g.vcpus, c.VCPUs, "vcpus")
 	setI(&g.memoryMiB, c.MemoryMiB, "memory")
 	if cmd.Flags().Changed("no-jailer") {

@@ -45,6 +45,7 @@ data_dir = "`+data+`"
 driver = "qemu"
 accel = "tcg"
 memory_mib = 768
+disk_layering = "clone"
 [qemu]
 tb_size_mib = 32
 [firecracker]
@@ -62,7 +63,7 @@ python = "1..3"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.dataDir != data || g.driver != "qemu" || g.accel != "tcg" || g.memoryMiB != 768 {
+	if g.dataDir != data || g.driver != "qemu" || g.accel != "tcg" || g.memoryMiB != 768 || g.config().DiskLayering != "clone" {
 		t.Fatalf("globals from the file: %+v", g)
 	}
 	vc := g.vmmConfig()
@@ -83,6 +84,9 @@ python = "1..3"
 		t.Fatalf("flags over env and file: %q %d %v", g.driver, g.memoryMiB, err)
 	}
 	t.Setenv("FIRESANDBOX_DRIVER", "")
+	if g, err = loaded(t, "--config", cfg, "--disk-layering", "auto"); err != nil || g.config().DiskLayering != "auto" {
+		t.Fatalf("--disk-layering over the file: %q %v", g.layering, err)
+	}
 	if g, err = loaded(t, "--config", cfg, "--no-jailer"); err != nil || !g.vmmConfig().Firecracker.NoJailer {
 		t.Fatalf("--no-jailer: %v", err)
 	}

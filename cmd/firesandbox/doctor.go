@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
+	"github.com/firesandbox/firesandbox/internal/disk"
 	"github.com/firesandbox/firesandbox/internal/guestkernel"
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/network"
@@ -76,6 +77,17 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 	} else {
 		p("guest kernel: %s (%s)", k.Release, k.Dir)
 	}
+	layersOK := true
+	want, _ := disk.ParseLayering(g.layering)
+	if l, err := disk.Choose(ctx, want, g.dataDir); err != nil {
+		p("%v", err) // "disk layering dm: ..."
+		layersOK = false
+	} else {
+		p("disk layering: %s (--disk-layering %s)", l.Kind(), want)
+		if l.Kind() == disk.LayeringClone && want == disk.LayeringAuto {
+			p("    · not dm: %v", disk.NewMapper().Available(ctx))
+		}
+	}
 	netOK := doctorNetwork(ctx, g, k, p, list)
 	if ims, err := image.NewStore(g.dataDir).List(); err != nil || len(ims) == 0 {
 		p("images: none built (firesandbox image build python)")
@@ -86,7 +98,7 @@ func doctor(ctx context.Context, g *globalFlags) bool {
 		}
 		p("images: %s", strings.Join(names, ", "))
 	}
-	return dg.Usable() && netOK
+	return dg.Usable() && netOK && layersOK
 }
 
 // doctorNetwork says which network backend VMs get here and why not;

@@ -41,6 +41,7 @@ type globalFlags struct {
 	vcpus      int
 	verbose    bool
 	format     string
+	layering   string // disk layering: auto, clone or dm
 	cluster    string // key commands: the cluster's directory, if any
 }
 
@@ -49,7 +50,7 @@ func (g *globalFlags) config() sandbox.Config {
 	// Pulled snapshots are restored only if signed by a trusted key.
 	snaps.TrustedKeys = append(append([]string(nil), snaps.TrustedKeys...), splitKeys(os.Getenv("FIRESANDBOX_TRUSTED_KEYS"))...)
 	return sandbox.Config{DataDir: g.dataDir, RunDir: g.runDir, Driver: g.driver, Accel: g.accel, MemoryMiB: g.memoryMiB, VCPUs: g.vcpus, ImageFormat: g.format,
-		Snapshots: snaps, VMM: g.vmmConfig()}
+		DiskLayering: g.layering, Snapshots: snaps, VMM: g.vmmConfig()}
 }
 
 // vmmConfig is the drivers configuration every command uses: the config
@@ -112,6 +113,7 @@ default /var/lib/firesandbox).`,
 	pf.StringVar(&g.accel, "accel", "auto", "QEMU accelerator: auto (probe KVM by booting, else TCG), kvm or tcg; $FIRESANDBOX_ACCEL overrides")
 	pf.IntVar(&g.memoryMiB, "memory", 512, "guest memory in MiB")
 	pf.IntVar(&g.vcpus, "vcpus", 1, "guest vCPUs")
+	pf.StringVar(&g.layering, "disk-layering", "auto", "how a sandbox's disk is made from its template's: auto (device-mapper where the host has it, else clone), clone or dm")
 	pf.StringVar(&g.format, "image-format", "squashfs", "image format to run from: squashfs, erofs or ext4 (build it first with image build --format)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what happens, with timings, to stderr")
 

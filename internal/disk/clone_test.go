@@ -106,3 +106,35 @@ func TestAttachFailureDetachesWhatItBuilt(t *testing.T) {
 		}
 	}
 }
+
+// A target whose module is not loaded yet counts: the kernel loads it
+// when a table first uses it. One the kernel has no module for does not.
+func TestTargetsLoadableOnDemand(t *testing.T) {
+	if inGuest() {
+		t.Skip("host test")
+	}
+	for name, tc := range map[string]struct {
+		modules map[string]bool
+		ok      bool
+	}{
+		"all loadable":   {map[string]bool{"dm-snapshot": true, "dm-zero": true}, true},
+		"no dm-snapshot": {map[string]bool{"dm-zero": true}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := &Mapper{Run: func(_ context.Context, tool string, args ...string) ([]byte, error) {
+				switch tool {
+				case "dmsetup":
+					return []byte("striped          v1.7.0\nlinear           v1.4.0\nerror            v1.6.0\n"), nil
+				case "modprobe":
+					if tc.modules[args[len(args)-1]] {
+						return nil, nil
+					}
+				}
+				return nil, errors.New("not found")
+			}}
+			if err := m.targets(context.Background()); (err == nil) != tc.ok {
+				t.Fatalf("targets: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}

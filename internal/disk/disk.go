@@ -2,6 +2,12 @@
 // VM's image layers: the sparse ext4 writable layer of a sandbox, and the
 // read-only SquashFS volumes that carry host directories into a guest.
 //
+// A restored VM's writable disk starts as its template's pristine one; a
+// Layerer (layer.go) makes it: CloneLayers copies it (reflink or sparse
+// copy), DMLayers stacks a per-VM copy-on-write file over it in
+// device-mapper (dm.go). Choose picks one per host; disktest is the suite
+// both pass.
+//
 // Everything here is a plain function over a directory (<data>/disks), so
 // a sweep after a crash can find a dead VM's files by its id:
 //
@@ -80,9 +86,10 @@ func Pack(ctx context.Context, hostDir, p string) error {
 	return nil
 }
 
-// RemoveVM removes every disk file of VM id in dir.
+// RemoveVM removes every disk file of VM id in dir: its writable disk,
+// stored as an image or layered (see Layerer), and its packed mounts.
 func RemoveVM(dir, id string) {
-	os.Remove(WritablePath(dir, id))
+	remove(WritablePath(dir, id))
 	vols, _ := filepath.Glob(filepath.Join(dir, id+"-m*.squashfs"))
 	for _, v := range vols {
 		os.Remove(v)

@@ -112,19 +112,40 @@ func (m *Mapper) Available(ctx context.Context) error {
 	if _, err := os.Stat("/dev/mapper/control"); err != nil {
 		return fmt.Errorf("%w: /dev/mapper/control: %v (load dm-mod)", ErrNoDeviceMapper, err)
 	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		return fmt.Errorf("%w: no loop devices: /dev/loop-control: %v (load loop)", ErrNoDeviceMapper, err)
+	}
 	for _, tool := range []string{"dmsetup", "losetup"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%w: %s not installed", ErrNoDeviceMapper, tool)
 		}
 	}
+	return m.targets(ctx)
+}
+
+// targetModules are the modules of the targets layering uses; linear is
+// part of dm-mod.
+var targetModules = map[string]string{"snapshot": "dm-snapshot", "zero": "dm-zero", "linear": ""}
+
+// targets checks that device-mapper has the targets layering uses, or
+// can load them: dmsetup lists only loaded targets, and the kernel loads
+// a target's module when a table first uses it, so a module the running
+// kernel has (modprobe's dry run finds it) counts as there.
+func (m *Mapper) targets(ctx context.Context) error {
 	out, err := m.Run(ctx, "dmsetup", "targets")
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNoDeviceMapper, err)
 	}
 	for _, t := range []string{"snapshot", "zero", "linear"} {
-		if !regexp.MustCompile(`(?m)^` + t + `\s`).Match(out) {
-			return fmt.Errorf("%w: no %s target (load dm-snapshot and dm-zero)", ErrNoDeviceMapper, t)
+		if regexp.MustCompile(`(?m)^` + t + `\s`).Match(out) {
+			continue
 		}
+		if mod := targetModules[t]; mod != "" {
+			if _, err := m.Run(ctx, "modprobe", "--dry-run", "--quiet", mod); err == nil {
+				continue
+			}
+		}
+		return fmt.Errorf("%w: no %s target, and no module for it (dm-snapshot, dm-zero)", ErrNoDeviceMapper, t)
 	}
 	return nil
 }

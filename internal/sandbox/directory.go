@@ -197,9 +197,12 @@ func (s *Sandboxes) WithHibernation(ctx context.Context, id string, fn func(ctx 
 	if err != nil {
 		return err
 	}
-	disk := ""
+	disk, done := "", func() {}
 	if sb.DiskMiB > 0 {
-		disk = s.diskOf(id)
+		if disk, done, err = s.mgr.portableDisk(ctx, s.diskOf(id)); err != nil {
+			return err
+		}
 	}
+	defer done()
 	return fn(ctx, sb, spec, sb.SnapshotDir, disk)
 }

@@ -59,6 +59,8 @@ func diskExec(ctx context.Context, g *vmmfake.Guest, req agentproto.ExecRequest,
 		f.ReadAt(b, 0)
 		b, _, _ = bytes.Cut(b, []byte{0})
 		stdout.Write(b)
+	case "dpath":
+		fmt.Fprint(stdout, upper)
 	case "identity":
 		fmt.Fprint(stdout, g.Identity())
 	case "echo":
@@ -142,8 +144,8 @@ func TestDiskSandboxesRestoreWithOwnDisks(t *testing.T) {
 		t.Fatalf("%d of %d snapshots hold a pristine disk, want 2", withDisk, len(snaps))
 	}
 	for i, id := range ids {
-		if _, err := os.Stat(s.diskOf(id)); err != nil {
-			t.Fatalf("sandbox %d has no disk of its own: %v", i, err)
+		if !svc.Manager.layers.Exists(s.diskOf(id)) {
+			t.Fatalf("sandbox %d has no disk of its own", i)
 		}
 		execOut(t, s, "", id, "dwrite", "written by "+id)
 	}

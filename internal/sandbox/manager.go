@@ -45,6 +45,12 @@ type Config struct {
 	ImageFormat string `json:"image_format"`
 	// SnapshotCacheBytes bounds the local snapshot cache; default 8 GiB.
 	SnapshotCacheBytes int64 `json:"snapshot_cache_bytes"`
+	// DiskLayering is how a sandbox's writable disk is made from its
+	// template's pristine one: "auto" (default: device-mapper where the
+	// host has it, else a clone), "clone" (a reflink or sparse copy) or
+	// "dm" (a snapshot target over the shared base; an error on a host
+	// without device-mapper). See disk.Layerer.
+	DiskLayering string `json:"disk_layering"`
 	// NoPrewarm leaves languages' prewarmed runtimes out of snapshots, so
 	// every run starts its interpreter (for comparison; slower).
 	NoPrewarm bool `json:"no_prewarm"`
@@ -89,6 +95,9 @@ func (c *Config) setDefaults() {
 	if c.SnapshotCacheBytes == 0 {
 		c.SnapshotCacheBytes = 8 << 30
 	}
+	if c.DiskLayering == "" {
+		c.DiskLayering = string(disk.LayeringAuto)
+	}
 }
 
 // Validate checks a Config.
@@ -108,6 +117,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: image format %q: want squashfs, erofs or ext4", ErrBadRequest, c.ImageFormat)
 	}
+	if _, err := disk.ParseLayering(c.DiskLayering); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 	if c.VCPUs < 0 || c.VCPUs > 32 || c.MemoryMiB < 0 || c.MemoryMiB > 64<<10 {
 		return fmt.Errorf("%w: vcpus %d / memory %d MiB out of range", ErrBadRequest, c.VCPUs, c.MemoryMiB)
 	}
@@ -126,6 +138,7 @@ type Manager struct {
 	snapshots *snapshot.Store
 
 	driver  vmm.Driver       // injected by WithDriver, else chosen by drivers
+	layers  disk.Layerer     // injected by WithLayerer, else chosen from DiskLayering
 	drivers *drivers.Chooser // chooses once, safely for concurrent callers
 
 	tmpl templates
@@ -140,6 +153,10 @@ type Option func(*Manager)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
+
+// WithLayerer injects how VMs' writable disks are made, instead of
+// choosing it from Config.DiskLayering.
+func WithLayerer(l disk.Layerer) Option { return func(m *Manager) { m.layers = l } }
 
 // WithDriver injects a VMM driver instead of choosing one from Config.
 func WithDriver(d vmm.Driver) Option { return func(m *Manager) { m.driver = d } }
@@ -173,6 +190,13 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	if m.drivers, err = drivers.New(cfg.vmmConfig(), dopts...); err != nil {
 		return nil, err
 	}
+	if m.layers == nil {
+		want, _ := disk.ParseLayering(cfg.DiskLayering)
+		if m.layers, err = disk.Choose(context.Background(), want, cfg.DataDir); err != nil {
+			return nil, err
+		}
+		m.log.Debug("disk layering", "want", want, "layering", m.layers.Kind())
+	}
 	m.sweep()
 	return m, nil
 }
@@ -182,6 +206,9 @@ func (m *Manager) Catalog() *image.Catalog { return m.catalog }
 
 // Images returns the image store.
 func (m *Manager) Images() *image.Store { return m.images }
+
+// DiskLayering is how this Manager makes VMs' writable disks.
+func (m *Manager) DiskLayering() disk.Layering { return m.layers.Kind() }
 
 // Config returns the effective configuration.
 func (m *Manager) Config() Config { return m.cfg }
@@ -237,4 +264,41 @@ func (m *Manager) sweep() {
 		disk.RemoveVM(m.disksDir(), id)
 		os.Remove(o)
 	}
+	// Layered disks' devices (and loop devices) of VMs whose owner is
+	// gone, the ones just swept included.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := m.layers.Sweep(ctx, disk.SweepScope{Alive: m.ownerAlive, Alone: !m.othersOwnVMs()}); err != nil {
+		m.log.Warn("sweep layered disks", "err", err)
+	}
+}
+
+// othersOwnVMs says whether another live process owns VMs here (a
+// second serve, or a command run beside it).
+func (m *Manager) othersOwnVMs() bool {
+	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
+	for _, o := range owners {
+		b, err := os.ReadFile(o)
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ownerAlive says whether VM id's owner (this process or another) lives.
+func (m *Manager) ownerAlive(id string) bool {
+	if !strings.HasPrefix(id, "vm-") || strings.ContainsAny(id, "/.") {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(m.cfg.RunDir, "owners", id))
+	if err != nil {
+		return false
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid > 0 && syscall.Kill(pid, 0) == nil
 }

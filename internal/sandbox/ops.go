@@ -349,11 +349,15 @@ func (s *Sandboxes) hibernateLocked(ctx context.Context, id string, b *box) erro
 	if err == nil && s.cfg.Directory != nil {
 		if sb, gerr := s.db.Get(ctx, id); gerr == nil {
 			spec.DiskMiB = sb.DiskMiB
-			disk := ""
+			disk, done, herr := "", func() {}, error(nil)
 			if sb.DiskMiB > 0 {
-				disk = s.diskOf(id)
+				disk, done, herr = s.mgr.portableDisk(ctx, s.diskOf(id))
 			}
-			if herr := s.cfg.Directory.Hibernated(ctx, sb, spec, sb.SnapshotDir, disk); herr != nil {
+			if herr == nil {
+				herr = s.cfg.Directory.Hibernated(ctx, sb, spec, sb.SnapshotDir, disk)
+				done()
+			}
+			if herr != nil {
 				s.log.Warn("hibernation kept on this host only", "op", "hibernate", "sandbox", id, "err", herr)
 			}
 		}

@@ -28,7 +28,8 @@ type Gate interface {
 // SandboxesConfig configures Sandboxes.
 type SandboxesConfig struct {
 	// Dir holds the sandboxes' files, one directory per id: a hibernation
-	// (snapshot/) and a writable disk (disk.ext4).
+	// (snapshot/) and a writable disk (disk.ext4, an image; layered with
+	// device-mapper, disk.ext4.cow, .json and .base: see disk.Layerer).
 	Dir string
 	// IdleTimeout is the default time a sandbox may sit unused before
 	// it is hibernated; zero disables idle hibernation by default.

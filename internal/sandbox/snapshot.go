@@ -239,8 +239,8 @@ func (m *Manager) Resume(ctx context.Context, t *Template, dir, disk string) (*V
 	}
 	d := vmDisk{kept: true}
 	if t.Shape.DiskMiB > 0 {
-		if _, err := os.Stat(disk); err != nil {
-			return nil, fmt.Errorf("resume: hibernated sandbox has no disk: %w", err)
+		if !m.layers.Exists(disk) {
+			return nil, fmt.Errorf("resume: hibernated sandbox has no disk at %s", disk)
 		}
 		d.path = disk
 	}
@@ -271,8 +271,8 @@ func (m *Manager) Fork(ctx context.Context, vm *VM, dir string) (ForkSnapshot, e
 		return ForkSnapshot{}, fmt.Errorf("fork: %w", err)
 	}
 	var err error
-	if vm.disk != "" {
-		_, err = disk.Clone(ctx, vm.disk, filepath.Join(dir, snapshotDisk))
+	if vm.layer != nil {
+		err = vm.layer.Save(ctx, filepath.Join(dir, snapshotDisk))
 	}
 	if cerr := m.continueVM(ctx, vm); cerr != nil {
 		return ForkSnapshot{}, errors.Join(fmt.Errorf("fork: resume the parent: %w", cerr), err)
@@ -295,7 +295,7 @@ func (m *Manager) StartFork(ctx context.Context, t *Template, fs ForkSnapshot, k
 	if diff := fs.Spec.Diff(t.Spec); len(diff) > 0 {
 		return nil, fmt.Errorf("fork: %w: the parent ran on another host state (%v)", vmm.ErrIncompatible, diff)
 	}
-	vm, err := m.restoreCopy(ctx, t, fs.Dir, keep)
+	vm, err := m.restoreCopy(ctx, t, fs.Dir, keep, nil /* the parent's disk, copied */)
 	if err != nil {
 		return nil, fmt.Errorf("fork: %w", err)
 	}

@@ -29,10 +29,14 @@ type VM struct {
 	// Timings break Ready down, for `run -v` and the bench.
 	Timings Timings
 	owner   string
-	// disk is the writable layer's disk; removed with the VM unless a
-	// sandbox owns it (keptDisk), which keeps it across hibernations.
+	// disk is where the writable layer's disk is stored (see
+	// disk.Layerer); removed with the VM unless a sandbox owns it
+	// (keptDisk), which keeps it across hibernations. layer is it
+	// attached: what the VMM opens.
 	disk     string
 	keptDisk bool
+	layers   disk.Layerer
+	layer    disk.Attached
 	volumes  []string // packed mounts, removed with the VM
 	// identity is what the guest was last told it is (Resync).
 	identity string
@@ -49,6 +53,14 @@ type Timings struct {
 	Resync time.Duration
 }
 
+// layerPath is what the VMM opens as the writable disk: "" without one.
+func (v *VM) layerPath() string {
+	if v.layer == nil {
+		return ""
+	}
+	return v.layer.Path()
+}
+
 // Shape returns the VM's shape.
 func (v *VM) Shape() Shape { return v.Template.Shape }
 
@@ -62,11 +74,16 @@ func (v *VM) Close() error {
 		err = v.Machine.Stop(context.Background())
 	}
 	err = errors.Join(err, v.closeNetwork())
-	if v.owner != "" {
-		os.Remove(v.owner)
+	// After the VMM is gone, which held the device; before the owner
+	// file, which tells a sweep the devices are still someone's.
+	if v.layer != nil {
+		err = errors.Join(err, v.layer.Close(context.Background()))
 	}
 	if v.disk != "" && !v.keptDisk {
-		os.Remove(v.disk)
+		err = errors.Join(err, v.layers.Remove(v.disk))
+	}
+	if v.owner != "" {
+		os.Remove(v.owner)
 	}
 	for _, vol := range v.volumes {
 		os.Remove(vol)
@@ -107,7 +124,7 @@ type StartOptions struct {
 // Start returns a ready VM of t: restored from t's snapshot when the
 // driver can (creating it on first use), else booted. A shape with a disk
 // restores too: its snapshot holds the disk as it was, pristine, and the
-// VM gets its own copy-on-write copy of it (see disk.Clone).
+// VM gets its own copy-on-write layer over it (see disk.Layerer).
 func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, error) {
 	if o.Cold || len(o.Mounts) > 0 || !t.Driver.Capabilities().Snapshot {
 		return m.boot(ctx, t, m.cfg.BootTimeout, o)
@@ -116,7 +133,11 @@ func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, 
 	if err != nil {
 		return nil, err
 	}
-	vm, err := m.restoreCopy(ctx, t, snap.Dir, o.Disk)
+	var base *disk.Base
+	if t.Shape.DiskMiB > 0 {
+		base = &disk.Base{Path: filepath.Join(snap.Dir, snapshotDisk), Digest: snap.Files[snapshotDisk].Digest}
+	}
+	vm, err := m.restoreCopy(ctx, t, snap.Dir, o.Disk, base)
 	if err != nil && ctx.Err() == nil {
 		m.log.Warn("restore failed; booting cold", "op", "restore", "snapshot", snap.Key, "err", err)
 		return m.boot(ctx, t, m.cfg.BootTimeout, o)
@@ -129,10 +150,12 @@ func (m *Manager) Start(ctx context.Context, t *Template, o StartOptions) (*VM, 
 // parent's.
 const snapshotDisk = "disk.ext4"
 
-// restoreCopy restores a VM from snapDir, giving it its own copy of the
-// snapshot's disk (if t's shape has one) at keep, or, with keep empty, at
-// a private path that goes with the VM. A failed restore removes the copy.
-func (m *Manager) restoreCopy(ctx context.Context, t *Template, snapDir, keep string) (*VM, error) {
+// restoreCopy restores a VM from snapDir, giving it its own disk (if t's
+// shape has one) at keep, or, with keep empty, at a private path that
+// goes with the VM: a new layer over base, the template's pristine disk,
+// or without one, a copy of the disk in snapDir (a fork's). A failed
+// restore removes the disk.
+func (m *Manager) restoreCopy(ctx context.Context, t *Template, snapDir, keep string, base *disk.Base) (*VM, error) {
 	if t.Shape.DiskMiB == 0 {
 		return m.restore(ctx, t, snapDir, vmDisk{})
 	}
@@ -142,15 +165,20 @@ func (m *Manager) restoreCopy(ctx context.Context, t *Template, snapDir, keep st
 		d.path = disk.WritablePath(m.disksDir(), id)
 	}
 	start := time.Now()
-	os.Remove(d.path) // a sandbox's disk from an earlier failed attempt
-	how, err := disk.Clone(ctx, filepath.Join(snapDir, snapshotDisk), d.path)
+	m.layers.Remove(d.path) // a sandbox's disk from an earlier failed attempt
+	var err error
+	if base != nil {
+		err = m.layers.Create(ctx, *base, int64(t.Shape.DiskMiB)<<20, d.path)
+	} else {
+		err = m.layers.Copy(ctx, filepath.Join(snapDir, snapshotDisk), d.path)
+	}
 	if err != nil {
 		return nil, err
 	}
-	m.log.Debug("disk copied", "op", "restore", "vm", id, "how", how, "took", time.Since(start))
+	m.log.Debug("disk made", "op", "restore", "vm", id, "layering", m.layers.Kind(), "new", base != nil, "took", time.Since(start))
 	vm, err := m.restoreAs(ctx, id, t, snapDir, d)
 	if err != nil {
-		os.Remove(d.path)
+		m.layers.Remove(d.path)
 		return nil, err
 	}
 	return vm, nil
@@ -164,7 +192,7 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{owner: owner, Template: t}
+	vm := &VM{owner: owner, Template: t, layers: m.layers}
 	fail := func(err error) (*VM, error) {
 		vm.Close() // releases whatever it holds so far
 		return nil, err
@@ -174,17 +202,20 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		if !kept {
 			p = disk.WritablePath(m.disksDir(), id)
 		}
-		if _, err := os.Stat(p); err != nil {
+		if !m.layers.Exists(p) {
 			if err := disk.NewWritable(ctx, p, t.Shape.DiskMiB); err != nil {
 				return fail(err)
 			}
 		}
 		vm.disk, vm.keptDisk = p, kept
+		if vm.layer, err = m.layers.Attach(ctx, id, p); err != nil {
+			return fail(err)
+		}
 	}
 	if vm.volumes, err = m.packMounts(ctx, id, o.Mounts); err != nil {
 		return fail(err)
 	}
-	cfg, err := m.machineConfig(t, id, vm.disk, o.Mounts, vm.volumes)
+	cfg, err := m.machineConfig(t, id, vm.layerPath(), o.Mounts, vm.volumes)
 	if err == nil {
 		err = m.attachNetwork(ctx, vm, t, &cfg)
 	}
@@ -230,12 +261,17 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 		return nil, err
 	}
 	// The disk's removal on failure is the caller's: it made the disk.
-	vm := &VM{owner: owner, Restored: true, Template: t, disk: d.path, keptDisk: true}
+	vm := &VM{owner: owner, Restored: true, Template: t, disk: d.path, keptDisk: true, layers: m.layers}
 	fail := func(err error) (*VM, error) {
 		vm.Close()
 		return nil, err
 	}
-	cfg, err := m.machineConfig(t, id, vm.disk, nil, nil)
+	if d.path != "" {
+		if vm.layer, err = m.layers.Attach(ctx, id, d.path); err != nil {
+			return fail(err)
+		}
+	}
+	cfg, err := m.machineConfig(t, id, vm.layerPath(), nil, nil)
 	if err == nil {
 		err = m.attachNetwork(ctx, vm, t, &cfg)
 	}
@@ -311,4 +347,25 @@ func indent(s string) string {
 		return "  (empty)"
 	}
 	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+// portableDisk returns the disk stored at p as an image that needs
+// nothing else on this host (to push it to another): p itself, or for a
+// layered disk, a flattened copy beside it, which done removes.
+func (m *Manager) portableDisk(ctx context.Context, p string) (image string, done func(), err error) {
+	if !disk.Layered(p) {
+		return p, func() {}, nil
+	}
+	id := newID("vm-") // the attach is a VM's, as a sweep tells them
+	owner, err := m.claim(id)
+	if err != nil {
+		return "", nil, err
+	}
+	defer os.Remove(owner)
+	image = p + ".image"
+	os.Remove(image)
+	if err := m.layers.Flatten(ctx, id, p, image); err != nil {
+		return "", nil, err
+	}
+	return image, func() { os.Remove(image) }, nil
 }

@@ -710,3 +710,56 @@ func daemonMain(spec string) int {
 	time.Sleep(time.Minute)
 	return 0
 }
+
+// A layered disk is a block device: the jailed VMM, which has dropped
+// root, opens it read-write through its own node in the jail, and a
+// restore does the same with the snapshot's relative drive path.
+func TestJailedBlockDeviceDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: needs root (loop devices, a jailed user)")
+	}
+	ctx := ctxT(t)
+	cfg := fixture(t, "blockdisk", "image", "upper")
+	backing := filepath.Join(t.TempDir(), "upper.raw")
+	if err := os.WriteFile(backing, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Skipf("SKIP: no loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "--detach", dev).Run()
+	cfg.Disks[1].Path = dev
+	d := fakeDriver(t, Config{})
+	m, err := d.Boot(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Boot with a block-device disk: %v", err)
+	}
+	defer m.Stop(ctx)
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(jailDir(d.cfg, "blockdisk"), "root", "drives", "upper"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFBLK || int(st.Uid) != d.cfg.UID {
+		t.Fatalf("the jail's drive: mode %o uid %d, want a block device of uid %d", st.Mode, st.Uid, d.cfg.UID)
+	}
+	echo(t, ctx, m)
+	snap := t.TempDir()
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Snapshot(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop(ctx)
+	requireGone(t, 0, "")
+	rcfg := cfg
+	rcfg.ID, rcfg.RunDir = "blockdisk2", filepath.Join(t.TempDir(), "run")
+	r, err := d.Restore(ctx, snap, rcfg)
+	if err != nil {
+		t.Fatalf("Restore with a block-device disk: %v", err)
+	}
+	defer r.Stop(ctx)
+	echo(t, ctx, r)
+}

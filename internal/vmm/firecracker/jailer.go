@@ -113,6 +113,16 @@ func (l layout) place(src, name string, how placement) (copied bool, err error) 
 		}
 		return false, nil
 	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(abs, &st); err != nil {
+		return false, fmt.Errorf("place %s: %w", name, err)
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
+		// A block device (a layered disk) lives on devtmpfs, which no
+		// hard link reaches: the jail gets its own node for the same
+		// device, as the jailer makes /dev/kvm.
+		return false, l.blockNode(dst, name, st.Rdev, how)
+	}
 	err = os.Link(abs, dst)
 	if err == nil {
 		if how == placeWritable {
@@ -134,6 +144,23 @@ func (l layout) place(src, name string, how placement) (copied bool, err error) 
 		return false, fmt.Errorf("copy %s into the jail: %w", name, err)
 	}
 	return true, nil
+}
+
+// blockNode makes dst a node for block device rdev, which only the jailed
+// user may open, and only read unless the disk is writable.
+func (l layout) blockNode(dst, name string, rdev uint64, how placement) error {
+	mode := uint32(0o400)
+	if how == placeWritable {
+		mode = 0o600
+	}
+	if err := syscall.Mknod(dst, syscall.S_IFBLK|mode, int(rdev)); err != nil {
+		return fmt.Errorf("make device node %s in the jail: %w", name, err)
+	}
+	if err := os.Chown(dst, l.uid, l.gid); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("hand %s to uid %d: %w", name, l.uid, err)
+	}
+	return nil
 }
 
 // writable creates an empty file (or directory) the VMM may write, owned

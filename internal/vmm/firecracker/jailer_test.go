@@ -2,8 +2,10 @@ package firecracker
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -138,4 +140,53 @@ func sameFS(t *testing.T, a, b string) bool {
 // process the driver follows and stops.
 func TestJailerWithoutPIDNS(t *testing.T) {
 	lifecycle(t, fakeDriver(t, Config{HostPIDNS: true}))
+}
+
+// A layered disk is a block device: the jail gets a node of its own for
+// it (devtmpfs is out of a hard link's reach), through which the VMM's
+// writes reach the device.
+func TestJailBlockDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: device nodes need root")
+	}
+	backing := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(backing, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Skipf("SKIP: no loop device for a block device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "--detach", dev).Run()
+	base := t.TempDir()
+	lay := newLayout(Config{UID: 4242, GID: 4243, ChrootBase: base}.withDefaults(), "vm9", t.TempDir())
+	if _, err := lay.place(dev, driveName("upper"), placeWritable); err != nil {
+		t.Fatal(err)
+	}
+	node := lay.host(driveName("upper"))
+	var st, want syscall.Stat_t
+	if err := syscall.Stat(node, &st); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Stat(dev, &want)
+	if st.Mode&syscall.S_IFMT != syscall.S_IFBLK || st.Rdev != want.Rdev {
+		t.Fatalf("jail node: mode %o rdev %d, want a block device %d", st.Mode, st.Rdev, want.Rdev)
+	}
+	if st.Uid != 4242 || st.Gid != 4243 || st.Mode&0o777 != 0o600 {
+		t.Fatalf("jail node owned by %d:%d mode %o, want 4242:4243 0600", st.Uid, st.Gid, st.Mode&0o777)
+	}
+	f, err := os.OpenFile(node, os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("SKIP: the temp dir does not allow device nodes (nodev): %v", err)
+	}
+	if _, err := f.WriteAt([]byte("through the jail"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Sync()
+	f.Close()
+	b, _ := os.ReadFile(backing)
+	if string(b[4096:4096+16]) != "through the jail" {
+		t.Fatal("a write through the jail's node did not reach the device")
+	}
 }

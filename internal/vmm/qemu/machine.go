@@ -376,6 +376,11 @@ func (d *Driver) args(cfg *vmm.Config, fds *files, l launch) ([]string, error) {
 		// set QEMU's own lock bytes refused a restore's activation
 		// ("Failed to get shared write lock").
 		drive := fmt.Sprintf("id=%s,file=/dev/fdset/%d,format=raw,if=none,cache=unsafe,discard=unmap,file.locking=off", id, set)
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0 {
+			// A block device (a layered disk): QEMU's "file" driver
+			// takes only regular files.
+			drive += ",file.driver=host_device"
+		}
 		if disk.ReadOnly {
 			drive += ",readonly=on"
 		}
