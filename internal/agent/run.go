@@ -173,6 +173,14 @@ func (srv *Server) launch(s *session, id uint32, req *agentproto.ExecRequest) (*
 		return fail(fmt.Errorf("start %s: %w", req.Argv[0], err))
 	}
 	cleanup = append(cleanup, started.done)
+	if started.stdio != nil { // a spare: its pipes are the program's
+		p.stdin.Close()
+		p.stdin, stdinW = started.stdio[0], started.stdio[0]
+		for i := range outputs {
+			outputs[i].f.Close()
+			outputs[i].f = started.stdio[1+i]
+		}
+	}
 	p.pid = started.pid
 	p.info = agentproto.ProcessInfo{
 		PID: p.pid, Tag: req.Tag, Argv: req.Argv, Env: req.Env, Dir: dir, User: req.User,
@@ -321,6 +329,9 @@ type process struct {
 	prewarmed bool
 	wait      func() (syscall.WaitStatus, time.Duration, int64, error)
 	done      func() // releases what starting it held
+	// stdio, if set, replace the agent's ends of the exec's stdin, stdout
+	// and stderr pipes: a spare came with pipes of its own.
+	stdio []*os.File
 }
 
 // startProcess starts a request's command: forked from the prewarmed
@@ -328,6 +339,19 @@ type process struct {
 // the user filter when the agent confines commands.
 func (srv *Server) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cgroup, stdio []*os.File) (*process, error) {
 	c := &srv.cfg
+	if req.Prewarmed && req.PTY == nil {
+		uid := -1
+		if cr := cmd.SysProcAttr.Credential; cr != nil {
+			uid = int(cr.Uid)
+		}
+		p, err := srv.runSpare(req.Argv, cmd.Env, cmd.Dir, uid, cg)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, errPrewarmUnavailable) {
+			srv.log.Warn("prewarmed runtime not used", "err", err)
+		}
+	}
 	if req.Prewarmed && req.PTY == nil && c.prewarm.alive() && c.prewarm.mu.TryLock() {
 		pp, err := c.prewarm.spawn(req.Argv, cmd.Env, cmd.Dir, stdio[0], stdio[1], stdio[2])
 		if err == nil && cg != nil {

@@ -134,7 +134,8 @@ func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Sn
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		err := vm.Agent.Prewarm(pctx, agentproto.PrewarmRequest{
 			Argv: e.Prewarm.Run, Env: e.Env, Dir: image.PrewarmDir,
-			Files: []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
+			Files:  []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
+			Spares: e.Prewarm.Spares,
 		})
 		cancel()
 		if err != nil {
