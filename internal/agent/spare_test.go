@@ -26,6 +26,7 @@ func startCatalogRuntime(t *testing.T, name, bin string, cfg Config) (*agentprot
 		t.Skipf("needs %s", bin)
 	}
 	var e struct {
+		Env     []string       `toml:"env"`
 		Prewarm catalogPrewarm `toml:"prewarm"`
 	}
 	if _, err := toml.DecodeFile(filepath.Join("../../languages", name+".toml"), &e); err != nil {
@@ -41,7 +42,7 @@ func startCatalogRuntime(t *testing.T, name, bin string, cfg Config) (*agentprot
 		argv[i] = strings.ReplaceAll(a, "/tmp/.runtime", dir)
 	}
 	if err := c.Prewarm(ctx10(t), agentproto.PrewarmRequest{
-		Argv: argv, Dir: dir, Spares: e.Prewarm.Spares,
+		Argv: argv, Dir: dir, Env: e.Env, Spares: e.Prewarm.Spares,
 		Files: []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
 	}); err != nil {
 		t.Fatal(err)
@@ -139,3 +140,61 @@ for (const p of fs.readdirSync("/proc")) {
     if (fs.readFileSync("/proc/" + p + "/cmdline", "utf8").includes(process.env.SPARES)) process.kill(Number(p), "SIGKILL");
   } catch {}
 }`
+
+// TypeScript's resident compiler gives what tsc gives: for each program,
+// a prewarmed compile prints the same diagnostics, exits with the same
+// code and emits the same JavaScript as tsc run the ordinary way; and a
+// compile does not see what an earlier one compiled.
+func TestTypeScriptResidentCompiler(t *testing.T) {
+	if _, err := os.Stat("/usr/local/lib/node_modules/typescript/bin/tsc"); err != nil {
+		t.Skip("needs typescript in /usr/local/lib/node_modules (the typescript image has it)")
+	}
+	var e struct {
+		Compile []string `toml:"compile"`
+		Env     []string `toml:"env"`
+	}
+	if _, err := toml.DecodeFile("../../languages/typescript.toml", &e); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := startCatalogRuntime(t, "typescript", "/usr/bin/node", Config{})
+	compile := func(files map[string]string, argv []string, prewarmed bool) (result, string) {
+		dir := t.TempDir()
+		var fs []agentproto.File
+		for p, content := range files {
+			fs = append(fs, agentproto.File{Path: p, Content: []byte(content)})
+		}
+		r := run(t, c, agentproto.ExecRequest{Argv: argv, Dir: dir, Env: e.Env, Files: fs, Prewarmed: prewarmed})
+		js, _ := os.ReadFile(filepath.Join(dir, "main.js"))
+		r.stdout = strings.ReplaceAll(r.stdout, dir, "DIR")
+		return r, string(js)
+	}
+	cases := []struct {
+		name  string
+		files map[string]string
+		argv  []string
+	}{
+		{"ok", map[string]string{"main.ts": "const n: number = 6 * 7;\nconsole.log(`n=${n}`);\n"}, e.Compile},
+		{"global from an earlier compile", map[string]string{"main.ts": "console.log(leak);\n"}, e.Compile},
+		{"type error", map[string]string{"main.ts": "const s: string = 42;\nconsole.log(undefinedName);\n"}, e.Compile},
+		{"syntax error", map[string]string{"main.ts": "function (\n"}, e.Compile},
+		{"modules", map[string]string{"main.ts": "import { answer } from \"./helper\";\nconsole.log(answer());\n",
+			"helper.ts": "export const answer = (): number => 42;\n"}, e.Compile},
+		{"other options", map[string]string{"main.ts": "let x = 1; x = 'a';\n"}, append(append([]string{}, e.Compile[:4]...), "main.ts")},
+		{"version", nil, append(append([]string{}, e.Compile[:4]...), "--version")},
+	}
+	// A compile that declares a global, before the one that uses it.
+	if r, _ := compile(map[string]string{"main.ts": "declare global { var leak: number }\nexport {};\n"}, e.Compile, true); !r.Prewarmed || r.Code != 0 {
+		t.Fatalf("declaring compile: prewarmed %v, code %d, stdout %q, stderr %q", r.Prewarmed, r.Code, r.stdout, r.stderr)
+	}
+	for _, tc := range cases {
+		warm, warmJS := compile(tc.files, tc.argv, true)
+		cold, coldJS := compile(tc.files, tc.argv, false)
+		if !warm.Prewarmed {
+			t.Fatalf("%s: the compile did not use the resident compiler (stderr %q)", tc.name, warm.stderr)
+		}
+		if warm.stdout != cold.stdout || warm.stderr != cold.stderr || warm.Code != cold.Code || warmJS != coldJS {
+			t.Fatalf("%s: prewarmed gave code %d, stdout %q, stderr %q, js %q;\ntsc gave code %d, stdout %q, stderr %q, js %q",
+				tc.name, warm.Code, warm.stdout, warm.stderr, warmJS, cold.Code, cold.stdout, cold.stderr, coldJS)
+		}
+	}
+}
