@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -363,7 +364,7 @@ func (sp *sparePool) replenish(c *Config) {
 func (srv *Server) runSpare(argv, env []string, dir string, uid int, cg *cgroup) (*process, error) {
 	c := &srv.cfg
 	sp := c.spares
-	if sp == nil || uid != c.UID {
+	if sp == nil || uid != c.UID || !sp.accepts(argv) {
 		return nil, errPrewarmUnavailable
 	}
 	var msg bytes.Buffer
@@ -437,6 +438,24 @@ func (srv *Server) runSpare(argv, env []string, dir string, uid int, cg *cgroup)
 		},
 		done: func() { sp.replenish(c) },
 	}, nil
+}
+
+// accepts says whether argv is a command line the spares may run.
+func (sp *sparePool) accepts(argv []string) bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.spec == nil {
+		return false
+	}
+	if len(sp.spec.Accept) == 0 {
+		return true
+	}
+	for _, pre := range sp.spec.Accept {
+		if len(argv) >= len(pre) && slices.Equal(argv[:len(pre)], pre) {
+			return true
+		}
+	}
+	return false
 }
 
 // procCPU is the CPU time pid has used so far (0 if unknown).

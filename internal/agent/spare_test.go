@@ -12,10 +12,11 @@ import (
 
 // catalogPrewarm is the [prewarm] table of a catalog entry.
 type catalogPrewarm struct {
-	Run    []string `toml:"run"`
-	File   string   `toml:"file"`
-	Code   string   `toml:"code"`
-	Spares int      `toml:"spares"`
+	Run    []string   `toml:"run"`
+	File   string     `toml:"file"`
+	Code   string     `toml:"code"`
+	Spares int        `toml:"spares"`
+	Accept [][]string `toml:"accept"`
 }
 
 // startCatalogRuntime starts the prewarmed runtime of languages/NAME.toml
@@ -42,7 +43,7 @@ func startCatalogRuntime(t *testing.T, name, bin string, cfg Config) (*agentprot
 		argv[i] = strings.ReplaceAll(a, "/tmp/.runtime", dir)
 	}
 	if err := c.Prewarm(ctx10(t), agentproto.PrewarmRequest{
-		Argv: argv, Dir: dir, Env: e.Env, Spares: e.Prewarm.Spares,
+		Argv: argv, Dir: dir, Env: e.Env, Spares: e.Prewarm.Spares, Accept: e.Prewarm.Accept,
 		Files: []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
 	}); err != nil {
 		t.Fatal(err)

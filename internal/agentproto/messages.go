@@ -111,6 +111,9 @@ type PrewarmRequest struct {
 	// Its stdin, stdout and stderr are pipes the agent made for it, which
 	// become the exec's; the agent is its parent and collects its exit.
 	Spares int `json:"spares,omitempty"`
+	// Accept, for spares, lists prefixes of the argv they run; an exec
+	// that matches none runs the ordinary way at once. Empty: any.
+	Accept [][]string `json:"accept,omitempty"`
 }
 
 // MaxSpares bounds PrewarmRequest.Spares.
@@ -124,6 +127,14 @@ func (r *PrewarmRequest) Validate() error {
 	}
 	if r.Spares < 0 || r.Spares > MaxSpares {
 		return fmt.Errorf("%w: %d spares, at most %d", ErrMalformed, r.Spares, MaxSpares)
+	}
+	if len(r.Accept) > MaxSpares*4 {
+		return fmt.Errorf("%w: %d accepted command lines, at most %d", ErrMalformed, len(r.Accept), MaxSpares*4)
+	}
+	for _, a := range r.Accept {
+		if len(a) == 0 || len(a) > 64 {
+			return fmt.Errorf("%w: an accepted command line has %d words, want 1 to 64", ErrMalformed, len(a))
+		}
 	}
 	return e.Validate()
 }

@@ -116,6 +116,11 @@ type Prewarm struct {
 	// waiting, hands each one run, and starts another in its place (see
 	// agentproto.PrewarmRequest). 0 means a fork server.
 	Spares int `toml:"spares" json:"spares,omitempty"`
+	// Accept lists the command lines (as prefixes of argv) that spares
+	// run; an exec that matches none runs the ordinary way without
+	// waiting for one (typescript's spares compile, and do not run
+	// node main.js).
+	Accept [][]string `toml:"accept" json:"accept,omitempty"`
 }
 
 // PrewarmDir is where a prewarmed runtime's file lives in the guest.
@@ -303,6 +308,9 @@ func (e *Entry) Validate() error {
 			}
 			if p.Spares < 0 || p.Spares > agentproto.MaxSpares {
 				add("prewarm.spares %d: want 0 (a fork server) to %d", p.Spares, agentproto.MaxSpares)
+			}
+			if len(p.Accept) > 0 && p.Spares == 0 {
+				add("prewarm.accept is for spares")
 			}
 		}
 	}

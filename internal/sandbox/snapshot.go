@@ -139,7 +139,7 @@ func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Sn
 		err := vm.Agent.Prewarm(pctx, agentproto.PrewarmRequest{
 			Argv: e.Prewarm.Run, Env: e.Env, Dir: image.PrewarmDir,
 			Files:  []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
-			Spares: e.Prewarm.Spares, ReadyMillis: (wait / time.Duration(2+e.Prewarm.Spares)).Milliseconds(),
+			Spares: e.Prewarm.Spares, Accept: e.Prewarm.Accept, ReadyMillis: (wait / time.Duration(2+e.Prewarm.Spares)).Milliseconds(),
 		})
 		cancel()
 		if err != nil {
