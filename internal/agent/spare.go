@@ -287,6 +287,13 @@ func (sp *sparePool) take(c *Config) *spare {
 			warming = true
 		}
 		left := time.Until(deadline)
+		if s == nil && warming && left <= 0 { // this exec runs the ordinary way: do not compete with it
+			sp.mu.Lock()
+			for _, w := range sp.warming {
+				setPriority(w.cmd.Process.Pid, true /* idle */)
+			}
+			sp.mu.Unlock()
+		}
 		if s != nil || !warming || left <= 0 {
 			return s
 		}

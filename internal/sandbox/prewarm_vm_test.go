@@ -34,7 +34,10 @@ func TestPrewarmedRuntimesAreFresh(t *testing.T) {
 	cases := []struct {
 		lang   string
 		random string // prints random numbers
-		steps  []prewarmStep
+		// restore for each step (from the one snapshot): a replacement
+		// resident compiler takes longer to warm up than a compile.
+		restoreEach bool
+		steps       []prewarmStep
 	}{
 		{lang: "nodejs", random: `console.log(Math.random(), require("crypto").randomUUID())`, steps: []prewarmStep{
 			{name: "patch", code: `globalThis.leak = 1; require("fs").leak = 1; Math.max = () => 0;
@@ -45,7 +48,7 @@ console.log(typeof leak, fs.leak, Math.max(1, 2), require("./helper").v, fs.read
 				files: map[string]string{"helper.js": `exports.v = "two";`}, stdout: "undefined undefined 2 two true\n"},
 			{name: "error", code: `throw new Error("boom")`, contains: "Error: boom", code3: 1},
 			{name: "exit", code: `console.log("bye"); process.exit(3)`, stdout: "bye\n", code3: 3},
-			{name: "kill the runtime", code: `try { process.kill(-1, "SIGKILL") } catch {}`, code3: -1, any: true},
+			{name: "kill the runtime", code: `process.kill(-1, "SIGKILL")`, any: true},
 			{name: "after", code: `console.log("alive")`, stdout: "alive\n", any: true},
 		}},
 		{lang: "ruby", random: `puts rand, Random.new_seed`, steps: []prewarmStep{
@@ -55,10 +58,10 @@ console.log(typeof leak, fs.leak, Math.max(1, 2), require("./helper").v, fs.read
 				files: map[string]string{"helper.rb": "V = 'two'"}, stdout: "[nil, 2, nil, \"two\", true, true]\n"},
 			{name: "error", code: `raise "boom"`, contains: "main.rb:1:in `<main>': boom (RuntimeError)", code3: 1},
 			{name: "exit", code: "puts 'bye'\nexit 3", stdout: "bye\n", code3: 3},
-			{name: "kill the runtime", code: `Process.kill(:KILL, -1) rescue nil`, code3: -1, any: true},
+			{name: "kill the runtime", code: `Process.kill(:KILL, -1) rescue nil`, any: true},
 			{name: "after", code: `puts "alive"`, stdout: "alive\n", any: true},
 		}},
-		{lang: "typescript", random: `console.log(Math.random())`, steps: []prewarmStep{
+		{lang: "typescript", random: `console.log(Math.random())`, restoreEach: true, steps: []prewarmStep{
 			{name: "declare", code: "declare global { var leak: number }\nglobalThis.leak = 1;\nconsole.log(`n=${6 * 7}`);\nexport {};\n", stdout: "n=42\n"},
 			{name: "fresh", code: "console.log(leak);\n", compile: true, contains: "Cannot find name 'leak'"},
 		}},
@@ -97,6 +100,7 @@ console.log(typeof leak, fs.leak, Math.max(1, 2), require("./helper").v, fs.read
 					t.Fatalf("%s: did not use the prewarmed runtime: %+v %+v\n%s%s%s\nconsole: %s", s.name, res.Compile, res.Run,
 						cout.String(), out.String(), errb.String(), vm.Machine.Console(4096))
 				}
+				t.Logf("%s: compile %+v, run %+v", s.name, res.Compile, res.Run)
 				all := cout.String() + out.String() + errb.String()
 				if (s.contains == "" && out.String() != s.stdout) || !strings.Contains(all, s.contains) ||
 					strings.Contains(all, "spare") || (!s.compile && step.Code != s.code3) {
@@ -115,9 +119,13 @@ console.log(typeof leak, fs.leak, Math.max(1, 2), require("./helper").v, fs.read
 				return vm
 			}
 			vm := acquire()
-			defer vm.Close()
+			defer func() { vm.Close() }()
 			first, _ := run(vm, prewarmStep{name: "random", code: tc.random, contains: "0."})
 			for _, s := range tc.steps {
+				if tc.restoreEach {
+					vm.Close()
+					vm = acquire()
+				}
 				run(vm, s)
 			}
 			vm2 := acquire()
