@@ -304,7 +304,7 @@ func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, o
 			res.CPUMillis = st.cpu.Milliseconds()
 		}
 		if st.peak > 0 {
-			res.MemoryBytes = st.peak
+			res.MemoryBytes = st.peak + started.memBase
 		}
 		oom = st.oomKills > 0
 	}
@@ -332,6 +332,9 @@ type process struct {
 	// stdio, if set, replace the agent's ends of the exec's stdin, stdout
 	// and stderr pipes: a spare came with pipes of its own.
 	stdio []*os.File
+	// memBase is memory the process had before it joined its cgroup (a
+	// spare's loaded runtime), charged elsewhere; it counts in the peak.
+	memBase int64
 }
 
 // startProcess starts a request's command: forked from the prewarmed

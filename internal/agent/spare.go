@@ -412,10 +412,15 @@ func (srv *Server) runSpare(argv, env []string, dir string, uid int, cg *cgroup)
 		return nil, fmt.Errorf("prewarm: unexpected answer %q", answer)
 	}
 	pid := s.cmd.Process.Pid
+	base := procAnonRSS(pid)
 	if cg != nil {
 		if err := cg.add(pid); err != nil {
 			return nil, fmt.Errorf("prewarm: %w", err)
 		}
+		// What the spare allocated while it loaded stays charged to the
+		// spares' cgroup; a plain run would have charged it to its own, so
+		// it comes off this one's memory limit.
+		shrinkMemoryMax(cg, base)
 	}
 	// A replacement waited at idle priority; a run gets the usual one.
 	setPriority(pid, false /* idle */)
@@ -428,7 +433,7 @@ func (srv *Server) runSpare(argv, env []string, dir string, uid int, cg *cgroup)
 	s.ctl.Close()
 	ok = true
 	return &process{
-		pid: pid, prewarmed: true, stdio: s.stdio[:],
+		pid: pid, prewarmed: true, stdio: s.stdio[:], memBase: base,
 		wait: func() (syscall.WaitStatus, time.Duration, int64, error) {
 			<-s.dead
 			st := s.cmd.ProcessState
@@ -463,6 +468,36 @@ func (sp *sparePool) accepts(argv []string) bool {
 		}
 	}
 	return false
+}
+
+// procAnonRSS is pid's resident anonymous memory in bytes (0 if unknown).
+func procAnonRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "RssAnon:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// shrinkMemoryMax lowers cg's memory limit by base bytes, to no less
+// than a MiB.
+func shrinkMemoryMax(cg *cgroup, base int64) {
+	f := filepath.Join(cg.dir, "memory.max")
+	b, err := os.ReadFile(f)
+	if err != nil || base <= 0 {
+		return
+	}
+	limit, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil { // "max": no limit
+		return
+	}
+	_ = os.WriteFile(f, []byte(strconv.FormatInt(max(limit-base, 1<<20), 10)), 0)
 }
 
 // procCPU is the CPU time pid has used so far (0 if unknown).
