@@ -173,6 +173,9 @@ func (srv *Server) launch(s *session, id uint32, req *agentproto.ExecRequest) (*
 		return fail(fmt.Errorf("start %s: %w", req.Argv[0], err))
 	}
 	cleanup = append(cleanup, started.done)
+	if !started.began.IsZero() {
+		start = started.began
+	}
 	if started.stdio != nil { // a spare: its pipes are the program's
 		p.stdin.Close()
 		p.stdin, stdinW = started.stdio[0], started.stdio[0]
@@ -335,6 +338,9 @@ type process struct {
 	// memBase is memory the process had before it joined its cgroup (a
 	// spare's loaded runtime), charged elsewhere; it counts in the peak.
 	memBase int64
+	// began, if set, is when the program started: waiting for a spare is
+	// not part of its wall time.
+	began time.Time
 }
 
 // startProcess starts a request's command: forked from the prewarmed

@@ -427,13 +427,14 @@ func (srv *Server) runSpare(argv, env []string, dir string, uid int, cg *cgroup)
 	cpu0 := procCPU(pid) // what loading took, not the run's
 	drain(s.stdio[1])
 	drain(s.stdio[2])
+	began := time.Now()
 	if _, err := s.ctl.Write([]byte("go")); err != nil {
 		return nil, fmt.Errorf("prewarm: start run: %w", err)
 	}
 	s.ctl.Close()
 	ok = true
 	return &process{
-		pid: pid, prewarmed: true, stdio: s.stdio[:], memBase: base,
+		pid: pid, prewarmed: true, stdio: s.stdio[:], memBase: base, began: began,
 		wait: func() (syscall.WaitStatus, time.Duration, int64, error) {
 			<-s.dead
 			st := s.cmd.ProcessState
