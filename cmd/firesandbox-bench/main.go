@@ -37,6 +37,8 @@ func main() {
 	flag.Parse()
 	var err error
 	switch {
+	case *prewarmOnly:
+		err = prewarmTable(context.Background(), *dataDir)
 	case *networkOnly:
 		err = networkTable(context.Background(), *dataDir, *lang, *n)
 	case *forwardingOnly:
@@ -200,6 +202,9 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		return err
 	}
 	if err := networkTable(ctx, dataDir, lang, n); err != nil {
+		return err
+	}
+	if err := prewarmTable(ctx, dataDir); err != nil {
 		return err
 	}
 	return formatTable(ctx, mgr)

@@ -31,7 +31,12 @@ type Config struct {
 	// BootTime is when the guest started, for Hello's uptime.
 	BootTime time.Time
 
+	// SetClock sets the system clock (the guest's agent does; nil leaves
+	// it alone). Spares start with the clock set back: see clockSkew.
+	SetClock func(time.Time) error
+
 	prewarm *prewarmer // set by NewServer
+	spares  *sparePool // set by NewServer
 }
 
 // defaultPath is the PATH commands get unless the request sets one.

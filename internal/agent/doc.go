@@ -25,5 +25,7 @@
 // users.go (guest users, per-thread file identity), fileops.go (file calls
 // resolved with openat2), watch.go (inotify), paths.go and files.go (the
 // exec's working directory and its files), handlers_*.go (requests),
-// server.go (the channel), cgroup.go, prewarm.go, init_linux.go (PID 1).
+// server.go (the channel), cgroup.go, prewarm.go (a fork server) and
+// spare.go (spares, for runtimes that cannot fork): prewarmed runtimes,
+// init_linux.go (PID 1).
 package agent

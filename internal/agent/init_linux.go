@@ -109,6 +109,10 @@ func Init(version string, log *slog.Logger) error {
 		BootTime:     boot.Add(-uptime()),
 		Shutdown:     powerOff,
 		Resync:       resync,
+		SetClock: func(t time.Time) error {
+			tv := unix.NsecToTimeval(t.UnixNano())
+			return unix.Settimeofday(&tv)
+		},
 	}, log)
 	return serveChannel(gc.Channel, srv, log)
 }

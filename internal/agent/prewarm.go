@@ -65,12 +65,15 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 		return err
 	}
 	p := c.prewarm
-	if p == nil {
+	if p == nil || c.spares == nil {
 		return errors.New("prewarm: not supported by this agent's configuration")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.alive() {
+	c.spares.mu.Lock()
+	spares := c.spares.spec != nil
+	c.spares.mu.Unlock()
+	if p.alive() || spares {
 		return errors.New("prewarm: a runtime is already running")
 	}
 	wd, err := c.openDir(req.Dir, true)
@@ -81,6 +84,9 @@ func (c *Config) startPrewarm(req *agentproto.PrewarmRequest) error {
 	wd.Close()
 	if err != nil {
 		return err
+	}
+	if req.Spares > 0 {
+		return c.startSpares(req)
 	}
 	argv0, err := c.lookPath(req.Argv[0], req.Env)
 	if err != nil {

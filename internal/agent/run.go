@@ -173,6 +173,17 @@ func (srv *Server) launch(s *session, id uint32, req *agentproto.ExecRequest) (*
 		return fail(fmt.Errorf("start %s: %w", req.Argv[0], err))
 	}
 	cleanup = append(cleanup, started.done)
+	if !started.began.IsZero() {
+		start = started.began
+	}
+	if started.stdio != nil { // a spare: its pipes are the program's
+		p.stdin.Close()
+		p.stdin, stdinW = started.stdio[0], started.stdio[0]
+		for i := range outputs {
+			outputs[i].f.Close()
+			outputs[i].f = started.stdio[1+i]
+		}
+	}
 	p.pid = started.pid
 	p.info = agentproto.ProcessInfo{
 		PID: p.pid, Tag: req.Tag, Argv: req.Argv, Env: req.Env, Dir: dir, User: req.User,
@@ -296,7 +307,7 @@ func (srv *Server) supervise(p *proc, started *process, lim agentproto.Limits, o
 			res.CPUMillis = st.cpu.Milliseconds()
 		}
 		if st.peak > 0 {
-			res.MemoryBytes = st.peak
+			res.MemoryBytes = st.peak + started.memBase
 		}
 		oom = st.oomKills > 0
 	}
@@ -321,6 +332,15 @@ type process struct {
 	prewarmed bool
 	wait      func() (syscall.WaitStatus, time.Duration, int64, error)
 	done      func() // releases what starting it held
+	// stdio, if set, replace the agent's ends of the exec's stdin, stdout
+	// and stderr pipes: a spare came with pipes of its own.
+	stdio []*os.File
+	// memBase is memory the process had before it joined its cgroup (a
+	// spare's loaded runtime), charged elsewhere; it counts in the peak.
+	memBase int64
+	// began, if set, is when the program started: waiting for a spare is
+	// not part of its wall time.
+	began time.Time
 }
 
 // startProcess starts a request's command: forked from the prewarmed
@@ -328,6 +348,19 @@ type process struct {
 // the user filter when the agent confines commands.
 func (srv *Server) startProcess(req *agentproto.ExecRequest, cmd *exec.Cmd, cg *cgroup, stdio []*os.File) (*process, error) {
 	c := &srv.cfg
+	if req.Prewarmed && req.PTY == nil {
+		uid := -1
+		if cr := cmd.SysProcAttr.Credential; cr != nil {
+			uid = int(cr.Uid)
+		}
+		p, err := srv.runSpare(req.Argv, cmd.Env, cmd.Dir, uid, cg)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, errPrewarmUnavailable) {
+			srv.log.Warn("prewarmed runtime not used", "err", err)
+		}
+	}
 	if req.Prewarmed && req.PTY == nil && c.prewarm.alive() && c.prewarm.mu.TryLock() {
 		pp, err := c.prewarm.spawn(req.Argv, cmd.Env, cmd.Dir, stdio[0], stdio[1], stdio[2])
 		if err == nil && cg != nil {

@@ -33,6 +33,7 @@ func NewServer(cfg Config, log *slog.Logger) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg.prewarm = &prewarmer{}
+	cfg.spares = &sparePool{}
 	return &Server{cfg: cfg, log: log, watches: make(chan struct{}, agentproto.MaxWatches)}
 }
 

@@ -95,13 +95,46 @@ type PrewarmRequest struct {
 	Files []File   `json:"files,omitempty"`
 	// ReadyMillis bounds the wait for the runtime's ready message.
 	ReadyMillis int64 `json:"ready_ms,omitempty"`
+	// Spares, when above 0, starts that many copies of the runtime instead
+	// of one fork server. Each copy loads, says "ready" on its fd 3 and
+	// waits; a prewarmed exec takes one ready copy, which becomes the
+	// program (its own process, already loaded), and the agent starts a
+	// replacement at idle priority. For runtimes that cannot fork. The
+	// copy's protocol, one SOCK_SEQPACKET message each:
+	//
+	//	spare -> agent  "ready"                         once, when loaded
+	//	agent -> spare  "run\0" cwd "\0" argc "\0" argv... env...  (NUL-separated)
+	//	spare -> agent  "ok", or "no <reason>" and it waits again
+	//	agent           moves the spare into the exec's cgroup
+	//	agent -> spare  "go"; the spare closes fd 3 and runs the program
+	//
+	// Its stdin, stdout and stderr are pipes the agent made for it, which
+	// become the exec's; the agent is its parent and collects its exit.
+	Spares int `json:"spares,omitempty"`
+	// Accept, for spares, lists prefixes of the argv they run; an exec
+	// that matches none runs the ordinary way at once. Empty: any.
+	Accept [][]string `json:"accept,omitempty"`
 }
+
+// MaxSpares bounds PrewarmRequest.Spares.
+const MaxSpares = 4
 
 // Validate checks a PrewarmRequest.
 func (r *PrewarmRequest) Validate() error {
 	e := ExecRequest{Argv: r.Argv, Env: r.Env, Dir: r.Dir, Files: r.Files}
 	if r.Dir == "" {
 		return fmt.Errorf("%w: prewarm needs a directory", ErrMalformed)
+	}
+	if r.Spares < 0 || r.Spares > MaxSpares {
+		return fmt.Errorf("%w: %d spares, at most %d", ErrMalformed, r.Spares, MaxSpares)
+	}
+	if len(r.Accept) > MaxSpares*4 {
+		return fmt.Errorf("%w: %d accepted command lines, at most %d", ErrMalformed, len(r.Accept), MaxSpares*4)
+	}
+	for _, a := range r.Accept {
+		if len(a) == 0 || len(a) > 64 {
+			return fmt.Errorf("%w: an accepted command line has %d words, want 1 to 64", ErrMalformed, len(a))
+		}
 	}
 	return e.Validate()
 }

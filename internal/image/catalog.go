@@ -105,11 +105,22 @@ func (e *Entry) Key() string { return e.Name + "@" + e.Version }
 func (e *Entry) Default() bool { return e.label == "" }
 
 // Prewarm is a language's prewarmed runtime: a program (File, with Code as
-// its content) started with Run that serves fork requests on fd 3.
+// its content) started with Run that serves fork requests on fd 3, or,
+// with Spares, that many copies of it, each of which becomes one run.
 type Prewarm struct {
 	Run  []string `toml:"run" json:"run"`
 	File string   `toml:"file" json:"file"`
 	Code string   `toml:"code" json:"code"`
+	// Spares is for runtimes that cannot fork (Node.js: V8 is
+	// multi-threaded): the agent keeps this many started, loaded copies
+	// waiting, hands each one run, and starts another in its place (see
+	// agentproto.PrewarmRequest). 0 means a fork server.
+	Spares int `toml:"spares" json:"spares,omitempty"`
+	// Accept lists the command lines (as prefixes of argv) that spares
+	// run; an exec that matches none runs the ordinary way without
+	// waiting for one (typescript's spares compile, and do not run
+	// node main.js).
+	Accept [][]string `toml:"accept" json:"accept,omitempty"`
 }
 
 // PrewarmDir is where a prewarmed runtime's file lives in the guest.
@@ -294,6 +305,12 @@ func (e *Entry) Validate() error {
 		if p := e.Prewarm; p != nil {
 			if len(p.Run) == 0 || p.Code == "" || strings.Contains(p.File, "/") || agentproto.ValidateRelPath(p.File) != nil {
 				add("prewarm needs run, a plain file name and code")
+			}
+			if p.Spares < 0 || p.Spares > agentproto.MaxSpares {
+				add("prewarm.spares %d: want 0 (a fork server) to %d", p.Spares, agentproto.MaxSpares)
+			}
+			if len(p.Accept) > 0 && p.Spares == 0 {
+				add("prewarm.accept is for spares")
 			}
 		}
 	}

@@ -106,7 +106,7 @@ func (it *Interactive) Compile(ctx context.Context, stdout, stderr io.Writer) (*
 		return nil, fmt.Errorf("%w: compile runs once", ErrBadRequest)
 	}
 	req := agentproto.ExecRequest{Argv: it.prog.Compile, Env: it.prog.Env, Dir: workDir, Files: files,
-		Limits: stepLimits(it.vm, it.prog, it.req.CompileLimits)}
+		Limits: stepLimits(it.vm, it.prog, it.req.CompileLimits), Prewarmed: it.prog.Prewarm != nil}
 	p, err := it.startStage(ctx, req, stdout, stderr, false)
 	if err != nil {
 		return nil, fmt.Errorf("compile %s: %w", it.prog.Name, err)

@@ -140,7 +140,8 @@ func (m *Manager) execProgram(ctx context.Context, vm *VM, e *image.Entry, dir s
 	if len(e.Compile) > 0 {
 		res.Compile, err = execBounded(ctx, vm, agentproto.ExecRequest{
 			Argv: e.Compile, Env: e.Env, Dir: dir, Files: files,
-			Limits: stepLimits(vm, e, compileLim),
+			Limits:    stepLimits(vm, e, compileLim),
+			Prewarmed: e.Prewarm != nil, // a resident compiler (typescript's); else run normally
 		}, orDiscard(out.CompileStdout), orDiscard(out.CompileStderr))
 		if err != nil {
 			return nil, fmt.Errorf("compile %s: %w", e.Name, err)

@@ -131,10 +131,15 @@ func (m *Manager) createSnapshot(ctx context.Context, t *Template) (*snapshot.Sn
 	}
 	defer vm.Close()
 	if e := m.prewarmEntry(t.Entry); e != nil {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		wait := 2 * time.Minute
+		if e.Prewarm.Spares > 0 { // each loads and warms up in turn (typescript's compiles a program)
+			wait = time.Duration(2+e.Prewarm.Spares) * 2 * time.Minute
+		}
+		pctx, cancel := context.WithTimeout(ctx, wait)
 		err := vm.Agent.Prewarm(pctx, agentproto.PrewarmRequest{
 			Argv: e.Prewarm.Run, Env: e.Env, Dir: image.PrewarmDir,
-			Files: []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
+			Files:  []agentproto.File{{Path: e.Prewarm.File, Content: []byte(e.Prewarm.Code)}},
+			Spares: e.Prewarm.Spares, Accept: e.Prewarm.Accept, ReadyMillis: (wait / time.Duration(2+e.Prewarm.Spares)).Milliseconds(),
 		})
 		cancel()
 		if err != nil {
