@@ -55,7 +55,7 @@ image: build
 	$(FS) image build python
 
 # The images the VM tests run: see RepresentativeLanguages in internal/sandbox.
-TEST_LANGS := python bash c nodejs code-interpreter
+TEST_LANGS := python bash c nodejs ruby typescript code-interpreter
 test-images: build
 	$(FS) image build $(TEST_LANGS)
 
