@@ -20,17 +20,11 @@ import (
 // what an idle sandbox costs on the host's disk.
 func sandboxTable(ctx context.Context, mgr *sandbox.Manager, lang string, n int) error {
 	const diskMiB = 1024
-	stateDir, err := os.MkdirTemp(mgr.Config().DataDir, ".bench-sandboxes-")
+	s, stateDir, done, err := benchSandboxes(ctx, mgr, ".bench-sandboxes-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(stateDir)
-	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{StateDir: stateDir}, nil)
-	if err != nil {
-		return err
-	}
-	defer svc.Close(ctx)
-	s := svc.Sandboxes
+	defer done()
 	e, err := mgr.Catalog().Lookup(lang, "")
 	if err != nil {
 		return err
@@ -226,17 +220,11 @@ func layeringTable(ctx context.Context, cfg sandbox.Config, lang string, n, disk
 		}
 		if err := func() error {
 			defer mgr.Close()
-			stateDir, err := os.MkdirTemp(cfg.DataDir, ".bench-layering-")
+			s, stateDir, done, err := benchSandboxes(ctx, mgr, ".bench-layering-")
 			if err != nil {
 				return err
 			}
-			defer os.RemoveAll(stateDir)
-			svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{StateDir: stateDir}, nil)
-			if err != nil {
-				return err
-			}
-			defer svc.Close(ctx)
-			s := svc.Sandboxes
+			defer done()
 			create := &series{name: string(l)}
 			var fresh, extra int64
 			for i := 0; i < n; i++ {
@@ -300,4 +288,20 @@ func dirAllocated(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// benchSandboxes opens a Service of mgr over a state directory of its own
+// (under the data directory, so disk copies stay on its file system); done
+// closes the Service and removes the directory.
+func benchSandboxes(ctx context.Context, mgr *sandbox.Manager, prefix string) (s *sandbox.Sandboxes, stateDir string, done func(), err error) {
+	stateDir, err = os.MkdirTemp(mgr.Config().DataDir, prefix)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	svc, err := sandbox.OpenService(mgr, sandbox.ServiceConfig{StateDir: stateDir}, nil)
+	if err != nil {
+		os.RemoveAll(stateDir)
+		return nil, "", nil, err
+	}
+	return svc.Sandboxes, stateDir, func() { svc.Close(ctx); os.RemoveAll(stateDir) }, nil
 }
