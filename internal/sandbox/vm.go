@@ -43,14 +43,36 @@ type VM struct {
 	net      *vmNet // its network, if its template has a device (network.go)
 }
 
-// Timings are the parts of a VM's start.
+// Timings are the parts of a VM's start: Start, Hello and Resync add up
+// to Ready, and Process, Incoming and Resume are the VMM's share of Start.
 type Timings struct {
-	// Start is the driver's Boot or Restore call.
-	Start time.Duration
-	// Hello is from then to the agent's Hello.
-	Hello time.Duration
+	// Start is the host's part: the run dir, disk and network, and the
+	// driver's Boot or Restore call.
+	Start time.Duration `json:"start_ns"`
+	// Process is the VMM process's start, to its control socket
+	// answering; zero when it was started ahead (Prestarted).
+	Process time.Duration `json:"process_ns"`
+	// Incoming is loading the snapshot's device state (a restore).
+	Incoming time.Duration `json:"incoming_ns"`
+	// Resume is starting the vCPUs (QEMU's cont).
+	Resume time.Duration `json:"resume_ns"`
+	// VMMCalls counts the control round trips (QMP commands, API
+	// requests) of the driver's call.
+	VMMCalls int `json:"vmm_calls"`
+	// Prestarted says the VMM process was started ahead of the restore.
+	Prestarted bool `json:"prestarted,omitempty"`
+	// Hello is from the driver's return to the agent's Hello.
+	Hello time.Duration `json:"hello_ns"`
 	// Resync is the restored guest's clock, entropy and identity update.
-	Resync time.Duration
+	Resync time.Duration `json:"resync_ns"`
+}
+
+// setStart records the host's part of a start, up to now, and the VMM's
+// breakdown of it.
+func (t *Timings) setStart(since time.Time, m vmm.Machine) {
+	t.Start = time.Since(since)
+	st := m.StartTimes()
+	t.Process, t.Incoming, t.Resume, t.VMMCalls, t.Prestarted = st.Process, st.Incoming, st.Resume, st.Calls, st.Prestarted
 }
 
 // layerPath is what the VMM opens as the writable disk: "" without one.
@@ -227,7 +249,7 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
 	}
 	vm.Machine = mach
-	vm.Timings.Start = time.Since(start)
+	vm.Timings.setStart(start, mach)
 	if err := m.connect(ctx, vm, timeout); err != nil {
 		return fail(err)
 	}
@@ -283,7 +305,7 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 		return fail(err)
 	}
 	vm.Machine = mach
-	vm.Timings.Start = time.Since(start)
+	vm.Timings.setStart(start, mach)
 	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
 		return fail(err)
 	}

@@ -132,10 +132,15 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 		return nil, err
 	}
 	// Nobody else holds m until it is returned: no lock needed.
+	t := time.Now()
 	err = m.migrate(ctx, "migrate-incoming", state)
+	m.times.Incoming = time.Since(t)
 	if err == nil {
+		t = time.Now()
 		_, err = m.qmp.run(ctx, "cont", nil)
+		m.times.Resume = time.Since(t)
 	}
+	m.times.Calls = int(m.qmp.calls.Load())
 	if err != nil {
 		_ = m.Stop(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("restore %s from %s: %w%s", cfg.ID, snapshotDir, err, m.vmmLog())
@@ -241,6 +246,7 @@ func (d *Driver) start(ctx context.Context, cfg *vmm.Config, l launch) (m *Machi
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 	}
 	m.log.Debug("start qemu", "op", l.op, "args", strings.Join(args, " "))
+	spawned := time.Now()
 	proc, err := vmmproc.Start(cmd, m.console, m.vmmOut)
 	if err != nil {
 		return fail(fmt.Errorf("start %s: %w", d.cfg.Binary, err))
@@ -277,6 +283,8 @@ func (d *Driver) start(ctx context.Context, cfg *vmm.Config, l launch) (m *Machi
 		return fail(fmt.Errorf("%w: no monitor greeting within %s: %v%s", ErrMonitor, monitorTimeout, err, m.vmmLog()))
 	}
 	m.qmp = q
+	m.times.Process = time.Since(spawned)
+	m.times.Calls = int(q.calls.Load())
 	if !l.incoming {
 		m.state = vmm.StateRunning
 	}
@@ -456,9 +464,14 @@ type Machine struct {
 
 	stopOnce sync.Once
 	stopErr  error
+
+	times vmm.StartTimes // set by Boot or Restore, then fixed
 }
 
 var _ vmm.Machine = (*Machine)(nil)
+
+// StartTimes implements vmm.Machine.
+func (m *Machine) StartTimes() vmm.StartTimes { return m.times }
 
 func (m *Machine) setState(s vmm.State) {
 	m.mu.Lock()
