@@ -306,15 +306,23 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 	}
 	vm.Machine = mach
 	vm.Timings.setStart(start, mach)
-	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
+	// The resync is the first request: its answer is the agent's Hello
+	// too, a round trip fewer than a ping and then the resync.
+	if err := m.connectWith(ctx, vm, restoreTimeout, func(ctx context.Context) error {
+		if err := m.resync(ctx, vm, id); err != nil {
+			return fmt.Errorf("resync restored VM: %w", err)
+		}
+		return nil
+	}); err != nil {
 		return fail(err)
-	}
-	vm.Timings.Hello = time.Since(start) - vm.Timings.Start
-	if err := m.resync(ctx, vm, id); err != nil {
-		return fail(fmt.Errorf("resync restored VM: %w", err))
 	}
 	vm.keptDisk = d.kept
 	vm.Ready = time.Since(start)
+	// Hello: until the guest was back (its greeting); Resync: the rest.
+	vm.Timings.Hello = vm.Ready - vm.Timings.Start
+	if g := vm.Agent.FirstHello(); !g.IsZero() && g.Sub(start) > vm.Timings.Start && g.Sub(start) <= vm.Ready {
+		vm.Timings.Hello = g.Sub(start) - vm.Timings.Start
+	}
 	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello
 	return vm, nil
 }
@@ -339,6 +347,15 @@ func (m *Manager) resync(ctx context.Context, vm *VM, identity string) error {
 // connect dials the agent and waits for its Hello, giving up early if the
 // VMM exits; on failure the error carries the guest console's tail.
 func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) error {
+	return m.connectWith(ctx, vm, timeout, func(ctx context.Context) error {
+		_, err := vm.Agent.WaitHello(ctx)
+		return err
+	})
+}
+
+// connectWith is connect with first as the first request, which must
+// wait for an answer (a Hello) as WaitHello does.
+func (m *Manager) connectWith(ctx context.Context, vm *VM, timeout time.Duration, first func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
@@ -349,7 +366,7 @@ func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) er
 	conn, err := vm.Machine.DialAgent(ctx)
 	if err == nil {
 		vm.Agent = agentproto.NewClient(conn)
-		_, err = vm.Agent.WaitHello(ctx)
+		err = first(ctx)
 	}
 	if err == nil {
 		return nil
