@@ -34,11 +34,14 @@ func main() {
 	sandboxRuns := flag.Int("sandbox-runs", 3, "runs per row of the sandbox table")
 	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	networkOnly := flag.Bool("network-only", false, "only measure what a VM's network adds (network.go)")
+	restoreOnly := flag.Bool("restore-only", false, "only break restore-to-ready into its parts (restore.go)")
 	flag.Parse()
 	var err error
 	switch {
 	case *prewarmOnly:
 		err = prewarmTable(context.Background(), *dataDir)
+	case *restoreOnly:
+		err = restoreTable(context.Background(), *lang, *n, restoreVariants(*dataDir))
 	case *networkOnly:
 		err = networkTable(context.Background(), *dataDir, *lang, *n)
 	case *forwardingOnly:
