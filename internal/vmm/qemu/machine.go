@@ -127,8 +127,19 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("restore %s: open snapshot memory: %w", cfg.ID, err)
 	}
-	m, err := d.start(ctx, &cfg, launch{op: "restore", ram: ram, incoming: true})
-	if err != nil {
+	key := ""
+	if d.cfg.Prestart > 0 {
+		key = spareKey(snapshotDir, cfg, ram)
+	}
+	var m *Machine
+	if key != "" {
+		m = d.takeSpare(key, cfg)
+	}
+	if m != nil {
+		if ram != nil {
+			ram.Close() // the spare has its own
+		}
+	} else if m, err = d.start(ctx, &cfg, launch{op: "restore", ram: ram, incoming: true}); err != nil {
 		return nil, err
 	}
 	// Nobody else holds m until it is returned: no lock needed.
@@ -146,7 +157,10 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 		return nil, fmt.Errorf("restore %s from %s: %w%s", cfg.ID, snapshotDir, err, m.vmmLog())
 	}
 	m.setState(vmm.StateRunning)
-	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir)
+	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir, "prestarted", m.times.Prestarted)
+	if key != "" {
+		d.restored(key, snapshotDir, cfg)
+	}
 	return m, nil
 }
 
@@ -466,6 +480,9 @@ type Machine struct {
 	stopErr  error
 
 	times vmm.StartTimes // set by Boot or Restore, then fixed
+	// spareFile names a spare (started ahead, not yet adopted) for the
+	// sweep of a later driver; "" once adopted.
+	spareFile string
 }
 
 var _ vmm.Machine = (*Machine)(nil)

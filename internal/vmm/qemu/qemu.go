@@ -84,6 +84,10 @@ type Config struct {
 	UIDCount int `json:"uid_count,omitempty" toml:"uid_count"`
 	// GID is the group of confined QEMUs.
 	GID int `json:"gid,omitempty" toml:"gid"`
+	// Prestart is how many QEMU processes to keep started ahead per
+	// snapshot that is restored again and again, each waiting for its
+	// restore (prestart.go); 0 starts QEMU in every restore.
+	Prestart int `json:"prestart,omitempty" toml:"prestart"`
 }
 
 func (c Config) withDefaults() Config {
@@ -137,6 +141,9 @@ func (c Config) Validate() error {
 	if c.StopGrace < 0 {
 		errs = append(errs, "negative stop grace")
 	}
+	if c.Prestart < 0 || c.Prestart > 16 {
+		errs = append(errs, fmt.Sprintf("prestart %d: want 0-16", c.Prestart))
+	}
 	if c.UIDBase < 0 || c.UIDCount < 0 || c.GID < 0 || c.UIDBase+c.UIDCount > 1<<32-2 {
 		errs = append(errs, fmt.Sprintf("uids %d+%d / gid %d out of range", c.UIDBase, c.UIDCount, c.GID))
 	}
@@ -155,6 +162,7 @@ type Driver struct {
 	log     *slog.Logger
 	version string
 	ids     vmmproc.IDs
+	spares  *spares
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -173,7 +181,7 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &Driver{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	d := &Driver{cfg: cfg, log: slog.New(slog.DiscardHandler), spares: newSpares()}
 	for _, o := range opts {
 		o(d)
 	}
@@ -190,6 +198,7 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 		return nil, fmt.Errorf("qemu memory dir: %w", err)
 	}
 	d.ids = vmmproc.IDs{Dir: cfg.MemoryDir, Base: cfg.UIDBase, Count: cfg.UIDCount}
+	d.sweepSpares()
 	return d, nil
 }
 
