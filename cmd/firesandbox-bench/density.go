@@ -90,21 +90,20 @@ func densityTable(ctx context.Context, mgr *sandbox.Manager, e *image.Entry, cou
 	}
 	fmt.Printf("\nDensity: N idle restored VMs of %s alive at once (%d MiB guests; idle CPU over %s, after a 3 s settle):\n", e.Name, mgr.Config().MemoryMiB, window)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "VMs\tPSS per VM\thost memory used\tper VM\tidle CPU per VM\trestoring them took\t")
+	fmt.Fprintln(tw, "VMs\tPSS per VM\thost memory used (PSS total)\tMemAvailable drop (host-wide)\tidle CPU per VM\trestoring them took\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%d\t%.0f MiB\t%.0f MiB\t%.0f MiB\t%.2f %% of a core\t%.1f s\t\n", r.n, r.pssMiB, r.usedMiB, r.usedMiB/float64(r.n), r.idlePct, r.restoreS)
+		fmt.Fprintf(tw, "%d\t%.0f MiB\t%.0f MiB\t%.0f MiB\t%.2f %% of a core\t%.1f s\t\n", r.n, r.pssMiB, r.pssMiB*float64(r.n), r.usedMiB, r.idlePct, r.restoreS)
 	}
 	tw.Flush()
 	if plotDir != "" && len(rows) > 0 {
-		var pss, used, cpu line
-		pss.name, used.name, cpu.name = "PSS per VM (MiB)", "host memory per VM (MiB)", "idle CPU per VM (% of a core x 100)"
+		var pss, cpu line
+		pss.name, cpu.name = "PSS per VM (MiB)", "idle CPU per VM (% of a core x 100)"
 		for _, r := range rows {
 			pss.x, pss.y = append(pss.x, float64(r.n)), append(pss.y, r.pssMiB)
-			used.x, used.y = append(used.x, float64(r.n)), append(used.y, r.usedMiB/float64(r.n))
 			cpu.x, cpu.y = append(cpu.x, float64(r.n)), append(cpu.y, r.idlePct*100)
 		}
 		p := filepath.Join(plotDir, "density.svg")
-		if err := writePlot(p, "Idle restored VMs alive at once ("+e.Name+")", "VMs", "per VM", []line{pss, used, cpu}); err != nil {
+		if err := writePlot(p, "Idle restored VMs alive at once ("+e.Name+")", "VMs", "per VM", []line{pss, cpu}); err != nil {
 			return err
 		}
 		fmt.Println("plot:", p)
@@ -137,7 +136,7 @@ func densityOnce(ctx context.Context, mgr *sandbox.Manager, t *sandbox.Template,
 		pss += smaps(vm.Machine.PID())["Pss"]
 	}
 	row.pssMiB = float64(pss) / 1024 / float64(n)
-	row.usedMiB = float64(before-memAvailable()) / 1024
+	row.usedMiB = float64(before-memAvailable()) / 1024 // other processes move it too
 	return row, nil
 }
 
