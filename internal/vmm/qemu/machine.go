@@ -483,6 +483,7 @@ type Machine struct {
 	// spareFile names a spare (started ahead, not yet adopted) for the
 	// sweep of a later driver; "" once adopted.
 	spareFile string
+	capsSet   bool // migration capabilities set (under opMu, or before m is shared)
 }
 
 var _ vmm.Machine = (*Machine)(nil)
@@ -636,8 +637,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 // still sends its RAM; and the stream records the capability, so both
 // ends must agree on it.
 func (m *Machine) migrate(ctx context.Context, cmd string, f *os.File) error {
-	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
-	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
+	if err := m.setMigrationCaps(ctx); err != nil {
 		return err
 	}
 	if cmd == "migrate" {
@@ -680,6 +680,20 @@ func (m *Machine) migrate(ctx context.Context, cmd string, f *os.File) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// setMigrationCaps turns x-ignore-shared on, once per machine (a spare
+// has it on before its restore asks).
+func (m *Machine) setMigrationCaps(ctx context.Context) error {
+	if m.capsSet {
+		return nil
+	}
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
+		return err
+	}
+	m.capsSet = true
+	return nil
 }
 
 // Stop implements vmm.Machine. ctx's cancellation does not shorten it: a

@@ -235,6 +235,11 @@ func (d *Driver) newSpare(key, snapshotDir string, cfg vmm.Config, n int) (*Mach
 		os.Remove(rec)
 		return nil, err
 	}
+	// What every restore sets first, off its critical path.
+	if err := m.setMigrationCaps(d.spares.ctx); err != nil {
+		m.stopSpare()
+		return nil, err
+	}
 	m.spareFile = rec
 	return m, nil
 }
