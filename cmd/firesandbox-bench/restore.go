@@ -187,4 +187,4 @@ func restoreVariants(dataDir string) []variant {
 
 // settle gives background work of the last restore (a spare QEMU
 // starting) time to finish, as a pool's pace would.
-func settle() { time.Sleep(150 * time.Millisecond) }
+func settle() { time.Sleep(500 * time.Millisecond) }
