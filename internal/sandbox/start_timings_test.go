@@ -53,4 +53,3 @@ func TestTimingsBreakReadyDown(t *testing.T) {
 		}
 	}
 }
-

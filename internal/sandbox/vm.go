@@ -45,10 +45,17 @@ type VM struct {
 
 // Timings are the parts of a VM's start: Start, Hello and Resync add up
 // to Ready, and Process, Incoming and Resume are the VMM's share of Start.
+// Parts lists the durations in this order.
 type Timings struct {
 	// Start is the host's part: the run dir, disk and network, and the
 	// driver's Boot or Restore call.
 	Start time.Duration `json:"start_ns"`
+	// Hello is from the driver's return to the agent's Hello (after a
+	// restore: the answer to the resync, which is the first request).
+	Hello time.Duration `json:"hello_ns"`
+	// Resync is the restored guest's clock, entropy and identity update,
+	// counted from the agent's greeting where it came before the answer.
+	Resync time.Duration `json:"resync_ns"`
 	// Process is the VMM process's start, to its control socket
 	// answering; zero when it was started ahead (Prestarted).
 	Process time.Duration `json:"process_ns"`
@@ -61,10 +68,6 @@ type Timings struct {
 	VMMCalls int `json:"vmm_calls"`
 	// Prestarted says the VMM process was started ahead of the restore.
 	Prestarted bool `json:"prestarted,omitempty"`
-	// Hello is from the driver's return to the agent's Hello.
-	Hello time.Duration `json:"hello_ns"`
-	// Resync is the restored guest's clock, entropy and identity update.
-	Resync time.Duration `json:"resync_ns"`
 }
 
 // setStart records the host's part of a start, up to now, and the VMM's
