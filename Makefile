@@ -6,7 +6,10 @@
 #   make test-adversarial   each attack of the security suite against a real serve
 #   make test-cluster  many hosts on loopback: PostgreSQL, MinIO, HAProxy, three serves
 #   make fuzz    every fuzz target for FUZZTIME (default 30s) each
-#   make bench   cold-boot timings and image format comparison
+#   make bench   cold-boot timings and image format comparison, restore
+#                breakdown, density, idle CPU, tb-size, throughput (tables
+#                and SVG plots in bench-plots/)
+#   make bench-languages  per built language: cold, restore, pool; snapshot size
 
 PREFIX    ?= /usr/local
 DATA      ?= $(or $(FIRESANDBOX_DATA),/var/lib/firesandbox)
@@ -19,7 +22,7 @@ TEST_TIMEOUT ?= 40m
 
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all setup deps test-deps build install kernel image test-images test test-unit test-cluster bench clean minio test-languages test-adversarial fuzz
+.PHONY: all setup deps test-deps build install kernel image test-images test test-unit test-cluster bench bench-languages clean minio test-languages test-adversarial fuzz
 
 all: build
 
@@ -100,6 +103,8 @@ test-unit:
 
 bench: build kernel image
 	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-bench
+bench-languages: build kernel
+	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-bench -languages -n 3
 
 clean:
 	rm -rf bin

@@ -34,11 +34,39 @@ func main() {
 	sandboxRuns := flag.Int("sandbox-runs", 3, "runs per row of the sandbox table")
 	forwardingOnly := flag.Bool("forwarding-only", false, "only measure forwarding between two hosts of a cluster")
 	networkOnly := flag.Bool("network-only", false, "only measure what a VM's network adds (network.go)")
+	restoreOnly := flag.Bool("restore-only", false, "only break restore-to-ready into its parts (restore.go)")
+	densityOnly := flag.Bool("density-only", false, "only the density, idle CPU and tb-size tables (density.go)")
+	throughputOnly := flag.Bool("throughput-only", false, "only the throughput table (throughput.go)")
+	languages := flag.Bool("languages", false, "per language: cold, restore and pool, to ready and to result, and snapshot size (languages.go)")
+	density := flag.String("density", "10,50", "numbers of idle restored VMs alive at once for the density table")
+	idleWindow := flag.Duration("idle-window", 30*time.Second, "how long idle CPU is measured")
+	tbSizes := flag.String("tb-sizes", "8,16,32,64", "TCG translation cache sizes (MiB) to compare")
+	throughputOps := flag.Int("throughput-ops", 16, "operations per row of the throughput table")
+	plots := flag.String("plots", "bench-plots", "directory for SVG plots beside the tables (\"\" for none)")
 	flag.Parse()
+	if *plots != "" {
+		if err := os.MkdirAll(*plots, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	opts := benchOpts{density: ints(*density), idleWindow: *idleWindow, tbSizes: ints(*tbSizes), throughputOps: *throughputOps, plots: *plots}
 	var err error
 	switch {
 	case *prewarmOnly:
 		err = prewarmTable(context.Background(), *dataDir)
+	case *restoreOnly:
+		err = restoreTable(context.Background(), *lang, *n, restoreVariants(*dataDir))
+	case *densityOnly:
+		err = withManager(*dataDir, *lang, func(ctx context.Context, mgr *sandbox.Manager, e *image.Entry) error {
+			return densityTables(ctx, *dataDir, mgr, e, *n, opts)
+		})
+	case *throughputOnly:
+		err = withManager(*dataDir, *lang, func(ctx context.Context, mgr *sandbox.Manager, e *image.Entry) error {
+			return throughputTable(ctx, mgr, e, []int{1, 2, 4, 8}, opts.throughputOps, opts.plots)
+		})
+	case *languages:
+		err = languagesTable(context.Background(), *dataDir, *n, 1)
 	case *networkOnly:
 		err = networkTable(context.Background(), *dataDir, *lang, *n)
 	case *forwardingOnly:
@@ -55,12 +83,52 @@ func main() {
 			err = formatTable(context.Background(), mgr)
 		}
 	default:
-		err = run(*dataDir, *lang, *n, *clones, *sandboxRuns)
+		err = run(*dataDir, *lang, *n, *clones, *sandboxRuns, opts)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// benchOpts are the flags of the tables added to the default run.
+type benchOpts struct {
+	density       []int
+	idleWindow    time.Duration
+	tbSizes       []int
+	throughputOps int
+	plots         string
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func withManager(dataDir, lang string, fn func(context.Context, *sandbox.Manager, *image.Entry) error) error {
+	mgr, err := sandbox.New(sandbox.Config{DataDir: dataDir})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	e, err := mgr.Catalog().Lookup(lang, "")
+	if err != nil {
+		return err
+	}
+	return fn(context.Background(), mgr, e)
+}
+
+// densityTables: density with idle CPU, then the tb-size comparison.
+func densityTables(ctx context.Context, dataDir string, mgr *sandbox.Manager, e *image.Entry, n int, o benchOpts) error {
+	if err := densityTable(ctx, mgr, e, o.density, o.idleWindow, o.plots); err != nil {
+		return err
+	}
+	return tbSizeTable(ctx, dataDir, e, o.tbSizes, min(n, 3))
 }
 
 func envOr(k, d string) string {
@@ -88,7 +156,7 @@ func (s *series) q(q float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
 
-func run(dataDir, lang string, n, clones, sandboxRuns int) error {
+func run(dataDir, lang string, n, clones, sandboxRuns int, o benchOpts) error {
 	ctx := context.Background()
 	mgr, err := sandbox.New(sandbox.Config{DataDir: dataDir})
 	if err != nil {
@@ -193,6 +261,15 @@ func run(dataDir, lang string, n, clones, sandboxRuns int) error {
 		return err
 	}
 	if err := memoryTable(ctx, mgr, e, clones); err != nil {
+		return err
+	}
+	if err := restoreTable(ctx, lang, n, restoreVariants(dataDir)); err != nil {
+		return err
+	}
+	if err := densityTables(ctx, dataDir, mgr, e, n, o); err != nil {
+		return err
+	}
+	if err := throughputTable(ctx, mgr, e, []int{1, 2, 4, 8}, o.throughputOps, o.plots); err != nil {
 		return err
 	}
 	if err := sandboxTable(ctx, mgr, lang, sandboxRuns); err != nil {

@@ -300,6 +300,9 @@ func mountRoot(devs []string, fstype, upperDev string) error {
 	if err := mount("proc", NewRoot+"/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
+	if err := mountBootID(); err != nil {
+		return err
+	}
 	if err := mount("sysfs", NewRoot+"/sys", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
@@ -464,10 +467,45 @@ func resync(r agentproto.ResyncRequest) error {
 // bootIDFor is the identity the commands' boot id was made for.
 var bootIDFor string
 
+// bootIDFile is the file bind-mounted (read-only) over the commands'
+// /proc/sys/kernel/random/boot_id, held open for writing by the agent.
+// The mount is made once, at boot: a restore rewrites the file in place,
+// one write where a new mount would cost a restored guest (whose
+// translated code TCG does not keep) tens of milliseconds.
+var bootIDFile *os.File
+
+// bootIDSource is where bootIDFile lives, in the agent's own root.
+const bootIDSource = "/run-boot-id"
+
+// mountBootID shows commands a boot id the agent can replace: at first the
+// kernel's own.
+func mountBootID() error {
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return fmt.Errorf("boot id: %w", err)
+	}
+	f, err := os.OpenFile(bootIDSource, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o444)
+	if err != nil {
+		return fmt.Errorf("boot id: %w", err)
+	}
+	if _, err := f.Write(id); err != nil {
+		f.Close()
+		return fmt.Errorf("boot id: %w", err)
+	}
+	dst := NewRoot + "/proc/sys/kernel/random/boot_id"
+	if err := unix.Mount(bootIDSource, dst, "", unix.MS_BIND, ""); err != nil {
+		f.Close()
+		return fmt.Errorf("boot id: %w", err)
+	}
+	_ = unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	bootIDFile = f
+	return nil
+}
+
 // newBootID shows commands a fresh random boot id: the kernel's is made
 // once per boot, so every VM restored from one snapshot would share it.
-// A file bind-mounted over /proc/sys/kernel/random/boot_id in the
-// commands' root replaces the previous one.
+// The new id has the old one's length (a UUID and a newline), so
+// rewriting the file in place leaves no trace of the old one.
 func newBootID() error {
 	var u [16]byte
 	if _, err := rand.Read(u[:]); err != nil { // reseeded just before
@@ -475,17 +513,12 @@ func newBootID() error {
 	}
 	u[6], u[8] = u[6]&0x0f|0x40, u[8]&0x3f|0x80 // a version 4 UUID, as the kernel makes
 	id := fmt.Sprintf("%x-%x-%x-%x-%x\n", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
-	src := fmt.Sprintf("/run-boot-id-%x", u[:4])
-	if err := os.WriteFile(src, []byte(id), 0o444); err != nil {
+	if bootIDFile == nil {
+		return errors.New("boot id: not mounted at boot")
+	}
+	if _, err := bootIDFile.WriteAt([]byte(id), 0); err != nil {
 		return fmt.Errorf("boot id: %w", err)
 	}
-	defer os.Remove(src) // the mount keeps the file
-	dst := NewRoot + "/proc/sys/kernel/random/boot_id"
-	_ = unix.Unmount(dst, unix.MNT_DETACH) // the previous one, if any
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("boot id: %w", err)
-	}
-	_ = unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 	return nil
 }
 

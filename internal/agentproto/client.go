@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"path"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,6 +40,9 @@ type Client struct {
 	callTimeout time.Duration
 
 	hello chan Hello // latest Hello, buffered 1
+	// firstHello is when the first Hello arrived (unix nanoseconds; 0:
+	// none yet): after a restore, when the guest was back.
+	firstHello atomic.Int64
 
 	mu      sync.Mutex
 	nextID  uint32
@@ -142,6 +146,7 @@ func (c *Client) readLoop() {
 			if err = DecodeJSON(f, &h); err != nil {
 				return
 			}
+			c.firstHello.CompareAndSwap(0, time.Now().UnixNano())
 			select { // keep only the newest
 			case <-c.hello:
 			default:
@@ -236,16 +241,34 @@ func (e *AgentError) Is(target error) bool {
 
 // WaitHello pings the agent until it answers with a Hello or ctx ends.
 func (c *Client) WaitHello(ctx context.Context) (Hello, error) {
-	return c.pingFor(ctx, MsgPing, nil)
+	return c.pingFor(ctx, MsgPing, nil, nil)
+}
+
+// FirstHello is when the client received its first Hello (zero if none
+// yet): the agent's greeting, or its first answer.
+func (c *Client) FirstHello() time.Time {
+	if n := c.firstHello.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Resync sends fresh time, entropy and identity to the agent and waits
-// for its Hello.
+// for its Hello. With a new identity it waits for the Hello that carries
+// it, so it may be the first request on a new channel: the agent's
+// greeting, which carries the old one, does not count as the answer.
+// Resync then stands in for WaitHello, one round trip fewer.
 func (c *Client) Resync(ctx context.Context, r ResyncRequest) (Hello, error) {
-	return c.pingFor(ctx, MsgResync, r)
+	var want func(Hello) bool
+	if r.Identity != "" {
+		want = func(h Hello) bool { return h.Identity == r.Identity }
+	}
+	return c.pingFor(ctx, MsgResync, r, want)
 }
 
-func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
+// pingFor sends a frame of type t until a Hello answers it; with want set,
+// only a Hello that want accepts.
+func (c *Client) pingFor(ctx context.Context, t MsgType, v any, want func(Hello) bool) (Hello, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	select { // drop a stale greeting so the answer is to this request
@@ -265,17 +288,31 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any) (Hello, error) {
 		if err := c.write(t, v); err != nil {
 			return Hello{}, err
 		}
+		if h, ok, err := c.awaitHello(ctx, tick.C, want); ok || err != nil {
+			return h, err
+		}
+	}
+}
+
+// awaitHello waits for a Hello that want accepts (any, with want nil)
+// until tick fires: ok false then, with no error, means send again.
+func (c *Client) awaitHello(ctx context.Context, tick <-chan time.Time, want func(Hello) bool) (Hello, bool, error) {
+	for {
 		select {
 		case h := <-c.hello:
 			if h.Protocol != ProtocolVersion {
-				return h, fmt.Errorf("%w: agent speaks %d, host %d", ErrVersion, h.Protocol, ProtocolVersion)
+				return h, true, fmt.Errorf("%w: agent speaks %d, host %d", ErrVersion, h.Protocol, ProtocolVersion)
 			}
-			return h, nil
+			if want == nil || want(h) {
+				return h, true, nil
+			}
+			// A greeting, or the answer to an earlier request: wait on.
 		case <-c.done:
-			return Hello{}, c.Err()
+			return Hello{}, true, c.Err()
 		case <-ctx.Done():
-			return Hello{}, ctx.Err()
-		case <-tick.C:
+			return Hello{}, true, ctx.Err()
+		case <-tick:
+			return Hello{}, false, nil
 		}
 	}
 }

@@ -132,7 +132,7 @@ func (m *Manager) Close() error {
 		p.Close()
 		delete(m.byLang, k)
 	}
-	return nil
+	return m.drivers.Close() // after the pools: their VMs are stopped
 }
 
 // take returns a VM for one run: from the pool when one waits, else a

@@ -43,14 +43,39 @@ type VM struct {
 	net      *vmNet // its network, if its template has a device (network.go)
 }
 
-// Timings are the parts of a VM's start.
+// Timings are the parts of a VM's start: Start, Hello and Resync add up
+// to Ready, and Process, Incoming and Resume are the VMM's share of Start.
+// Parts lists the durations in this order.
 type Timings struct {
-	// Start is the driver's Boot or Restore call.
-	Start time.Duration
-	// Hello is from then to the agent's Hello.
-	Hello time.Duration
-	// Resync is the restored guest's clock, entropy and identity update.
-	Resync time.Duration
+	// Start is the host's part: the run dir, disk and network, and the
+	// driver's Boot or Restore call.
+	Start time.Duration `json:"start_ns"`
+	// Hello is from the driver's return to the agent's Hello (after a
+	// restore: the answer to the resync, which is the first request).
+	Hello time.Duration `json:"hello_ns"`
+	// Resync is the restored guest's clock, entropy and identity update,
+	// counted from the agent's greeting where it came before the answer.
+	Resync time.Duration `json:"resync_ns"`
+	// Process is the VMM process's start, to its control socket
+	// answering; zero when it was started ahead (Prestarted).
+	Process time.Duration `json:"process_ns"`
+	// Incoming is loading the snapshot's device state (a restore).
+	Incoming time.Duration `json:"incoming_ns"`
+	// Resume is starting the vCPUs (QEMU's cont).
+	Resume time.Duration `json:"resume_ns"`
+	// VMMCalls counts the control round trips (QMP commands, API
+	// requests) of the driver's call.
+	VMMCalls int `json:"vmm_calls"`
+	// Prestarted says the VMM process was started ahead of the restore.
+	Prestarted bool `json:"prestarted,omitempty"`
+}
+
+// setStart records the host's part of a start, up to now, and the VMM's
+// breakdown of it.
+func (t *Timings) setStart(since time.Time, m vmm.Machine) {
+	t.Start = time.Since(since)
+	st := m.StartTimes()
+	t.Process, t.Incoming, t.Resume, t.VMMCalls, t.Prestarted = st.Process, st.Incoming, st.Resume, st.Calls, st.Prestarted
 }
 
 // layerPath is what the VMM opens as the writable disk: "" without one.
@@ -227,7 +252,7 @@ func (m *Manager) boot(ctx context.Context, t *Template, timeout time.Duration, 
 		return fail(fmt.Errorf("boot %s: %w", t.Entry.Name, err))
 	}
 	vm.Machine = mach
-	vm.Timings.Start = time.Since(start)
+	vm.Timings.setStart(start, mach)
 	if err := m.connect(ctx, vm, timeout); err != nil {
 		return fail(err)
 	}
@@ -283,16 +308,24 @@ func (m *Manager) restoreAs(ctx context.Context, id string, t *Template, snapDir
 		return fail(err)
 	}
 	vm.Machine = mach
-	vm.Timings.Start = time.Since(start)
-	if err := m.connect(ctx, vm, restoreTimeout); err != nil {
+	vm.Timings.setStart(start, mach)
+	// The resync is the first request: its answer is the agent's Hello
+	// too, a round trip fewer than a ping and then the resync.
+	if err := m.connectWith(ctx, vm, restoreTimeout, func(ctx context.Context) error {
+		if err := m.resync(ctx, vm, id); err != nil {
+			return fmt.Errorf("resync restored VM: %w", err)
+		}
+		return nil
+	}); err != nil {
 		return fail(err)
-	}
-	vm.Timings.Hello = time.Since(start) - vm.Timings.Start
-	if err := m.resync(ctx, vm, id); err != nil {
-		return fail(fmt.Errorf("resync restored VM: %w", err))
 	}
 	vm.keptDisk = d.kept
 	vm.Ready = time.Since(start)
+	// Hello: until the guest was back (its greeting); Resync: the rest.
+	vm.Timings.Hello = vm.Ready - vm.Timings.Start
+	if g := vm.Agent.FirstHello(); !g.IsZero() && g.Sub(start) > vm.Timings.Start && g.Sub(start) <= vm.Ready {
+		vm.Timings.Hello = g.Sub(start) - vm.Timings.Start
+	}
 	vm.Timings.Resync = vm.Ready - vm.Timings.Start - vm.Timings.Hello
 	return vm, nil
 }
@@ -317,6 +350,15 @@ func (m *Manager) resync(ctx context.Context, vm *VM, identity string) error {
 // connect dials the agent and waits for its Hello, giving up early if the
 // VMM exits; on failure the error carries the guest console's tail.
 func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) error {
+	return m.connectWith(ctx, vm, timeout, func(ctx context.Context) error {
+		_, err := vm.Agent.WaitHello(ctx)
+		return err
+	})
+}
+
+// connectWith is connect with first as the first request, which must
+// wait for an answer (a Hello) as WaitHello does.
+func (m *Manager) connectWith(ctx context.Context, vm *VM, timeout time.Duration, first func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
@@ -327,7 +369,7 @@ func (m *Manager) connect(ctx context.Context, vm *VM, timeout time.Duration) er
 	conn, err := vm.Machine.DialAgent(ctx)
 	if err == nil {
 		vm.Agent = agentproto.NewClient(conn)
-		_, err = vm.Agent.WaitHello(ctx)
+		err = first(ctx)
 	}
 	if err == nil {
 		return nil

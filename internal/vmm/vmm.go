@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // State is a machine's lifecycle state.
@@ -261,4 +262,30 @@ type Machine interface {
 	Console(n int) string
 	// PID is the VMM process id, 0 once it exited or was stopped.
 	PID() int
+	// StartTimes breaks down the Boot or Restore that made the machine.
+	StartTimes() StartTimes
+}
+
+// StartTimes are the parts of a Boot or Restore, as far as the driver can
+// tell them apart; a part it cannot tell is zero. Together they are at
+// most the call's own duration (the rest is the driver's preparation:
+// claiming the run dir, opening files).
+type StartTimes struct {
+	// Process is from starting the VMM process to its control socket
+	// answering (QEMU: the QMP greeting and capabilities negotiated;
+	// Firecracker: its API socket accepting). Zero for a process that
+	// was started ahead of the call (Prestarted).
+	Process time.Duration `json:"process_ns"`
+	// Incoming is loading the snapshot's device state (and the RAM that
+	// a state file holds, if it does): a restore only.
+	Incoming time.Duration `json:"incoming_ns"`
+	// Resume is starting the vCPUs: QEMU's cont; Firecracker resumes
+	// within its snapshot load, so it has none of its own.
+	Resume time.Duration `json:"resume_ns"`
+	// Calls counts the control round trips (QMP commands, API requests)
+	// made during the call, the process's handshake included.
+	Calls int `json:"calls"`
+	// Prestarted says the VMM process was started ahead, waiting for
+	// this restore, so the call skipped starting it.
+	Prestarted bool `json:"prestarted,omitempty"`
 }

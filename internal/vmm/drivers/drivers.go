@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -114,6 +115,18 @@ func New(cfg Config, opts ...Option) (*Chooser, error) {
 		c.driver = c.fixed
 	}
 	return c, nil
+}
+
+// Close closes the chosen driver, if it holds anything of its own (QEMU's
+// processes started ahead). Machines it made are their owners' to stop.
+func (c *Chooser) Close() error {
+	c.mu.Lock()
+	d := c.driver
+	c.mu.Unlock()
+	if cl, ok := d.(io.Closer); ok && d != c.fixed {
+		return cl.Close()
+	}
+	return nil
 }
 
 // Config returns the configuration, defaults filled in.

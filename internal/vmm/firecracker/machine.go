@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,9 +57,16 @@ type machine struct {
 
 	stopOnce sync.Once
 	stopErr  error
+
+	times vmm.StartTimes // set by Boot or Restore, then fixed
+	calls atomic.Int32   // API requests made
 }
 
 var _ vmm.Machine = (*machine)(nil)
+
+// StartTimes implements vmm.Machine. Firecracker resumes within its
+// snapshot load: a restore's Resume is part of Incoming.
+func (m *machine) StartTimes() vmm.StartTimes { return m.times }
 
 // Boot starts a VMM, configures the machine (shape, kernel, initramfs,
 // drives in order, vsock, logs) and starts it. It returns once the VMM runs
@@ -123,6 +131,7 @@ func (d *Driver) Boot(ctx context.Context, cfg vmm.Config) (vmm.Machine, error) 
 			return nil, fmt.Errorf("boot %s: %w", cfg.ID, err)
 		}
 	}
+	m.times.Calls = int(m.calls.Load())
 	m.setState(vmm.StateRunning)
 	cu.Release()
 	m.log.Info("booted", "op", "boot", "pid", m.proc.PID(), "vcpus", cfg.VCPUs, "memory_mib", cfg.MemoryMiB, "disks", len(cfg.Disks))
@@ -178,7 +187,10 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 		MemBackend:   memoryBackend{BackendType: "File", BackendPath: filepath.Join(snapshotIn, vmm.SnapshotMemoryFile)},
 		ResumeVM:     true,
 	}
-	if err := m.call(ctx, http.MethodPut, "/snapshot/load", load, 0); err != nil {
+	t := time.Now()
+	err = m.call(ctx, http.MethodPut, "/snapshot/load", load, 0)
+	m.times.Incoming = time.Since(t)
+	if err != nil {
 		err = fmt.Errorf("restore %s from %s: %w", cfg.ID, snapshotDir, err)
 		var ae *APIError
 		if errors.As(err, &ae) {
@@ -188,6 +200,7 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 		}
 		return nil, err
 	}
+	m.times.Calls = int(m.calls.Load())
 	m.setState(vmm.StateRunning)
 	cu.Release()
 	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir)
@@ -283,6 +296,8 @@ func (m *machine) placeDisks() error {
 // guest's serial console) and stderr going into bounded rings, records
 // it, and waits for its API socket.
 func (m *machine) start(ctx context.Context, cu *vmmproc.Cleanup) error {
+	started := time.Now()
+	defer func() { m.times.Process = time.Since(started) }()
 	dc := m.d.cfg
 	// A machine with a network device runs where its tap is: the
 	// device's namespace replaces the configured one (an empty one of
@@ -437,6 +452,7 @@ func (m *machine) call(ctx context.Context, method, path string, body any, timeo
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
+	m.calls.Add(1)
 	err := m.api.do(ctx, method, path, body, nil)
 	if err == nil {
 		return nil

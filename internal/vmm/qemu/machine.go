@@ -127,21 +127,40 @@ func (d *Driver) Restore(ctx context.Context, snapshotDir string, cfg vmm.Config
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("restore %s: open snapshot memory: %w", cfg.ID, err)
 	}
-	m, err := d.start(ctx, &cfg, launch{op: "restore", ram: ram, incoming: true})
-	if err != nil {
+	key := ""
+	if d.cfg.Prestart > 0 {
+		key = spareKey(snapshotDir, cfg, ram)
+	}
+	var m *Machine
+	if key != "" {
+		m = d.takeSpare(key, cfg)
+	}
+	if m != nil {
+		if ram != nil {
+			ram.Close() // the spare has its own
+		}
+	} else if m, err = d.start(ctx, &cfg, launch{op: "restore", ram: ram, incoming: true}); err != nil {
 		return nil, err
 	}
 	// Nobody else holds m until it is returned: no lock needed.
+	t := time.Now()
 	err = m.migrate(ctx, "migrate-incoming", state)
+	m.times.Incoming = time.Since(t)
 	if err == nil {
+		t = time.Now()
 		_, err = m.qmp.run(ctx, "cont", nil)
+		m.times.Resume = time.Since(t)
 	}
+	m.times.Calls = int(m.qmp.calls.Load())
 	if err != nil {
 		_ = m.Stop(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("restore %s from %s: %w%s", cfg.ID, snapshotDir, err, m.vmmLog())
 	}
 	m.setState(vmm.StateRunning)
-	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir)
+	m.log.Info("restored", "op", "restore", "pid", m.proc.PID(), "snapshot", snapshotDir, "prestarted", m.times.Prestarted)
+	if key != "" {
+		d.restored(key, snapshotDir, cfg)
+	}
 	return m, nil
 }
 
@@ -241,6 +260,7 @@ func (d *Driver) start(ctx context.Context, cfg *vmm.Config, l launch) (m *Machi
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 	}
 	m.log.Debug("start qemu", "op", l.op, "args", strings.Join(args, " "))
+	spawned := time.Now()
 	proc, err := vmmproc.Start(cmd, m.console, m.vmmOut)
 	if err != nil {
 		return fail(fmt.Errorf("start %s: %w", d.cfg.Binary, err))
@@ -277,6 +297,8 @@ func (d *Driver) start(ctx context.Context, cfg *vmm.Config, l launch) (m *Machi
 		return fail(fmt.Errorf("%w: no monitor greeting within %s: %v%s", ErrMonitor, monitorTimeout, err, m.vmmLog()))
 	}
 	m.qmp = q
+	m.times.Process = time.Since(spawned)
+	m.times.Calls = int(q.calls.Load())
 	if !l.incoming {
 		m.state = vmm.StateRunning
 	}
@@ -456,9 +478,18 @@ type Machine struct {
 
 	stopOnce sync.Once
 	stopErr  error
+
+	times vmm.StartTimes // set by Boot or Restore, then fixed
+	// spareFile names a spare (started ahead, not yet adopted) for the
+	// sweep of a later driver; "" once adopted.
+	spareFile string
+	capsSet   bool // migration capabilities set (under opMu, or before m is shared)
 }
 
 var _ vmm.Machine = (*Machine)(nil)
+
+// StartTimes implements vmm.Machine.
+func (m *Machine) StartTimes() vmm.StartTimes { return m.times }
 
 func (m *Machine) setState(s vmm.State) {
 	m.mu.Lock()
@@ -606,8 +637,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 // still sends its RAM; and the stream records the capability, so both
 // ends must agree on it.
 func (m *Machine) migrate(ctx context.Context, cmd string, f *os.File) error {
-	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
-	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
+	if err := m.setMigrationCaps(ctx); err != nil {
 		return err
 	}
 	if cmd == "migrate" {
@@ -650,6 +680,20 @@ func (m *Machine) migrate(ctx context.Context, cmd string, f *os.File) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// setMigrationCaps turns x-ignore-shared on, once per machine (a spare
+// has it on before its restore asks).
+func (m *Machine) setMigrationCaps(ctx context.Context) error {
+	if m.capsSet {
+		return nil
+	}
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if _, err := m.qmp.run(ctx, "migrate-set-capabilities", caps); err != nil {
+		return err
+	}
+	m.capsSet = true
+	return nil
 }
 
 // Stop implements vmm.Machine. ctx's cancellation does not shorten it: a

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,9 @@ type qmp struct {
 	wait map[string]chan qmpReply
 	done chan struct{}
 	err  error
+	// calls counts the commands sent, the capabilities negotiation
+	// included: round trips a start or restore costs.
+	calls atomic.Int32
 }
 
 type qmpReply struct {
@@ -117,6 +121,7 @@ func (q *qmp) runFile(ctx context.Context, cmd string, args any, f *os.File) (js
 		return nil, q.err
 	}
 	q.next++
+	q.calls.Add(1)
 	id := fmt.Sprintf("c%d", q.next)
 	ch := make(chan qmpReply, 1)
 	q.wait[id] = ch

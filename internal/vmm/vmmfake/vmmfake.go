@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
@@ -137,6 +138,7 @@ func (d *Driver) Restore(ctx context.Context, dir string, cfg vmm.Config) (vmm.M
 }
 
 func (d *Driver) start(ctx context.Context, cfg vmm.Config, mem *memory) (*Machine, error) {
+	began := time.Now()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -168,6 +170,7 @@ func (d *Driver) start(ctx context.Context, cfg vmm.Config, mem *memory) (*Machi
 		return nil, err
 	}
 	m := &Machine{d: d, cfg: cfg, mem: mem, tap: tap, state: vmm.StateRunning, exited: make(chan struct{})}
+	m.times = vmm.StartTimes{Process: time.Since(began), Calls: 1}
 	m.resumed = sync.NewCond(&m.mu)
 	d.machines[cfg.ID] = m
 	return m, nil
@@ -186,6 +189,7 @@ type Machine struct {
 	exited  chan struct{}
 	crashed bool
 	tap     *os.File // the network device's tap, held until Stop
+	times   vmm.StartTimes
 }
 
 func closeFile(f *os.File) {
@@ -339,6 +343,10 @@ func (m *Machine) Wait(ctx context.Context) error {
 
 // Console implements vmm.Machine.
 func (m *Machine) Console(int) string { return "fake console\n" }
+
+// StartTimes implements vmm.Machine: a fake starts no process, and
+// reports the time its start took as Process, and one call.
+func (m *Machine) StartTimes() vmm.StartTimes { return m.times }
 
 // PID implements vmm.Machine: a fake has no process.
 func (m *Machine) PID() int { return 0 }

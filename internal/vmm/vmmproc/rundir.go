@@ -72,6 +72,10 @@ func (c *Claim) Release() {
 	}
 }
 
+// Moved tells the claim its dir was renamed to dir (with the lock file
+// in it, so the claim holds on).
+func (c *Claim) Moved(dir string) { c.dir = dir }
+
 // Remove deletes the run dir and releases the claim.
 func (c *Claim) Remove() error {
 	err := os.RemoveAll(c.dir)

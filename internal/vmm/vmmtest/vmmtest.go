@@ -454,13 +454,23 @@ func lifecycle(t *testing.T, d vmm.Driver, fx Fixtures, base string) {
 	stop(t, m, cfg.RunDir)
 
 	rcfg := Config(d, fx, base, "restored")
+	began := time.Now()
 	r, err := d.Restore(ctx, snapDir, rcfg)
+	took := time.Since(began)
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
 	t.Cleanup(func() { r.Stop(context.Background()) })
 	if r.State() != vmm.StateRunning {
 		t.Fatalf("state after Restore: %s", r.State())
+	}
+	// The restore's parts are reported, and fit inside it.
+	st := r.StartTimes()
+	if st.Calls < 1 || st.Incoming <= 0 || (st.Process <= 0 && !st.Prestarted) {
+		t.Errorf("restore's start times not filled: %+v", st)
+	}
+	if sum := st.Process + st.Incoming + st.Resume; sum > took {
+		t.Errorf("restore's parts add up to %s, more than the %s it took: %+v", sum, took, st)
 	}
 	rc := Connect(t, r)
 	defer rc.Close()
