@@ -42,6 +42,10 @@ func main() {
 	idleWindow := flag.Duration("idle-window", 30*time.Second, "how long idle CPU is measured")
 	tbSizes := flag.String("tb-sizes", "8,16,32,64", "TCG translation cache sizes (MiB) to compare")
 	throughputOps := flag.Int("throughput-ops", 16, "operations per row of the throughput table")
+	burstOnly := flag.Bool("burst-only", false, "only the pool burst table (burst.go)")
+	burst := flag.Int("burst", 20, "one-shot runs in the pool burst table (0: none)")
+	burstGap := flag.Duration("burst-gap", 250*time.Millisecond, "time between the burst's runs")
+	burstPools := flag.String("burst-pools", "1,1..4", "pool sizes (N or MIN..MAX) the burst is sent to, comma-separated")
 	plots := flag.String("plots", "bench-plots", "directory for SVG plots beside the tables (\"\" for none)")
 	flag.Parse()
 	if *plots != "" {
@@ -50,9 +54,23 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	opts := benchOpts{density: ints(*density), idleWindow: *idleWindow, tbSizes: ints(*tbSizes), throughputOps: *throughputOps, plots: *plots}
+	var ranges []sandbox.PoolRange
+	for _, f := range strings.Split(*burstPools, ",") {
+		r, err := sandbox.ParsePoolRange(strings.TrimSpace(f))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -burst-pools:", err)
+			os.Exit(2)
+		}
+		ranges = append(ranges, r)
+	}
+	opts := benchOpts{density: ints(*density), idleWindow: *idleWindow, tbSizes: ints(*tbSizes), throughputOps: *throughputOps, plots: *plots,
+		burst: *burst, burstGap: *burstGap, burstPools: ranges}
 	var err error
 	switch {
+	case *burstOnly:
+		err = withManager(*dataDir, *lang, func(ctx context.Context, mgr *sandbox.Manager, e *image.Entry) error {
+			return burstTable(ctx, mgr, e, opts.burst, opts.burstGap, opts.burstPools)
+		})
 	case *prewarmOnly:
 		err = prewarmTable(context.Background(), *dataDir)
 	case *restoreOnly:
@@ -98,6 +116,9 @@ type benchOpts struct {
 	tbSizes       []int
 	throughputOps int
 	plots         string
+	burst         int
+	burstGap      time.Duration
+	burstPools    []sandbox.PoolRange
 }
 
 func ints(s string) []int {
@@ -270,6 +291,9 @@ func run(dataDir, lang string, n, clones, sandboxRuns int, o benchOpts) error {
 		return err
 	}
 	if err := throughputTable(ctx, mgr, e, []int{1, 2, 4, 8}, o.throughputOps, o.plots); err != nil {
+		return err
+	}
+	if err := burstTable(ctx, mgr, e, o.burst, o.burstGap, o.burstPools); err != nil {
 		return err
 	}
 	if err := sandboxTable(ctx, mgr, lang, sandboxRuns); err != nil {
