@@ -55,14 +55,15 @@ type Pool[T Item] struct {
 	wake   chan struct{} // a take, or the target moved: look again
 	filled chan struct{} // closed and replaced whenever an item is added
 
-	mu     sync.Mutex
-	closed bool
-	done   chan struct{}
-	wg     sync.WaitGroup
-	takes  []time.Time // takes in the last Window, oldest first
-	making int         // creations in flight
+	mu      sync.Mutex
+	closed  bool
+	done    chan struct{}
+	wg      sync.WaitGroup
+	takes   []time.Time // takes in the last Window, oldest first
+	making  int         // creations in flight
+	waiting int         // Gets waiting for one of them
 
-	hits, misses, created, failures, shrunk atomic.Int64
+	hits, misses, created, failures, shrunk, waited atomic.Int64
 }
 
 // New returns a pool that keeps size items ready. It is empty until
@@ -199,6 +200,9 @@ func (p *Pool[T]) work(ctx context.Context) {
 		it, err := p.make(ctx)
 		p.mu.Lock()
 		p.making--
+		if err != nil {
+			p.changedLocked() // a Get waiting for this one makes its own
+		}
 		p.mu.Unlock()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -222,8 +226,7 @@ func (p *Pool[T]) work(ctx context.Context) {
 		}
 		select {
 		case p.ready <- it:
-			close(p.filled)
-			p.filled = make(chan struct{})
+			p.changedLocked()
 		default: // over Max: cannot happen while making counts; never leak
 			it.Close()
 		}
@@ -283,8 +286,20 @@ func (p *Pool[T]) make(ctx context.Context) (T, error) {
 	return it, nil
 }
 
+// changedLocked wakes whoever waits on filled: an item was added, or a
+// creation in flight ended without one.
+func (p *Pool[T]) changedLocked() {
+	close(p.filled)
+	p.filled = make(chan struct{})
+}
+
 // Get returns a waiting item (hit) or, if none waits, a new one (miss).
-// Either way it counts as demand.
+// Either way it counts as demand. When none waits but the pool is making
+// more than other Gets already wait for, Get waits for one of those
+// rather than making another beside it: on a busy host a second creation
+// would only slow both down, and the pool's item has been warmed. It is a
+// hit then too (Stats.Waited counts them). If that creation fails, Get
+// makes its own.
 func (p *Pool[T]) Get(ctx context.Context) (T, bool, error) {
 	var zero T
 	p.mu.Lock()
@@ -293,15 +308,44 @@ func (p *Pool[T]) Get(ctx context.Context) (T, bool, error) {
 	if closed {
 		return zero, false, ErrClosed
 	}
-	select {
-	case it := <-p.ready:
-		p.hits.Add(1)
-		p.noteTake()
-		return it, true, nil
-	default:
+	p.noteTake()
+	for waited := false; ; {
+		p.mu.Lock()
+		select {
+		case it := <-p.ready:
+			p.mu.Unlock()
+			p.hits.Add(1)
+			if waited {
+				p.waited.Add(1)
+			}
+			return it, true, nil
+		default:
+		}
+		if p.closed {
+			p.mu.Unlock()
+			return zero, false, ErrClosed
+		}
+		if p.making <= p.waiting {
+			p.mu.Unlock()
+			break
+		}
+		p.waiting++
+		filled := p.filled
+		p.mu.Unlock()
+		waited = true
+		select {
+		case <-filled:
+		case <-p.done:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return zero, false, err
+		}
 	}
 	p.misses.Add(1)
-	p.noteTake()
 	it, err := p.create(ctx)
 	return it, false, err
 }
@@ -359,10 +403,12 @@ type Stats struct {
 	Created  int64 `json:"created"`
 	Failures int64 `json:"failures"`
 	Shrunk   int64 `json:"shrunk"`
+	// Waited counts the hits that waited for an item in the making.
+	Waited int64 `json:"waited"`
 }
 
 // Stats returns the current counters.
 func (p *Pool[T]) Stats() Stats {
 	return Stats{Size: p.Target(), Min: p.min, Max: p.max, Ready: len(p.ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
-		Created: p.created.Load(), Failures: p.failures.Load(), Shrunk: p.shrunk.Load()}
+		Created: p.created.Load(), Failures: p.failures.Load(), Shrunk: p.shrunk.Load(), Waited: p.waited.Load()}
 }

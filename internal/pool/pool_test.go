@@ -236,3 +236,97 @@ func TestNeverAboveMax(t *testing.T) {
 	wg.Wait()
 	waitReady(t, p, 3)
 }
+
+// slowFactory makes items that take a while, and can fail the next one.
+type slowFactory struct {
+	factory
+	delay     time.Duration
+	started   chan struct{} // one send per create that began
+	failFirst atomic.Bool   // fail the first create to begin
+	begun     atomic.Int64
+}
+
+func (f *slowFactory) create(ctx context.Context) (*item, error) {
+	select {
+	case f.started <- struct{}{}:
+	default:
+	}
+	first := f.begun.Add(1) == 1
+	time.Sleep(f.delay)
+	if first && f.failFirst.Load() {
+		return nil, errors.New("boot failed")
+	}
+	return f.factory.create(ctx)
+}
+
+// A Get that finds the pool empty while it makes an item takes that item
+// instead of making one more beside it.
+func TestMissWaitsForTheItemInTheMaking(t *testing.T) {
+	f := &slowFactory{delay: 300 * time.Millisecond, started: make(chan struct{}, 1)}
+	p := New(1, f.create, Options{})
+	go p.Populate(context.Background())
+	defer p.Close()
+	<-f.started // the pool's first item is being made
+	it, hit, err := p.Get(context.Background())
+	if err != nil || !hit {
+		t.Fatalf("Get while the pool made an item: hit=%v err=%v", hit, err)
+	}
+	it.Close()
+	if st := p.Stats(); st.Misses != 0 || st.Waited != 1 || st.Hits != 1 {
+		t.Fatalf("stats %+v: want one hit that waited, no miss", st)
+	}
+	if n := f.next.Load(); n > 2 { // the pool's first, and its refill
+		t.Fatalf("%d items made for one Get", n)
+	}
+}
+
+// If the item a Get waits for fails, the Get makes its own; two Gets
+// never wait for the same single item.
+func TestWaitingGetsFallBack(t *testing.T) {
+	f := &slowFactory{delay: 200 * time.Millisecond, started: make(chan struct{}, 1)}
+	f.failFirst.Store(true)
+	p := New(1, f.create, Options{MaxBackoff: time.Second})
+	go p.Populate(context.Background())
+	defer p.Close()
+	<-f.started
+	var wg sync.WaitGroup
+	results := make(chan bool, 2)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			it, hit, err := p.Get(context.Background())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			it.Close()
+			results <- hit
+		}()
+	}
+	wg.Wait()
+	close(results)
+	misses := 0
+	for hit := range results {
+		if !hit {
+			misses++
+		}
+	}
+	if st := p.Stats(); misses == 0 || st.Misses != int64(misses) {
+		t.Fatalf("stats %+v, %d misses seen: the failed item's waiter must make its own", st, misses)
+	}
+}
+
+// A Get waiting for an item in the making returns when its context ends.
+func TestWaitingGetHonoursContext(t *testing.T) {
+	f := &slowFactory{delay: 2 * time.Second, started: make(chan struct{}, 1)}
+	p := New(1, f.create, Options{})
+	go p.Populate(context.Background())
+	defer p.Close()
+	<-f.started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, _, err := p.Get(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get = %v, want the context's deadline", err)
+	}
+}
