@@ -44,7 +44,7 @@ func main() {
 	throughputOps := flag.Int("throughput-ops", 16, "operations per row of the throughput table")
 	burstOnly := flag.Bool("burst-only", false, "only the pool burst table (burst.go)")
 	burst := flag.Int("burst", 20, "one-shot runs in the pool burst table (0: none)")
-	burstGap := flag.Duration("burst-gap", 250*time.Millisecond, "time between the burst's runs")
+	burstGap := flag.Duration("burst-gap", time.Second, "time between the burst's runs (a host's restore rate bounds what any pool can serve)")
 	burstPools := flag.String("burst-pools", "1,1..4", "pool sizes (N or MIN..MAX) the burst is sent to, comma-separated")
 	plots := flag.String("plots", "bench-plots", "directory for SVG plots beside the tables (\"\" for none)")
 	flag.Parse()
