@@ -155,26 +155,37 @@ func TestCLISandbox(t *testing.T) {
 	}
 	t.Run("in-process", func(t *testing.T) { flow(t, "hibernated") })
 	t.Run("through serve", func(t *testing.T) {
-		srv := exec.Command(bin, "--data-dir", data, "serve", "--listen", "127.0.0.1:0", "--pool", "")
-		var logb bytes.Buffer
-		srv.Stderr = &logb
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			srv.Process.Signal(os.Interrupt)
-			srv.Wait()
-		}()
-		sock := (&globalFlags{dataDir: data, runDir: os.Getenv("FIRESANDBOX_RUN")}).socketPath()
-		for i := 0; ; i++ {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if i > 100 {
-				t.Fatalf("serve did not open %s: %s", sock, logb.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		startServe(t, bin, data, "--pool", "")
 		flow(t, "running")
 	})
+}
+
+// startServe starts a serve of data on a loopback port with args, waits
+// for its unix socket and returns the socket's path; the serve is
+// stopped at the end of the test, its log shown if the test failed.
+func startServe(t *testing.T, bin, data string, args ...string) string {
+	t.Helper()
+	srv := exec.Command(bin, append([]string{"--data-dir", data, "serve", "--listen", "127.0.0.1:0"}, args...)...)
+	var logb bytes.Buffer
+	srv.Stderr = &logb
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Process.Signal(os.Interrupt)
+		srv.Wait()
+		if t.Failed() {
+			t.Logf("serve's log:\n%s", logb.String())
+		}
+	})
+	sock := (&globalFlags{dataDir: data, runDir: os.Getenv("FIRESANDBOX_RUN")}).socketPath()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		if i > 600 {
+			t.Fatalf("serve did not open %s: %s", sock, logb.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -44,7 +44,9 @@ ARGs after it are passed to the program. stdout and stderr stay separate,
 and the program's exit code becomes firesandbox's exit code.
 
 Exit codes: the program's own; 128+N if it died of signal N; 124 if it
-was killed at its time limit; 125 if firesandbox itself failed.
+was killed at its time limit; 137 (as for SIGKILL) if it was stopped for
+passing an output limit, however it ended; 125 if firesandbox itself
+failed.
 
 If a serve of this data directory is running, run goes through its unix
 socket and takes a VM from its warm pool; otherwise (or with --standalone)
@@ -324,13 +326,17 @@ func exitCode(r *agentproto.ExitResult) int {
 		return 124
 	case r.Status == agentproto.StatusInternal:
 		return exitInternal // the sandbox failed, not the program
+	case r.Status == agentproto.StatusStdoutLimit || r.Status == agentproto.StatusStderrLimit:
+		// The agent kills the program at the cap, but the program may have
+		// ended first (a write failing, a quick exit): one code for both.
+		return 128 + 9
 	case r.Signal != "":
 		if s := unix.SignalNum(r.Signal); s != 0 {
 			return 128 + int(s)
 		}
 		return 128 + 9
 	case r.Code == 0 && r.Status != agentproto.StatusOK:
-		return 1 // killed at an output limit after a clean exit code: still a failure
+		return 1 // a failure the agent reported for a clean exit code
 	}
 	return r.Code
 }

@@ -174,10 +174,10 @@ func TestExitCode(t *testing.T) {
 		"SIGKILL":                   {agentproto.ExitResult{Code: -1, Signal: "SIGKILL", Status: agentproto.StatusSignal}, 137},
 		"SIGSEGV":                   {agentproto.ExitResult{Code: -1, Signal: "SIGSEGV", Status: agentproto.StatusSignal}, 139},
 		"unknown signal name":       {agentproto.ExitResult{Code: -1, Signal: "SIGWHAT", Status: agentproto.StatusSignal}, 137},
-		"output limit after exit 0": {agentproto.ExitResult{Code: 0, Status: agentproto.StatusStdoutLimit}, 1},
-		"stderr limit after exit 0": {agentproto.ExitResult{Code: 0, Status: agentproto.StatusStderrLimit}, 1},
+		"output limit after exit 0": {agentproto.ExitResult{Code: 0, Status: agentproto.StatusStdoutLimit}, 137},
+		"stderr limit after exit 0": {agentproto.ExitResult{Code: 0, Status: agentproto.StatusStderrLimit}, 137},
 		"output limit, killed":      {agentproto.ExitResult{Code: -1, Signal: "SIGKILL", Status: agentproto.StatusStdoutLimit}, 137},
-		"output limit, own code":    {agentproto.ExitResult{Code: 4, Status: agentproto.StatusStdoutLimit}, 4},
+		"output limit, own code":    {agentproto.ExitResult{Code: 1, Status: agentproto.StatusStdoutLimit}, 137},
 		"agent failure":             {agentproto.ExitResult{Status: agentproto.StatusInternal, Message: "cannot start"}, exitInternal},
 		"agent failure, killed":     {agentproto.ExitResult{Code: -1, Signal: "SIGKILL", Status: agentproto.StatusInternal}, exitInternal},
 	}

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/firesandbox/firesandbox/internal/image"
 	"github.com/firesandbox/firesandbox/internal/testutil"
@@ -77,8 +74,8 @@ func runCases(t *testing.T, dataDir string) []runCase {
 			}},
 		{name: "output limit", args: []string{"--output-limit", "10", "python", "-c", "print('x'*100)"},
 			check: func(t *testing.T, r, _ cliResult) {
-				if r.code == 0 || len(r.stdout) > 10 || !strings.HasSuffix(r.stderr, "(OL)\n") {
-					t.Errorf("got %+v; want a failure, at most 10 bytes and an OL line", r)
+				if r.code != 137 || len(r.stdout) > 10 || !strings.HasSuffix(r.stderr, "(OL)\n") {
+					t.Errorf("got %+v; want exit 137, at most 10 bytes and an OL line", r)
 				}
 			}},
 		{name: "signal", args: []string{"python", "-c", "import os; os.kill(os.getpid(), 9)"},
@@ -171,29 +168,7 @@ func TestCLIRunBothWays(t *testing.T) {
 	}
 	t.Run("standalone", func(t *testing.T) { each(t) })
 	t.Run("through serve", func(t *testing.T) {
-		srv := exec.Command(bin, "--data-dir", data, "serve", "--listen", "127.0.0.1:0", "--pool", "python=1..2")
-		var logb bytes.Buffer
-		srv.Stderr = &logb
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			srv.Process.Signal(os.Interrupt)
-			srv.Wait()
-			if t.Failed() {
-				t.Logf("serve's log:\n%s", logb.String())
-			}
-		}()
-		sock := (&globalFlags{dataDir: data, runDir: os.Getenv("FIRESANDBOX_RUN")}).socketPath()
-		for i := 0; ; i++ {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if i > 600 {
-				t.Fatalf("serve did not open %s: %s", sock, logb.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		sock := startServe(t, bin, data, "--pool", "python=1..2")
 		r := runCLI(t, bin, data, "", "-v", "run", "python", "-c", "print(1)")
 		if r.code != 0 || r.stdout != "1\n" || !strings.Contains(r.stderr, "via serve "+sock) || !strings.Contains(r.stderr, "hello ") {
 			t.Fatalf("-v does not say it went through serve: %+v", r)

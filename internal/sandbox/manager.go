@@ -239,13 +239,7 @@ func (m *Manager) claim(id string) (string, error) {
 // sweep removes run directories and RAM files of VMs whose owner died,
 // and kills their VMMs where those outlived it.
 func (m *Manager) sweep() {
-	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
-	for _, o := range owners {
-		b, err := os.ReadFile(o)
-		if err != nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for o, pid := range m.owners() {
 		if pid > 0 && syscall.Kill(pid, 0) == nil {
 			continue // owner alive
 		}
@@ -273,16 +267,26 @@ func (m *Manager) sweep() {
 	}
 }
 
-// othersOwnVMs says whether another live process owns VMs here (a
-// second serve, or a command run beside it).
-func (m *Manager) othersOwnVMs() bool {
-	owners, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
-	for _, o := range owners {
+// owners maps each VM's owner file to the pid it names (0 if it names
+// none).
+func (m *Manager) owners() map[string]int {
+	files, _ := filepath.Glob(filepath.Join(m.cfg.RunDir, "owners", "*"))
+	out := make(map[string]int, len(files))
+	for _, o := range files {
 		b, err := os.ReadFile(o)
 		if err != nil {
 			continue
 		}
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		out[o] = pid
+	}
+	return out
+}
+
+// othersOwnVMs says whether another live process owns VMs here (a
+// second serve, or a command run beside it).
+func (m *Manager) othersOwnVMs() bool {
+	for _, pid := range m.owners() {
 		if pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
 			return true
 		}
