@@ -5,42 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/firesandbox/firesandbox/internal/netns"
 )
 
-// inNS runs fn on an OS thread that has joined the network namespace ns,
-// so sockets fn creates (listeners, dials, taps) belong to ns. The thread
-// is returned to its namespace afterwards; if that fails it stays locked
-// and the runtime discards it when the goroutine ends.
-func inNS(ns *os.File, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
-			return // the thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs fn on an OS thread that has joined the network namespace ns
+// (netns.Do).
+func inNS(ns *os.File, fn func() error) error { return netns.Do(ns, fn) }
 
 // ensureNetnsDir makes dir a shared mount point, as iproute2 does for
 // /run/netns, so namespaces bound there are visible in mount namespaces
@@ -66,37 +40,8 @@ func ensureNetnsDir(dir string) error {
 // `ip netns add` layout). It returns the namespace opened.
 func createNamedNS(dir, name string) (*os.File, error) {
 	path := filepath.Join(dir, name)
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return nil, fmt.Errorf("create %s: %w", path, err)
-	}
-	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		berr := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(berr, fmt.Errorf("leave new namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- berr
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("create network namespace %s: %w", name, err)
+	if err := netns.Create(path); err != nil {
+		return nil, err
 	}
 	ns, err := os.Open(path)
 	if err != nil {
@@ -108,17 +53,7 @@ func createNamedNS(dir, name string) (*os.File, error) {
 
 // deleteNamedNS unbinds and removes dir/name. The namespace itself goes
 // away with its last user; its links, taps and rules with it.
-func deleteNamedNS(dir, name string) error {
-	path := filepath.Join(dir, name)
-	err := unix.Unmount(path, unix.MNT_DETACH)
-	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
+func deleteNamedNS(dir, name string) error { return netns.Delete(filepath.Join(dir, name)) }
 
 // Tap flags: a tap without packet information, with the virtio-net header
 // QEMU and Firecracker both use.

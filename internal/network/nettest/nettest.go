@@ -41,6 +41,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	fsnetns "github.com/firesandbox/firesandbox/internal/netns"
 )
 
 // Addresses of the world.
@@ -133,19 +135,7 @@ func (w *World) namespace(name string) (*os.File, string) {
 	t := w.t
 	t.Helper()
 	path := filepath.Join(w.dir, name)
-	if err := os.WriteFile(path, nil, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
+	if err := fsnetns.Create(path); err != nil {
 		t.Fatalf("nettest: namespace %s: %v", name, err)
 	}
 	f, err := os.Open(path)
@@ -154,7 +144,7 @@ func (w *World) namespace(name string) (*os.File, string) {
 	}
 	t.Cleanup(func() {
 		f.Close()
-		unix.Unmount(path, unix.MNT_DETACH)
+		fsnetns.Delete(path)
 	})
 	return f, path
 }

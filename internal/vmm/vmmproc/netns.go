@@ -1,12 +1,10 @@
 package vmmproc
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
-	"golang.org/x/sys/unix"
+	"github.com/firesandbox/firesandbox/internal/netns"
 )
 
 // InNetns runs fn on an OS thread that has joined the network namespace
@@ -25,28 +23,5 @@ func InNetns(path string, fn func() error) error {
 		return fmt.Errorf("open network namespace: %w", err)
 	}
 	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer own.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
-			return // locked: the thread ends with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netns.Do(ns, fn)
 }

@@ -3,12 +3,13 @@ package vmmproc
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/firesandbox/firesandbox/internal/netns"
 )
 
 // newNetns makes a network namespace bound at a file in a temp dir, as
@@ -19,22 +20,10 @@ func newNetns(t *testing.T) string {
 		t.Skip("skipped: needs root")
 	}
 	path := filepath.Join(t.TempDir(), "ns")
-	if err := os.WriteFile(path, nil, 0o444); err != nil {
+	if err := netns.Create(path); err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	t.Cleanup(func() { netns.Delete(path) })
 	return path
 }
 

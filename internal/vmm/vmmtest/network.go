@@ -8,17 +8,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/firesandbox/firesandbox/internal/agentproto"
 	"github.com/firesandbox/firesandbox/internal/vmm"
 	"github.com/firesandbox/firesandbox/internal/vmm/vmmproc"
+
+	"github.com/firesandbox/firesandbox/internal/netns"
 )
 
 // The guest side of the test link, as internal/network gives every VM.
@@ -45,22 +45,10 @@ type netHost struct {
 func newNetHost(t *testing.T, name string) *netHost {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "netns-"+name)
-	if err := os.WriteFile(path, nil, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
+	if err := netns.Create(path); err != nil {
 		t.Fatalf("network namespace: %v", err)
 	}
-	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	t.Cleanup(func() { netns.Delete(path) })
 	var ln net.Listener
 	err := vmmproc.InNetns(path, func() error {
 		lo, err := netlink.LinkByName("lo")
