@@ -112,6 +112,9 @@ clean:
 minio: ## build the MinIO server the S3 tests use (once; cached in GOBIN)
 	test -x "$$($(GO) env GOPATH)/bin/minio" || GOBIN="$$($(GO) env GOPATH)/bin" $(GO) install github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 
-# Every catalog language: build its image if needed, run its test program, print a table.
+# Every catalog language: build its image if needed, run its conformance
+# checks, print a table. LANGTEST_JOBS languages at once (2 overlaps one
+# image build with another language's checks); LANGS picks some.
+LANGTEST_JOBS ?= 2
 test-languages: build kernel
-	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-langtest $(LANGS)
+	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-langtest -j $(LANGTEST_JOBS) $(LANGS)
