@@ -116,5 +116,5 @@ minio: ## build the MinIO server the S3 tests use (once; cached in GOBIN)
 # checks, print a table. LANGTEST_JOBS languages at once (2 overlaps one
 # image build with another language's checks); LANGS picks some.
 LANGTEST_JOBS ?= 2
-test-languages: build kernel
+test-languages: build kernel image
 	FIRESANDBOX_DATA=$(DATA) $(GO) run ./cmd/firesandbox-langtest -j $(LANGTEST_JOBS) $(LANGS)
