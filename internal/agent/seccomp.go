@@ -17,14 +17,16 @@ import (
 // widest attack surface from inside a VM, and none of them is needed to
 // compile or run a program.
 //
-// The filter is a deny list, so it must also refuse every other system
-// call ABI: a process of the filter's architecture may not use the x32
-// numbers (ENOSYS), and a call through another architecture's entry
-// (int 0x80 into the i386 table, whose numbers differ) kills the process.
+// The filter is a deny list, so it must cover every system call ABI a
+// process can reach: on amd64 the x86_64 table, whose x32 numbers it
+// refuses (ENOSYS), and the i386 table behind int 0x80, whose numbers
+// differ, with its own deny list (32-bit programs, as users' assembly
+// often is, run; their mount is refused as a 64-bit one is). A call
+// through any other architecture's entry kills the process.
 // A well-kept library was considered (elastic/go-seccomp-bpf): its
 // architecture check jumps to the default action, which for a deny list
-// would let i386 calls through, so the few instructions are written here
-// with x/net/bpf, and tested on its BPF interpreter.
+// would let unlisted ABIs through, so the few instructions are written
+// here with x/net/bpf, and tested on its BPF interpreter.
 
 // seccomp_data offsets (linux/seccomp.h).
 const (
@@ -42,31 +44,53 @@ const (
 	retErrno       = 0x00050000
 )
 
-// filterProgram assembles the filter for arch, refusing the calls in
-// denied with EPERM.
-func filterProgram(arch uint32, denied []uint32) ([]bpf.RawInstruction, error) {
-	prog := []bpf.Instruction{
-		bpf.LoadAbsolute{Off: offArch, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: arch, SkipTrue: 1},
-		bpf.RetConstant{Val: retKillProcess},
-		bpf.LoadAbsolute{Off: offNR, Size: 4},
+// syscallABI is one system call table a process can enter, and the calls
+// of it that are refused.
+type syscallABI struct {
+	arch   uint32   // AUDIT_ARCH_* of seccomp_data
+	denied []uint32 // refused with EPERM
+	x32    bool     // refuse the x32 numbers (x86_64's table) with ENOSYS
+}
+
+// filterProgram assembles the filter: the calls each ABI denies are
+// refused with EPERM, and a call through an ABI not listed kills the
+// process.
+func filterProgram(abis []syscallABI) ([]bpf.RawInstruction, error) {
+	var sections [][]bpf.Instruction
+	for _, a := range abis {
+		if len(a.denied) > 255 {
+			return nil, fmt.Errorf("seccomp: %d denied calls do not fit one jump", len(a.denied))
+		}
+		sec := []bpf.Instruction{bpf.LoadAbsolute{Off: offNR, Size: 4}}
+		if a.x32 {
+			sec = append(sec,
+				bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: x32SyscallBit, SkipFalse: 1},
+				bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)},
+			)
+		}
+		for i, nr := range a.denied {
+			// match: fall through to the EPERM at the end of the list
+			sec = append(sec, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(len(a.denied) - i)})
+		}
+		sections = append(sections, append(sec,
+			bpf.RetConstant{Val: retAllow},
+			bpf.RetConstant{Val: retErrno | uint32(unix.EPERM)},
+		))
 	}
-	if arch == unix.AUDIT_ARCH_X86_64 {
-		prog = append(prog,
-			bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: x32SyscallBit, SkipFalse: 1},
-			bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)},
-		)
+	// The head: load the ABI, one jump per ABI to its section, else kill.
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: offArch, Size: 4}}
+	start := len(abis) + 1 // the first section, counted from after the load
+	for i, a := range abis {
+		skip := start - i - 1
+		if skip > 255 {
+			return nil, fmt.Errorf("seccomp: the filter's ABI sections do not fit one jump")
+		}
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: a.arch, SkipTrue: uint8(skip)})
+		start += len(sections[i])
 	}
-	for i, nr := range denied {
-		// match: fall through to the EPERM at the end of the list
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(len(denied) - i)})
-	}
-	prog = append(prog,
-		bpf.RetConstant{Val: retAllow},
-		bpf.RetConstant{Val: retErrno | uint32(unix.EPERM)},
-	)
-	if len(denied) > 255 {
-		return nil, fmt.Errorf("seccomp: %d denied calls do not fit one jump", len(denied))
+	prog = append(prog, bpf.RetConstant{Val: retKillProcess})
+	for _, sec := range sections {
+		prog = append(prog, sec...)
 	}
 	return bpf.Assemble(prog)
 }
@@ -80,11 +104,11 @@ var (
 // userFilter is the assembled filter for this architecture.
 func userFilter() ([]unix.SockFilter, error) {
 	filterOnce.Do(func() {
-		if auditArch == 0 {
+		if len(syscallABIs) == 0 {
 			filterErr = fmt.Errorf("seccomp: no filter for %s", runtime.GOARCH)
 			return
 		}
-		raw, err := filterProgram(auditArch, deniedSyscalls)
+		raw, err := filterProgram(syscallABIs)
 		if err != nil {
 			filterErr = err
 			return

@@ -3,6 +3,4 @@
 package agent
 
 // No filter is defined for this architecture: startConfined refuses.
-const auditArch = 0
-
-var deniedSyscalls []uint32
+var syscallABIs []syscallABI

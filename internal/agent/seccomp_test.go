@@ -26,7 +26,7 @@ func TestFilterProgram(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the filter is defined for amd64")
 	}
-	raw, err := filterProgram(auditArch, deniedSyscalls)
+	raw, err := filterProgram(syscallABIs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestFilterProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const i386Mount = 21 // mount(2) in the i386 table, reached through int 0x80
+	const i386Mount, i386Write, i386Exit = 21, 4, 1 // in the i386 table, reached through int 0x80
 	for name, tc := range map[string]struct {
 		arch, nr uint32
 		want     uint32
@@ -52,8 +52,14 @@ func TestFilterProgram(t *testing.T) {
 		"first denied":      {unix.AUDIT_ARCH_X86_64, deniedSyscalls[0], retErrno | uint32(unix.EPERM)},
 		"last denied":       {unix.AUDIT_ARCH_X86_64, deniedSyscalls[len(deniedSyscalls)-1], retErrno | uint32(unix.EPERM)},
 		"x32 mount":         {unix.AUDIT_ARCH_X86_64, x32SyscallBit | unix.SYS_MOUNT, retErrno | uint32(unix.ENOSYS)},
-		"i386 mount":        {unix.AUDIT_ARCH_I386, i386Mount, retKillProcess},
-		"i386 anything":     {unix.AUDIT_ARCH_I386, unix.SYS_READ, retKillProcess},
+		"i386 mount":        {unix.AUDIT_ARCH_I386, i386Mount, retErrno | uint32(unix.EPERM)},
+		"i386 write":        {unix.AUDIT_ARCH_I386, i386Write, retAllow},
+		"i386 exit":         {unix.AUDIT_ARCH_I386, i386Exit, retAllow},
+		"i386 keyctl":       {unix.AUDIT_ARCH_I386, 288, retErrno | uint32(unix.EPERM)},
+		"i386 vm86":         {unix.AUDIT_ARCH_I386, 166, retErrno | uint32(unix.EPERM)},
+		"i386 last denied":  {unix.AUDIT_ARCH_I386, deniedSyscalls386[len(deniedSyscalls386)-1], retErrno | uint32(unix.EPERM)},
+		"i386 x32 bit":      {unix.AUDIT_ARCH_I386, x32SyscallBit | 4, retAllow}, // no x32 in the i386 table: an unknown number, ENOSYS from the kernel
+		"other ABI":         {unix.AUDIT_ARCH_AARCH64, unix.SYS_READ, retKillProcess},
 		"perf_event_open":   {unix.AUDIT_ARCH_X86_64, unix.SYS_PERF_EVENT_OPEN, retErrno | uint32(unix.EPERM)},
 		"userfaultfd":       {unix.AUDIT_ARCH_X86_64, unix.SYS_USERFAULTFD, retErrno | uint32(unix.EPERM)},
 		"kexec_file_load":   {unix.AUDIT_ARCH_X86_64, unix.SYS_KEXEC_FILE_LOAD, retErrno | uint32(unix.EPERM)},

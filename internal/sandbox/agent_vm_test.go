@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io/fs"
 	"regexp"
@@ -105,6 +106,22 @@ print("nnp", [l.split()[1] for l in open("/proc/self/status") if l.startswith("N
 		}
 		if out, _ := sh(t, "", "cat /proc/sys/user/max_user_namespaces"); strings.TrimSpace(out) != "0" {
 			t.Errorf("max_user_namespaces = %q", out)
+		}
+	})
+
+	t.Run("32-bit programs", func(t *testing.T) {
+		// int 0x80 enters the i386 table: a 32-bit program runs (as
+		// users' assembly often is), and the filter refuses its mount
+		// as it refuses a 64-bit one. As guest root, whom nothing but
+		// the filter stops, an unfiltered mount(NULL, NULL) fails EFAULT.
+		if err := c.WriteFiles(ctx, WorkDir, []agentproto.File{{Path: "i386", Content: i386Program(), Mode: 0o755}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, user := range []string{"", "root"} {
+			out, res := sh(t, user, "./i386")
+			if out != "hello from i386\n" || res.Code != 1 || res.Signal != "" {
+				t.Errorf("as %q: a 32-bit program printed %q and exited %d %s (%s); want its line, and 1: EPERM from mount", user, out, res.Code, res.Signal, res.Status)
+			}
 		}
 	})
 
@@ -236,4 +253,46 @@ func waitFor(t *testing.T, b *lockedBuffer, re string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// i386Program is a static 32-bit ELF that writes a line with write(2)
+// through int 0x80, then calls mount(NULL, NULL, NULL) the same way and
+// exits with its errno.
+func i386Program() []byte {
+	const base, hdr = 0x08048000, 52 + 32 // load address; ELF header and one program header
+	msg := []byte("hello from i386\n")
+	code := func(msgAddr uint32) []byte {
+		var c []byte
+		mov := func(op byte, v uint32) { c = binary.LittleEndian.AppendUint32(append(c, op), v) }
+		mov(0xb8, 4) // eax = write
+		mov(0xbb, 1) // ebx = stdout
+		mov(0xb9, msgAddr)
+		mov(0xba, uint32(len(msg)))
+		c = append(c, 0xcd, 0x80)                                                 // int 0x80
+		mov(0xb8, 21)                                                             // eax = mount
+		c = append(c, 0x31, 0xdb, 0x31, 0xc9, 0x31, 0xd2, 0x31, 0xf6, 0x31, 0xff) // ebx ecx edx esi edi = 0
+		c = append(c, 0xcd, 0x80)
+		c = append(c, 0xf7, 0xd8, 0x89, 0xc3) // ebx = -eax
+		mov(0xb8, 1)                          // eax = exit
+		return append(c, 0xcd, 0x80)
+	}
+	body := code(0)
+	body = append(code(uint32(base+hdr+len(body))), msg...)
+	size := uint32(hdr + len(body))
+	le := binary.LittleEndian
+	b := []byte{0x7f, 'E', 'L', 'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	b = le.AppendUint16(b, 2) // ET_EXEC
+	b = le.AppendUint16(b, 3) // EM_386
+	b = le.AppendUint32(b, 1)
+	b = le.AppendUint32(b, base+hdr) // entry
+	b = le.AppendUint32(b, 52)       // program headers
+	b = le.AppendUint32(b, 0)        // no sections
+	b = le.AppendUint32(b, 0)
+	for _, v := range []uint16{52, 32, 1, 0, 0, 0} { // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+		b = le.AppendUint16(b, v)
+	}
+	for _, v := range []uint32{1, 0, base, base, size, size, 5, 0x1000} { // PT_LOAD of the whole file, R+X
+		b = le.AppendUint32(b, v)
+	}
+	return append(b, body...)
 }
