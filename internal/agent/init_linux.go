@@ -3,7 +3,6 @@ package agent
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -96,6 +96,16 @@ func Init(version string, log *slog.Logger) error {
 	if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0"), 0); err != nil {
 		log.Warn("disable user namespaces", "err", err)
 	}
+	// Quiet the kernel's periodic housekeeping: proactive compaction
+	// (kcompactd every half second) and the per-CPU vm statistics fold
+	// (every second) are work an idle guest does for nothing, and work
+	// that lands in a restored guest's first moments, where TCG
+	// translates it afresh.
+	for k, v := range map[string]string{"vm/compaction_proactiveness": "0", "vm/stat_interval": "30"} {
+		if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
+			log.Warn("sysctl", "key", k, "err", err)
+		}
+	}
 	var uname unix.Utsname
 	_ = unix.Uname(&uname)
 	srv := NewServer(Config{
@@ -114,6 +124,8 @@ func Init(version string, log *slog.Logger) error {
 			return unix.Settimeofday(&tv)
 		},
 	}, log)
+	srv.warmCodecs()
+	_, _ = urandom()
 	return serveChannel(gc.Channel, srv, log)
 }
 
@@ -369,6 +381,12 @@ func powerOff() {
 // serveChannel opens the host channel and serves it, again and again: a
 // virtio-serial port reads EOF while no host is attached (for example
 // between a snapshot and its restore), and a new host may attach later.
+// After an EOF the port stays open and the next session starts at once:
+// its Hello waits in the port until a host attaches. A template's guest
+// is snapshotted in that wait, so a restore's first answer costs no
+// reopen (which a restored guest, whose translated code TCG does not
+// keep, paid for in tens of milliseconds). Any other failure reopens the
+// port.
 func serveChannel(spec string, srv *Server, log *slog.Logger) error {
 	kind, name, port, err := agentproto.ParseChannel(spec)
 	if err != nil {
@@ -386,11 +404,11 @@ func serveChannel(spec string, srv *Server, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("open channel %s: %w", dev, err)
 		}
-		err = srv.Serve(context.Background(), f)
-		f.Close()
-		if !errors.Is(err, io.EOF) {
-			log.Warn("channel", "err", err)
+		for err = io.EOF; errors.Is(err, io.EOF); {
+			err = srv.Serve(context.Background(), f)
 		}
+		f.Close()
+		log.Warn("channel", "err", err)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -464,6 +482,28 @@ func resync(r agentproto.ResyncRequest) error {
 	return nil
 }
 
+// formatUUID writes u as the kernel writes a boot id: 8-4-4-4-12 hex
+// digits and a newline (without fmt, whose code a restored guest would
+// have TCG translate again).
+func formatUUID(u [16]byte) []byte {
+	b := make([]byte, 0, 37)
+	for i, c := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b = append(b, '-')
+		}
+		b = append(b, hexDigits[c>>4], hexDigits[c&0xf])
+	}
+	return append(b, '\n')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// urandom is /dev/urandom, opened once: a restored guest's resync uses it
+// and should not pay for an open.
+var urandom = sync.OnceValues(func() (*os.File, error) {
+	return os.OpenFile("/dev/urandom", os.O_WRONLY|unix.O_CLOEXEC, 0)
+})
+
 // bootIDFor is the identity the commands' boot id was made for.
 var bootIDFor string
 
@@ -508,15 +548,17 @@ func mountBootID() error {
 // rewriting the file in place leaves no trace of the old one.
 func newBootID() error {
 	var u [16]byte
-	if _, err := rand.Read(u[:]); err != nil { // reseeded just before
-		return fmt.Errorf("boot id: %w", err)
+	// getrandom(2) itself, not through the vDSO: Go's rand.Read and
+	// unix.Getrandom would map a vDSO state for this thread first, in a
+	// restored guest's first answer.
+	if n, _, e := unix.Syscall(unix.SYS_GETRANDOM, uintptr(unsafe.Pointer(&u[0])), uintptr(len(u)), 0); e != 0 || n != uintptr(len(u)) { // reseeded just before
+		return fmt.Errorf("boot id: getrandom: %d bytes, %v", n, e)
 	}
 	u[6], u[8] = u[6]&0x0f|0x40, u[8]&0x3f|0x80 // a version 4 UUID, as the kernel makes
-	id := fmt.Sprintf("%x-%x-%x-%x-%x\n", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 	if bootIDFile == nil {
 		return errors.New("boot id: not mounted at boot")
 	}
-	if _, err := bootIDFile.WriteAt([]byte(id), 0); err != nil {
+	if _, err := bootIDFile.WriteAt(formatUUID(u), 0); err != nil {
 		return fmt.Errorf("boot id: %w", err)
 	}
 	return nil
@@ -525,11 +567,10 @@ func newBootID() error {
 // addEntropy credits data to the kernel's entropy pool and forces the CRNG
 // to reseed, so a restored clone stops producing its template's stream.
 func addEntropy(data []byte) error {
-	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	f, err := urandom()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
 	buf := make([]byte, 8+len(data)+3)
 	*(*int32)(unsafe.Pointer(&buf[0])) = int32(len(data) * 8)

@@ -52,6 +52,16 @@ func (s *Server) hello() agentproto.Hello {
 	return h
 }
 
+// warmCodecs encodes a Hello once, so the JSON codec's per-type cache
+// holds it before a template's snapshot: a restored guest's first answer
+// (a Hello, to a resync, which is binary) then runs no reflection over
+// the type that TCG would translate afresh.
+func (s *Server) warmCodecs() {
+	if b, err := json.Marshal(s.hello()); err == nil {
+		_ = json.Unmarshal(b, new(agentproto.Hello))
+	}
+}
+
 // Bounds of one channel.
 const (
 	// maxRequests bounds the requests in flight on one channel.
@@ -235,7 +245,7 @@ func (srv *Server) dispatch(s *session, f agentproto.Frame) error {
 		return s.send(agentproto.MsgHello, srv.hello())
 	case agentproto.MsgResync:
 		var r agentproto.ResyncRequest
-		if err := agentproto.DecodeJSON(f, &r); err != nil {
+		if err := r.UnmarshalBinary(f.Payload); err != nil {
 			return err
 		}
 		if srv.cfg.Resync != nil {

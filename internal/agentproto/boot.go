@@ -20,6 +20,15 @@ const (
 	ArgModules = "fs.modules" // extra module groups to load, comma-separated
 )
 
+// AgentGODEBUG is the Go runtime setting the agent runs with; the kernel
+// hands a command-line word with an '=' and no '.' to init (the agent) as
+// an environment variable. No asynchronous preemption: the agent's
+// goroutines are short, and under TCG, where everything runs slowly,
+// sysmon's preemption signals cost a restored guest signal deliveries
+// (kernel and runtime code that TCG translates afresh) in the middle of
+// its first answer.
+const AgentGODEBUG = "GODEBUG=asyncpreemptoff=1"
+
 // Bounds of the boot contract.
 const (
 	MaxLayers     = 16
@@ -102,7 +111,8 @@ func (b Boot) Args() ([]string, error) {
 	}
 	var args []string
 	if b.Channel != "" {
-		args = append(args, ArgChannel+"="+b.Channel)
+		// The driver's part: the channel, and the agent's runtime settings.
+		args = append(args, ArgChannel+"="+b.Channel, AgentGODEBUG)
 	}
 	if len(b.Root) > 0 {
 		args = append(args, ArgRoot+"="+strings.Join(b.Root, ","))

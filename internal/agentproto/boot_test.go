@@ -38,7 +38,7 @@ func TestBootRoundTrip(t *testing.T) {
 func TestBootArgsPartial(t *testing.T) {
 	// A driver contributes the channel and modules, the manager the disks.
 	args, err := Boot{Channel: VsockChannel(52), Modules: []string{"vsock"}}.Args()
-	if want := []string{"fs.channel=vsock:52", "fs.modules=vsock"}; err != nil || !reflect.DeepEqual(args, want) {
+	if want := []string{"fs.channel=vsock:52", AgentGODEBUG, "fs.modules=vsock"}; err != nil || !reflect.DeepEqual(args, want) {
 		t.Fatalf("Args = %q, %v; want %q", args, err, want)
 	}
 	args, err = Boot{Root: []string{"layer0"}, RootFS: "squashfs", Upper: "upper"}.Args()

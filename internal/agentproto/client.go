@@ -203,13 +203,24 @@ func (c *Client) sendCancel(id uint32) {
 // unusable (a frame may be cut short, or the guest stopped reading), so
 // the channel is closed and every call fails at once.
 func (c *Client) write(t MsgType, v any) error {
-	if err := c.w.WriteJSON(t, v); err != nil {
-		if !errors.Is(err, ErrTooLarge) && !errors.Is(err, errEncode) { // nothing was written: the channel is fine
-			c.conn.Close()
-		}
-		return fmt.Errorf("send %s: %w", t, err)
+	return c.sent(t, c.w.WriteJSON(t, v))
+}
+
+// writeFrame sends a frame whose payload is already encoded.
+func (c *Client) writeFrame(t MsgType, payload []byte) error {
+	return c.sent(t, c.w.WriteFrame(t, payload))
+}
+
+// sent closes the channel after a failed write, which may have left
+// half a frame in it.
+func (c *Client) sent(t MsgType, err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
+	if !errors.Is(err, ErrTooLarge) && !errors.Is(err, errEncode) { // nothing was written: the channel is fine
+		c.conn.Close()
+	}
+	return fmt.Errorf("send %s: %w", t, err)
 }
 
 // AgentError is an error the agent reported instead of a result.
@@ -241,7 +252,7 @@ func (e *AgentError) Is(target error) bool {
 
 // WaitHello pings the agent until it answers with a Hello or ctx ends.
 func (c *Client) WaitHello(ctx context.Context) (Hello, error) {
-	return c.pingFor(ctx, MsgPing, nil, nil)
+	return c.pingFor(ctx, func() error { return c.write(MsgPing, nil) }, nil)
 }
 
 // FirstHello is when the client received its first Hello (zero if none
@@ -263,12 +274,16 @@ func (c *Client) Resync(ctx context.Context, r ResyncRequest) (Hello, error) {
 	if r.Identity != "" {
 		want = func(h Hello) bool { return h.Identity == r.Identity }
 	}
-	return c.pingFor(ctx, MsgResync, r, want)
+	payload, err := r.MarshalBinary()
+	if err != nil {
+		return Hello{}, fmt.Errorf("send %s: %w", MsgResync, err)
+	}
+	return c.pingFor(ctx, func() error { return c.writeFrame(MsgResync, payload) }, want)
 }
 
-// pingFor sends a frame of type t until a Hello answers it; with want set,
-// only a Hello that want accepts.
-func (c *Client) pingFor(ctx context.Context, t MsgType, v any, want func(Hello) bool) (Hello, error) {
+// pingFor sends a frame (with send) until a Hello answers it; with want
+// set, only a Hello that want accepts.
+func (c *Client) pingFor(ctx context.Context, send func() error, want func(Hello) bool) (Hello, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	select { // drop a stale greeting so the answer is to this request
@@ -285,7 +300,7 @@ func (c *Client) pingFor(ctx context.Context, t MsgType, v any, want func(Hello)
 			return Hello{}, c.Err()
 		default:
 		}
-		if err := c.write(t, v); err != nil {
+		if err := send(); err != nil {
 			return Hello{}, err
 		}
 		if h, ok, err := c.awaitHello(ctx, tick.C, want); ok || err != nil {

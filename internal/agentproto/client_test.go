@@ -188,7 +188,7 @@ func TestResyncSendsRequestAndWaitsForHello(t *testing.T) {
 		done <- err
 	}()
 	var r ResyncRequest
-	if err := DecodeJSON(g.next(MsgResync), &r); err != nil {
+	if err := r.UnmarshalBinary(g.next(MsgResync).Payload); err != nil {
 		t.Fatal(err)
 	}
 	if r.UnixNanos != 42 || r.Identity != "clone-1" || !bytes.Equal(r.Entropy, []byte{1, 2}) {

@@ -13,7 +13,7 @@ import (
 // ProtocolVersion is the version written in every frame header. Bump it on
 // any incompatible change; snapshots record it so an old snapshot is never
 // restored under a new host.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // MaxPayload bounds one frame's payload, so a confused or hostile peer cannot
 // make the other side allocate without limit.
@@ -37,7 +37,7 @@ const (
 	MsgError    MsgType = 6 // either way: ErrorMsg
 	MsgCancel   MsgType = 7 // host -> guest: CancelRequest
 	MsgShutdown MsgType = 8 // host -> guest: empty; the guest powers off
-	MsgResync   MsgType = 9 // host -> guest: ResyncRequest; answered with Hello
+	MsgResync   MsgType = 9 // host -> guest: ResyncRequest, binary (resync.go); answered with Hello
 	// MsgWriteFiles writes files without running anything; answered with
 	// an empty FileData (or Error) of the same id.
 	MsgWriteFiles MsgType = 10 // host -> guest: WriteFilesRequest

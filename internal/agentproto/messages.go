@@ -339,11 +339,12 @@ type CancelRequest struct {
 }
 
 // ResyncRequest is sent after a snapshot restore so clones do not share
-// the snapshot's clock, randomness or identity.
+// the snapshot's clock, randomness or identity. It travels binary, not as
+// JSON (resync.go).
 type ResyncRequest struct {
-	UnixNanos int64  `json:"unix_nanos"`
-	Entropy   []byte `json:"entropy"`
-	Identity  string `json:"identity"`
+	UnixNanos int64
+	Entropy   []byte // at most MaxResyncEntropy bytes
+	Identity  string // at most MaxResyncIdentity bytes
 }
 
 // MaxFileTransfer bounds one file read or one WriteFiles request: the

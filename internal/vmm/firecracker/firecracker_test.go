@@ -577,7 +577,7 @@ func TestConfigValidate(t *testing.T) {
 func TestBootArgsAndDisks(t *testing.T) {
 	d := &Driver{cfg: Config{VsockPort: 52}.withDefaults()}
 	got := d.bootArgs(vmm.Config{Cmdline: []string{"fs.root=/dev/vda", "fs.channel=virtio-port:x"}})
-	want := strings.Join(DefaultBootArgs(), " ") + " fs.root=/dev/vda fs.channel=virtio-port:x fs.channel=vsock:52 fs.modules=vsock,vmw_vsock_virtio_transport_common,vmw_vsock_virtio_transport"
+	want := strings.Join(DefaultBootArgs(), " ") + " fs.root=/dev/vda fs.channel=virtio-port:x fs.channel=vsock:52 " + agentproto.AgentGODEBUG + " fs.modules=vsock,vmw_vsock_virtio_transport_common,vmw_vsock_virtio_transport"
 	if got != want {
 		t.Fatalf("bootArgs:\n got %s\nwant %s", got, want)
 	}

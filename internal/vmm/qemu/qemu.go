@@ -252,7 +252,10 @@ func binaryVersion(bin string) (string, error) {
 // fast boots (see shared/MEASURED.md). rcu_nocbs=0 hands RCU callbacks to
 // kthreads: with callbacks queued on the CPU the idle guest keeps its
 // tick (250 Hz), and a restored python guest took 80-250 timer
-// interrupts a second doing nothing; with it, 7-9. mitigations=off is only used under
+// interrupts a second doing nothing; with it, 7-9. psi=0: no pressure
+// accounting, which nothing reads and every context switch paid for
+// (kernel code a restored guest under TCG translates afresh).
+// mitigations=off is only used under
 // TCG, where there is no hardware boundary for the mitigations to guard
 // and they cost boot time; under KVM the guest keeps its mitigations.
 func (d *Driver) BaseCmdline() []string {
@@ -260,7 +263,7 @@ func (d *Driver) BaseCmdline() []string {
 		"console=ttyS0", "quiet", "panic=-1", "reboot=t",
 		"tsc=reliable", "cryptomgr.notests", "init_on_alloc=0",
 		"lsm=capability", "audit=0", "no_timer_check", "random.trust_cpu=on",
-		"nowatchdog", "pci=off", "8250.nr_uarts=1", "rcu_nocbs=0",
+		"nowatchdog", "pci=off", "8250.nr_uarts=1", "rcu_nocbs=0", "psi=0",
 	}
 	args = append(args, agentproto.Boot{Channel: agentproto.VirtioPortChannel(AgentPortName)}.MustArgs()...)
 	if d.cfg.Accel == AccelTCG {

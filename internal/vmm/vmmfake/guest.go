@@ -120,7 +120,7 @@ func (g *Guest) Serve(conn net.Conn) {
 			err = w.WriteJSON(agentproto.MsgHello, g.hello())
 		case agentproto.MsgResync:
 			var r agentproto.ResyncRequest
-			if err = agentproto.DecodeJSON(f, &r); err == nil {
+			if err = r.UnmarshalBinary(f.Payload); err == nil {
 				g.mu.Lock()
 				g.identity = r.Identity
 				g.mu.Unlock()
