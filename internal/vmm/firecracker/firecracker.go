@@ -53,6 +53,7 @@ func DefaultBootArgs() []string {
 		"console=ttyS0", "reboot=k", "panic=1", "pci=off",
 		"quiet", "cryptomgr.notests", "init_on_alloc=0", "lsm=capability", "audit=0",
 		"random.trust_cpu=on", "nowatchdog", "tsc=reliable", "no_timer_check",
+		"psi=0", // as QEMU's guests: pressure accounting nothing reads
 	}
 }
 
