@@ -10,7 +10,9 @@ import (
 // VMMProcesses counts the VMM processes (QEMU, Firecracker) that descend
 // from this test process: the VMs a test started and has not stopped. It
 // follows parent links, not command lines: a confined QEMU gets its files
-// as descriptors, so its command line names no run directory.
+// as descriptors, so its command line names no run directory. A QEMU
+// started ahead and still waiting for a restore (serve's prestart) holds
+// no VM and is not counted (see SpareVMM).
 func VMMProcesses() int {
 	parent := map[int]int{}
 	vmm := map[int]bool{}
@@ -37,7 +39,7 @@ func VMMProcesses() int {
 		}
 		ppid, _ := strconv.Atoi(f[1])
 		parent[pid] = ppid
-		if strings.HasPrefix(comm, "qemu-system") || strings.HasPrefix(comm, "firecracker") {
+		if (strings.HasPrefix(comm, "qemu-system") || strings.HasPrefix(comm, "firecracker")) && !SpareVMM(pid) {
 			vmm[pid] = true
 		}
 	}
@@ -52,4 +54,12 @@ func VMMProcesses() int {
 		}
 	}
 	return n
+}
+
+// SpareVMM says pid is a confined QEMU started ahead that no restore has
+// taken yet: it is chrooted into the jail of a qemu-spare-* run dir (a
+// restore that takes it renames the dir to its VM's).
+func SpareVMM(pid int) bool {
+	root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "root"))
+	return err == nil && strings.HasPrefix(filepath.Base(filepath.Dir(root)), "qemu-spare-")
 }
