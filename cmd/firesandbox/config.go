@@ -32,6 +32,7 @@ const DefaultConfigFile = "/etc/firesandbox/config.toml"
 //
 //	[qemu]                          # see internal/vmm/qemu.Config
 //	tb_size_mib = 64
+//	prestart = 1                    # QEMUs started ahead per hot snapshot (serve's default; serve --prestart)
 //
 //	[firecracker]                   # see internal/vmm/firecracker.Config
 //	no_jailer = false
