@@ -86,7 +86,8 @@ type Config struct {
 	GID int `json:"gid,omitempty" toml:"gid"`
 	// Prestart is how many QEMU processes to keep started ahead per
 	// snapshot that is restored again and again, each waiting for its
-	// restore (prestart.go); 0 starts QEMU in every restore. A restore
+	// restore (prestart.go); 0 starts QEMU in every restore (the
+	// driver's default; serve keeps 1, see serve --prestart). A restore
 	// that adopts one skips QEMU's start (30-80 ms of a 120-240 ms
 	// restore under TCG here); each costs about 28 MiB PSS while it waits.
 	Prestart int `json:"prestart,omitempty" toml:"prestart"`
