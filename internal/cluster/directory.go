@@ -623,9 +623,19 @@ func (d *Directory) Secret(ctx context.Context, name string, size int) ([]byte, 
 	qctx, cancel := d.ctx(ctx)
 	defer cancel()
 	var v []byte
-	err := d.pool.QueryRow(qctx, `WITH ins AS (
-			INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value)
-		SELECT value FROM ins UNION ALL SELECT value FROM secrets WHERE name = $1 LIMIT 1`, name, b).Scan(&v)
+	var err error
+	// A host racing this one to make the secret: our INSERT waits for its
+	// commit and does nothing, but the SELECT reads the statement's
+	// snapshot, taken before that commit, and finds no row. The next
+	// statement's snapshot has it.
+	for try := 0; try < 3; try++ {
+		err = d.pool.QueryRow(qctx, `WITH ins AS (
+				INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value)
+			SELECT value FROM ins UNION ALL SELECT value FROM secrets WHERE name = $1 LIMIT 1`, name, b).Scan(&v)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, d.fail(ctx, "secret "+name, err)
 	}
