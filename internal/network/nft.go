@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -64,8 +65,14 @@ func newVMSets(r *Rules, env *Env, deniedByName []netip.Addr) vmSets {
 }
 
 func ipSet(t *nftables.Table, name string) *nftables.Set {
-	return &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
+	return &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true, ID: setIDs.Add(1)}
 }
+
+// setIDs numbers the sets we add (a set's ID names it within its netlink
+// batch). nftables would number a set without one from a package counter
+// it increments unguarded, a data race when VMs' networks are made at
+// once (a fork's children).
+var setIDs atomic.Uint32
 
 // intervalElements writes IPv4 prefixes as nftables interval elements:
 // merged ranges, each a start and an end one past it (none past
